@@ -1,0 +1,759 @@
+//! The gathering: one live room's state, its connections, and when it ends.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::clock::{Duration, Instant};
+use crate::conn::Conn;
+use crate::protocol::{self, CLOSE_POLICY, ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};
+use crate::{App, ConnId, GatheringId};
+
+/// Tunables of a gathering. `Default` gives the production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A gathering that processed no client message for this long disperses.
+    pub idle_timeout: Duration,
+    /// If set, a gathering whose last connection left, and that no connection
+    /// rejoined within this grace, disperses too.
+    pub empty_grace: Option<Duration>,
+    /// First wait before an unacknowledged forward is re-sent.
+    pub retry_interval: Duration,
+    /// The wait doubles after each re-send, up to this.
+    pub max_retry_interval: Duration,
+    /// A connection with this many unacknowledged forwards is closed
+    /// ([`CLOSE_POLICY`]) rather than buffered without bound.
+    pub max_unacked: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_timeout: Duration::from_secs(24 * 60 * 60),
+            empty_grace: None,
+            retry_interval: Duration::from_secs(1),
+            max_retry_interval: Duration::from_secs(30),
+            max_unacked: 1024,
+        }
+    }
+}
+
+/// Something routed to a gathering on behalf of a connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inbound {
+    /// A new connection joins; it speaks `encoding` until its first frame.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// The encoding to answer in before the client sends anything.
+        encoding: Encoding,
+    },
+    /// A data frame from a connection.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The frame as received.
+        frame: Frame,
+    },
+    /// The connection's socket closed.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+impl Inbound {
+    /// The connection this concerns.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Inbound::Join { conn, .. } | Inbound::Frame { conn, .. } | Inbound::Leave { conn } => {
+                *conn
+            }
+        }
+    }
+}
+
+/// The hall's answer to a [`Action::Disperse`] request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The hall stopped routing to this gathering and buffers its traffic.
+    Granted,
+    /// Traffic is on its way; the gathering lives on.
+    Refused,
+}
+
+/// An input to a [`Gathering`]. Every input carries the host's current time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Something the hall routed here.
+    Message(Instant, Inbound),
+    /// The host's timer fired (or the host just wants to check).
+    Tick(Instant),
+    /// The snapshot of op `seq` (see [`Action::Persist`]) is durable.
+    Persisted(Instant, u64),
+    /// The last [`Action::Persist`] failed; it is retried after the retry interval.
+    PersistFailed(Instant),
+    /// The hall's answer to a dispersal request.
+    Verdict(Instant, Verdict),
+    /// The host is shutting down: persist, say goodbye, close.
+    Shutdown(Instant),
+}
+
+/// How hard the host should try to deliver a [`Action::Send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Send once; if the socket is gone or full, drop it. Used for replies
+    /// and for the `dispersed` courtesy message, which is never retried.
+    Once,
+    /// A forward: the gathering itself re-sends it until the connection
+    /// acknowledges it, so the host may drop it when the socket is full.
+    Retried,
+}
+
+/// An output of a [`Gathering`], drained with [`Gathering::poll_action`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Write `frame` to `conn`, if that connection still exists.
+    Send {
+        /// The recipient.
+        conn: ConnId,
+        /// The encoded message, in the recipient's encoding.
+        frame: Frame,
+        /// Whether the gathering will re-send it.
+        delivery: Delivery,
+    },
+    /// Close `conn` with a WebSocket close `code` and `reason`.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason text (short, for people).
+        reason: &'static str,
+    },
+    /// Store this snapshot durably, then answer with [`Event::Persisted`]
+    /// (or [`Event::PersistFailed`]). At most one is outstanding at a time;
+    /// ops accepted meanwhile are batched into the next.
+    Persist {
+        /// The number of the last op the snapshot contains.
+        seq: u64,
+        /// The application state, postcard-encoded.
+        snapshot: Vec<u8>,
+    },
+    /// Ask the hall for permission to disperse; forward the hall's
+    /// [`Verdict`] back as [`Event::Verdict`].
+    Disperse {
+        /// Why.
+        reason: DisperseReason,
+        /// How many [`Event::Message`]s this gathering has processed; the hall
+        /// grants only if it has routed no more than that.
+        processed: u64,
+    },
+    /// The gathering has persisted its final state and closed every
+    /// connection. Tell the hall, then drop the gathering.
+    Dispersed {
+        /// Why.
+        reason: DisperseReason,
+    },
+    /// This was routed here after dispersal began; hand it back to the hall,
+    /// which will deliver it to the successor.
+    Bounce(Inbound),
+}
+
+/// Why a deadline is set; readable in logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The idle timeout expires.
+    Idle,
+    /// An unacknowledged forward is due for a re-send.
+    Retry,
+    /// A failed persist is due for another attempt.
+    Flush,
+    /// The gathering has been empty for the whole grace period.
+    Empty,
+}
+
+/// When a gathering must next be ticked, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    /// The instant.
+    pub at: Instant,
+    /// The duty due then.
+    pub why: Why,
+}
+
+/// Where a gathering is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving clients.
+    Live,
+    /// Asked the hall to disperse; still serving until the verdict.
+    Asking(DisperseReason),
+    /// Dispersal decided: writing the final snapshot, then closing.
+    Closing(DisperseReason),
+    /// Done; the host drops it.
+    Dispersed(DisperseReason),
+}
+
+/// The state could not be restored from storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreError {
+    /// Which gathering.
+    pub id: GatheringId,
+    /// What was wrong with the stored bytes.
+    pub message: String,
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stored state of gathering {} is unreadable: {}",
+            self.id, self.message
+        )
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
+/// An op accepted and applied, waiting for its snapshot to be durable before
+/// it is acknowledged and forwarded.
+#[derive(Debug)]
+struct Accepted<O> {
+    seq: u64,
+    origin: ConnId,
+    id: u64,
+    op: O,
+}
+
+/// One live room: application state, the connections following it, and the
+/// decision of when it ends.
+///
+/// # Driver contract
+/// A host owns the clock, the sockets and the storage, and runs this loop:
+/// 1. feed every input with [`Gathering::handle`], stamped with the current time;
+/// 2. drain [`Gathering::poll_action`] until it returns `None`, carrying out each action;
+/// 3. read [`Gathering::next_deadline`] and make sure **one** timer is armed
+///    no later than it. Re-arm only when the timer fires (early or not) or an
+///    earlier deadline appears; a later deadline needs no re-arm, because a
+///    tick that comes early changes nothing but the deadline.
+///
+/// Per processed message the stale-detection bookkeeping is one timestamp
+/// write: no timer, no queued message, no allocation.
+///
+/// **A gathering never disperses while a message it has been sent is
+/// unprocessed**: it asks the hall ([`Action::Disperse`]) with the count of
+/// messages it processed, and closes only on [`Verdict::Granted`], after its
+/// final snapshot is durable. **An op is acknowledged and forwarded only once
+/// the snapshot that holds it is durable.**
+pub struct Gathering<A: App> {
+    id: GatheringId,
+    config: Config,
+    app: A,
+    phase: Phase,
+    /// Number of the last op applied.
+    seq: u64,
+    /// Number of the last op known durable.
+    durable: u64,
+    /// The seq of the outstanding persist, if any.
+    persisting: Option<u64>,
+    /// After a failed persist, when to try again.
+    flush_at: Option<Instant>,
+    /// Time of the last client activity: the whole idle bookkeeping.
+    last_activity: Instant,
+    /// Since when the gathering has had no connection.
+    empty_since: Option<Instant>,
+    /// Inbound messages handled, for the dispersal handshake.
+    processed: u64,
+    /// The latest time seen in any input.
+    now: Instant,
+    conns: BTreeMap<ConnId, Conn>,
+    /// A lower bound of every connection's `retry_at`: kept in O(1) per
+    /// forward, made exact again when it fires.
+    retry_due: Option<Instant>,
+    awaiting: VecDeque<Accepted<A::Op>>,
+    actions: VecDeque<Action>,
+}
+
+impl<A: App> fmt::Debug for Gathering<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gathering")
+            .field("id", &self.id)
+            .field("phase", &self.phase)
+            .field("seq", &self.seq)
+            .field("durable", &self.durable)
+            .field("connections", &self.conns.len())
+            .field("last_activity", &self.last_activity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: App> Gathering<A> {
+    /// A gathering that was never persisted, spawned at `now`.
+    pub fn new(id: GatheringId, config: Config, now: Instant) -> Self {
+        Self::with_state(id, config, now, A::default(), 0)
+    }
+
+    /// A gathering loaded from a snapshot written for [`Action::Persist`].
+    pub fn restore(
+        id: GatheringId,
+        config: Config,
+        now: Instant,
+        seq: u64,
+        snapshot: &[u8],
+    ) -> Result<Self, RestoreError> {
+        match postcard::from_bytes(snapshot) {
+            Ok(app) => Ok(Self::with_state(id, config, now, app, seq)),
+            Err(e) => Err(RestoreError {
+                id,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn with_state(id: GatheringId, config: Config, now: Instant, app: A, seq: u64) -> Self {
+        Gathering {
+            id,
+            config,
+            app,
+            phase: Phase::Live,
+            seq,
+            durable: seq,
+            persisting: None,
+            flush_at: None,
+            // Spawning is activity: something was routed here to cause it.
+            last_activity: now,
+            empty_since: Some(now),
+            processed: 0,
+            now,
+            conns: BTreeMap::new(),
+            retry_due: None,
+            awaiting: VecDeque::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The gathering's id.
+    pub fn id(&self) -> &GatheringId {
+        &self.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The application state (including ops not yet durable).
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// Where it is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Number of the last op applied.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Number of the last op known to be durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
+    /// Time of the last client activity.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
+    /// Inbound messages processed so far.
+    pub fn processed(&self) -> u64 {
+        self.processed
+    }
+
+    /// Number of connections joined.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// When it would disperse for idleness if nothing else happens.
+    pub fn idle_deadline(&self) -> Instant {
+        self.last_activity + self.config.idle_timeout
+    }
+
+    /// Feeds one input. Drain [`Gathering::poll_action`] afterwards.
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Message(now, inbound) => {
+                self.now = self.now.max(now);
+                self.on_inbound(now, inbound);
+            }
+            Event::Tick(now) => {
+                self.now = self.now.max(now);
+                self.on_tick(now);
+            }
+            Event::Persisted(now, seq) => {
+                self.now = self.now.max(now);
+                self.on_persisted(now, seq);
+            }
+            Event::PersistFailed(now) => {
+                self.now = self.now.max(now);
+                self.persisting = None;
+                self.flush_at = Some(now + self.config.retry_interval);
+            }
+            Event::Verdict(now, verdict) => {
+                self.now = self.now.max(now);
+                self.on_verdict(verdict);
+            }
+            Event::Shutdown(now) => {
+                self.now = self.now.max(now);
+                if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
+                    self.start_closing(DisperseReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// The next output, or `None` when there is nothing (more) to do now.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        // Snapshots are taken lazily, once the host has drained everything
+        // else: ops handled before the host asks are batched into one write.
+        let wants_persist = self.seq > self.durable
+            && self.persisting.is_none()
+            && self.flush_at.is_none()
+            && !matches!(self.phase, Phase::Dispersed(_));
+        if !wants_persist {
+            return None;
+        }
+        match postcard::to_allocvec(&self.app) {
+            Ok(snapshot) => {
+                self.persisting = Some(self.seq);
+                Some(Action::Persist {
+                    seq: self.seq,
+                    snapshot,
+                })
+            }
+            // Not expected for well-formed state; retry later like a failed write.
+            Err(_) => {
+                self.flush_at = Some(self.now + self.config.retry_interval);
+                None
+            }
+        }
+    }
+
+    /// The soonest instant at which the gathering must be ticked, with why;
+    /// `None` when only an input can wake it.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Deadline> {
+        let mut best: Option<Deadline> = None;
+        let mut consider = |at: Option<Instant>, why: Why| {
+            if let Some(at) = at
+                && best.is_none_or(|b| at < b.at)
+            {
+                best = Some(Deadline { at, why });
+            }
+        };
+        match self.phase {
+            Phase::Live => {
+                consider(Some(self.idle_deadline()), Why::Idle);
+                if let (Some(grace), Some(since)) = (self.config.empty_grace, self.empty_since) {
+                    consider(Some(since + grace), Why::Empty);
+                }
+                consider(self.retry_due, Why::Retry);
+                consider(self.flush_at, Why::Flush);
+            }
+            Phase::Asking(_) => {
+                consider(self.retry_due, Why::Retry);
+                consider(self.flush_at, Why::Flush);
+            }
+            Phase::Closing(_) => consider(self.flush_at, Why::Flush),
+            Phase::Dispersed(_) => {}
+        }
+        best
+    }
+
+    fn on_inbound(&mut self, now: Instant, inbound: Inbound) {
+        if matches!(self.phase, Phase::Closing(_) | Phase::Dispersed(_)) {
+            self.actions.push_back(Action::Bounce(inbound));
+            return;
+        }
+        self.processed += 1;
+        match inbound {
+            Inbound::Join { conn, encoding } => {
+                self.last_activity = now;
+                self.empty_since = None;
+                self.conns
+                    .entry(conn)
+                    .or_insert_with(|| Conn::new(encoding, self.config.retry_interval));
+            }
+            Inbound::Leave { conn } => {
+                if self.conns.remove(&conn).is_some() && self.conns.is_empty() {
+                    self.empty_since = Some(now);
+                }
+            }
+            Inbound::Frame { conn, frame } => self.on_frame(now, conn, &frame),
+        }
+    }
+
+    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: &Frame) {
+        let encoding = frame.encoding();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.encoding = encoding;
+        }
+        let msg = match protocol::decode::<ClientMsg<A::Op>>(frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                // Garbage is answered but is not activity: it must not keep a
+                // gathering alive.
+                let msg = ServerMsg::<&A::Op, &A>::Error {
+                    id: None,
+                    code: "bad_frame".into(),
+                    message: e.to_string(),
+                };
+                reply(&mut self.actions, conn, encoding, &msg);
+                return;
+            }
+        };
+        self.last_activity = now;
+        match msg {
+            ClientMsg::Op { id, op } => match self.app.apply(conn, &op) {
+                Ok(()) => {
+                    self.seq += 1;
+                    self.awaiting.push_back(Accepted {
+                        seq: self.seq,
+                        origin: conn,
+                        id,
+                        op,
+                    });
+                }
+                Err(rejection) => {
+                    let msg = ServerMsg::<&A::Op, &A>::Error {
+                        id: Some(id),
+                        code: rejection.code.into(),
+                        message: rejection.message,
+                    };
+                    reply(&mut self.actions, conn, encoding, &msg);
+                }
+            },
+            ClientMsg::Fetch { id } => {
+                let msg = ServerMsg::<&A::Op, &A>::State {
+                    id,
+                    seq: self.seq,
+                    state: &self.app,
+                };
+                reply(&mut self.actions, conn, encoding, &msg);
+            }
+            ClientMsg::Ack { seq } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.ack(seq, self.config.retry_interval);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush_at = None;
+        }
+        if matches!(self.phase, Phase::Live | Phase::Asking(_))
+            && self.retry_due.is_some_and(|at| at <= now)
+        {
+            self.resend_due(now);
+        }
+        if self.phase != Phase::Live {
+            return;
+        }
+        if now >= self.idle_deadline() {
+            self.ask(DisperseReason::Idle);
+        } else if let (Some(grace), Some(since)) = (self.config.empty_grace, self.empty_since)
+            && now >= since + grace
+        {
+            self.ask(DisperseReason::Empty);
+        }
+    }
+
+    fn resend_due(&mut self, now: Instant) {
+        let max = self.config.max_retry_interval;
+        let mut next: Option<Instant> = None;
+        for (&conn, c) in &mut self.conns {
+            if let Some(frames) = c.due(now, max) {
+                self.actions.extend(frames.map(|frame| Action::Send {
+                    conn,
+                    frame: frame.clone(),
+                    delivery: Delivery::Retried,
+                }));
+            }
+            if let Some(at) = c.retry_at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.retry_due = next;
+    }
+
+    fn ask(&mut self, reason: DisperseReason) {
+        self.phase = Phase::Asking(reason);
+        self.actions.push_back(Action::Disperse {
+            reason,
+            processed: self.processed,
+        });
+    }
+
+    fn on_verdict(&mut self, verdict: Verdict) {
+        // A verdict for a request that no longer stands (e.g. after shutdown
+        // began) is stale and ignored.
+        let Phase::Asking(reason) = self.phase else {
+            return;
+        };
+        match verdict {
+            Verdict::Granted => self.start_closing(reason),
+            Verdict::Refused => self.phase = Phase::Live,
+        }
+    }
+
+    fn start_closing(&mut self, reason: DisperseReason) {
+        self.phase = Phase::Closing(reason);
+        // Pending forwards are not retried past dispersal: the ops are
+        // durable, and a client that rejoins fetches them.
+        for c in self.conns.values_mut() {
+            c.unacked.clear();
+            c.retry_at = None;
+        }
+        self.retry_due = None;
+        self.try_finish();
+    }
+
+    fn on_persisted(&mut self, now: Instant, seq: u64) {
+        if self.persisting.is_some_and(|p| p <= seq) {
+            self.persisting = None;
+        }
+        self.durable = self.durable.max(seq.min(self.seq));
+        self.release(now);
+        self.try_finish();
+    }
+
+    /// Acknowledges and forwards every op that is now durable.
+    fn release(&mut self, now: Instant) {
+        while self.awaiting.front().is_some_and(|a| a.seq <= self.durable) {
+            let Some(accepted) = self.awaiting.pop_front() else {
+                break;
+            };
+            let origin_encoding = self.conns.get(&accepted.origin).map(|c| c.encoding);
+            let ack = ServerMsg::<&A::Op, &A>::Ack {
+                id: accepted.id,
+                seq: accepted.seq,
+            };
+            reply(
+                &mut self.actions,
+                accepted.origin,
+                origin_encoding.unwrap_or_default(),
+                &ack,
+            );
+            if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
+                self.forward(now, &accepted);
+            }
+        }
+    }
+
+    fn forward(&mut self, now: Instant, accepted: &Accepted<A::Op>) {
+        let msg = ServerMsg::<&A::Op, &A>::Forward {
+            seq: accepted.seq,
+            op: &accepted.op,
+        };
+        // Encoded at most once per encoding, shared by every recipient.
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        let mut lagging: Vec<ConnId> = Vec::new();
+        for (&conn, c) in &mut self.conns {
+            if conn == accepted.origin {
+                continue;
+            }
+            if c.unacked.len() >= self.config.max_unacked {
+                lagging.push(conn);
+                continue;
+            }
+            let slot = &mut frames[c.encoding as usize];
+            let frame = slot
+                .get_or_insert_with(|| encode_or_internal_error(&msg, c.encoding))
+                .clone();
+            let retry_at = c.sent(now, accepted.seq, frame.clone());
+            self.retry_due = Some(self.retry_due.map_or(retry_at, |d| d.min(retry_at)));
+            self.actions.push_back(Action::Send {
+                conn,
+                frame,
+                delivery: Delivery::Retried,
+            });
+        }
+        for conn in lagging {
+            self.conns.remove(&conn);
+            self.actions.push_back(Action::Close {
+                conn,
+                code: CLOSE_POLICY,
+                reason: "too many unacknowledged forwards",
+            });
+        }
+        if self.conns.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(now);
+        }
+    }
+
+    /// Closes the gathering once its final snapshot is durable.
+    fn try_finish(&mut self) {
+        let Phase::Closing(reason) = self.phase else {
+            return;
+        };
+        if self.durable < self.seq || self.persisting.is_some() {
+            return;
+        }
+        let goodbye = ServerMsg::<&A::Op, &A>::Dispersed { reason };
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        for (conn, c) in std::mem::take(&mut self.conns) {
+            let frame = frames[c.encoding as usize]
+                .get_or_insert_with(|| encode_or_internal_error(&goodbye, c.encoding))
+                .clone();
+            self.actions.push_back(Action::Send {
+                conn,
+                frame,
+                delivery: Delivery::Once,
+            });
+            self.actions.push_back(Action::Close {
+                conn,
+                code: reason.close_code(),
+                reason: reason.close_text(),
+            });
+        }
+        self.phase = Phase::Dispersed(reason);
+        self.actions.push_back(Action::Dispersed { reason });
+    }
+}
+
+/// Queues a reply, sent once.
+fn reply<O: Serialize, S: Serialize>(
+    actions: &mut VecDeque<Action>,
+    conn: ConnId,
+    encoding: Encoding,
+    msg: &ServerMsg<O, S>,
+) {
+    actions.push_back(Action::Send {
+        conn,
+        frame: encode_or_internal_error(msg, encoding),
+        delivery: Delivery::Once,
+    });
+}
+
+/// Encodes `msg`; if the application's state cannot be encoded, the client
+/// gets an error message that says so instead of nothing.
+fn encode_or_internal_error<T: Serialize>(msg: &T, encoding: Encoding) -> Frame {
+    protocol::encode(msg, encoding).unwrap_or_else(|e| {
+        let fallback = ServerMsg::<(), ()>::Error {
+            id: None,
+            code: "internal".into(),
+            message: e.to_string(),
+        };
+        protocol::encode(&fallback, encoding).unwrap_or(Frame::Text("".into()))
+    })
+}

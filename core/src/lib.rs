@@ -1,0 +1,60 @@
+//! Sans-IO state machines for **gatherings**: one in-memory actor per live
+//! room (a tournament, say) holding its state and the connections following
+//! it, and the **hall** that routes connections to gatherings, spawns them on
+//! demand and agrees to their dispersal.
+//!
+//! This crate reads no clock, spawns nothing, and touches no socket or file; it
+//! depends on no async runtime. Time comes in with every input
+//! ([`Event::Tick`]`(now)`, [`Event::Message`]`(now, ..)`), outputs are drained
+//! one at a time ([`Gathering::poll_action`]), and the machine says when it
+//! next needs a tick ([`Gathering::next_deadline`]). Hosts supply the clock,
+//! the sockets and the storage.
+//!
+//! # Run loop
+//! Every host drives a gathering the same way:
+//!
+//! ```
+//! use gathering_core::{Action, Config, Event, Gathering, GatheringId, Instant};
+//! use gathering_core::tournament::Tournament;
+//!
+//! let id = GatheringId::parse("spring-open").unwrap();
+//! let mut now = Instant::ZERO;
+//! let mut g: Gathering<Tournament> = Gathering::new(id, Config::default(), now);
+//! loop {
+//!     // 1. wait for the first of (timer at the deadline, mailbox); here the
+//!     //    timer always wins, so jump the clock straight to it.
+//!     let Some(deadline) = g.next_deadline() else { break };
+//!     now = deadline.at;
+//!     g.handle(Event::Tick(now));
+//!     // 2. carry out every action.
+//!     while let Some(action) = g.poll_action() {
+//!         match action {
+//!             // Ask the hall; its verdict comes back as Event::Verdict.
+//!             Action::Disperse { .. } => g.handle(Event::Verdict(now, gathering_core::Verdict::Granted)),
+//!             Action::Dispersed { reason } => println!("dispersed: {reason}"),
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//! assert_eq!(now, Instant::ZERO + Config::default().idle_timeout);
+//! ```
+
+mod app;
+pub mod clock;
+mod conn;
+mod gathering;
+mod hall;
+mod id;
+pub mod protocol;
+pub mod tournament;
+mod wire;
+
+pub use app::{App, Rejection};
+pub use clock::{Duration, Instant};
+pub use gathering::{
+    Action, Config, Deadline, Delivery, Event, Gathering, Inbound, Phase, RestoreError, Verdict,
+    Why,
+};
+pub use hall::{Hall, HallAction, HallEvent, RejectReason};
+pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};
+pub use protocol::{ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};

@@ -1,0 +1,338 @@
+//! The wire protocol shared by every host and client.
+//!
+//! Binary frames carry [postcard], text frames carry the same messages as
+//! JSON; `docs/PROTOCOL.md` describes both with examples. Decoding is total:
+//! bad bytes become a [`DecodeError`], never a panic.
+
+use core::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::wire::wire_enum;
+
+/// Close code sent after a `dispersed` message for an idle or empty gathering.
+pub const CLOSE_DISPERSED: u16 = 4000;
+/// Close code sent when the server shuts down (WebSocket "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a connection that left too many forwards unacknowledged.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a frame larger than the host accepts.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a failure inside the server (e.g. storage unreadable).
+pub const CLOSE_INTERNAL: u16 = 1011;
+
+/// Which of the two encodings a frame uses. A server answers each client in
+/// the encoding of the last frame that client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// JSON in text frames.
+    #[default]
+    Json,
+    /// Postcard in binary frames.
+    Postcard,
+}
+
+/// One WebSocket data frame. Cheap to clone: a forward sent to many
+/// connections, and kept for retries, shares one buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame (JSON).
+    Text(Arc<str>),
+    /// A binary frame (postcard).
+    Binary(Arc<[u8]>),
+}
+
+impl Frame {
+    /// The encoding this frame's kind implies.
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            Frame::Text(_) => Encoding::Json,
+            Frame::Binary(_) => Encoding::Postcard,
+        }
+    }
+
+    /// Length of the payload in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(s) => s.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a gathering dispersed; sent to clients in the `dispersed` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisperseReason {
+    /// No message was processed for the idle timeout.
+    Idle,
+    /// The last connection left and none came back within the grace period.
+    Empty,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl DisperseReason {
+    /// The reason as it appears on the wire and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisperseReason::Idle => "idle",
+            DisperseReason::Empty => "empty",
+            DisperseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The WebSocket close code that follows the `dispersed` message.
+    pub fn close_code(self) -> u16 {
+        match self {
+            DisperseReason::Idle | DisperseReason::Empty => CLOSE_DISPERSED,
+            DisperseReason::Shutdown => CLOSE_GOING_AWAY,
+        }
+    }
+
+    /// The close frame's reason text: short (a close reason is limited to 123
+    /// bytes) and naming the cause.
+    pub fn close_text(self) -> &'static str {
+        match self {
+            DisperseReason::Idle => "gathering dispersed: idle",
+            DisperseReason::Empty => "gathering dispersed: empty",
+            DisperseReason::Shutdown => "gathering dispersed: server shutting down",
+        }
+    }
+}
+
+impl fmt::Display for DisperseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+wire_enum! {
+    /// A message from a client to its gathering. `O` is the application's op.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum ClientMsg<O> {
+        /// Apply `op`; the answer is an `ack` or an `error` carrying `id`.
+        Op { id: u64, op: O },
+        /// Ask for the whole state; the answer is a `state` carrying `id`.
+        Fetch { id: u64 },
+        /// Acknowledge every forward up to and including `seq`.
+        Ack { seq: u64 },
+    }
+}
+
+wire_enum! {
+    /// A message from a gathering to a client. `O` is the application's op,
+    /// `S` its state.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum ServerMsg<O, S> {
+        /// The op sent with `id` was applied, durably, as number `seq`.
+        Ack { id: u64, seq: u64 },
+        /// The request `id` failed (`id` is absent when the frame could not
+        /// be decoded); nothing changed.
+        Error { id: Option<u64>, code: String, message: String },
+        /// Another client's op, number `seq`; acknowledge it with `ack`.
+        Forward { seq: u64, op: O },
+        /// The whole state, as of op number `seq`.
+        State { id: u64, seq: u64, state: S },
+        /// The gathering dispersed; the connection closes next.
+        Dispersed { reason: DisperseReason },
+    }
+}
+
+/// A frame that could not be decoded, with a message a client author can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    /// Which encoding was attempted.
+    pub encoding: Encoding,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.encoding {
+            Encoding::Json => write!(f, "invalid JSON message: {}", self.message),
+            Encoding::Postcard => write!(f, "invalid postcard message: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A message that could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeError(pub String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not encode message: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Decodes a message from a frame, in the frame's encoding.
+pub fn decode<T: DeserializeOwned>(frame: &Frame) -> Result<T, DecodeError> {
+    match frame {
+        Frame::Text(text) => serde_json::from_str(text).map_err(|e| DecodeError {
+            encoding: Encoding::Json,
+            message: e.to_string(),
+        }),
+        Frame::Binary(bytes) => {
+            let err = |message: String| DecodeError {
+                encoding: Encoding::Postcard,
+                message,
+            };
+            match postcard::take_from_bytes(bytes) {
+                Ok((msg, [])) => Ok(msg),
+                Ok((_, rest)) => Err(err(format!("{} trailing bytes", rest.len()))),
+                Err(e) => Err(err(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Encodes a message as a frame in `encoding`.
+pub fn encode<T: Serialize>(msg: &T, encoding: Encoding) -> Result<Frame, EncodeError> {
+    match encoding {
+        Encoding::Json => serde_json::to_string(msg)
+            .map(|s| Frame::Text(s.into()))
+            .map_err(|e| EncodeError(e.to_string())),
+        Encoding::Postcard => postcard::to_allocvec(msg)
+            .map(|b| Frame::Binary(b.into()))
+            .map_err(|e| EncodeError(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    wire_enum! {
+        #[derive(Clone, Debug, PartialEq)]
+        enum Op {
+            Rename { name: String },
+            Score { a: u32, b: Option<u32> },
+        }
+    }
+
+    type Server = ServerMsg<Op, Vec<u32>>;
+
+    fn text(s: &str) -> Frame {
+        Frame::Text(s.into())
+    }
+
+    #[test]
+    fn json_is_internally_tagged_at_every_level() {
+        let msg: ClientMsg<Op> = ClientMsg::Op {
+            id: 7,
+            op: Op::Rename { name: "Ada".into() },
+        };
+        let Frame::Text(json) = encode(&msg, Encoding::Json).unwrap() else {
+            panic!("json must be text");
+        };
+        assert_eq!(
+            &*json,
+            r#"{"type":"op","id":7,"op":{"type":"rename","name":"Ada"}}"#
+        );
+        assert_eq!(decode::<ClientMsg<Op>>(&text(&json)).unwrap(), msg);
+    }
+
+    #[test]
+    fn postcard_round_trips_every_variant() {
+        let msgs: Vec<Server> = vec![
+            ServerMsg::Ack { id: 1, seq: 2 },
+            ServerMsg::Error {
+                id: None,
+                code: "x".into(),
+                message: "y".into(),
+            },
+            ServerMsg::Forward {
+                seq: 3,
+                op: Op::Score { a: 1, b: None },
+            },
+            ServerMsg::State {
+                id: 4,
+                seq: 5,
+                state: vec![1, 2],
+            },
+            ServerMsg::Dispersed {
+                reason: DisperseReason::Empty,
+            },
+        ];
+        for msg in msgs {
+            for enc in [Encoding::Json, Encoding::Postcard] {
+                let frame = encode(&msg, enc).unwrap();
+                assert_eq!(frame.encoding(), enc);
+                assert_eq!(decode::<Server>(&frame).unwrap(), msg);
+            }
+        }
+    }
+
+    #[test]
+    fn error_without_id_is_null_in_json() {
+        let msg: Server = ServerMsg::Error {
+            id: None,
+            code: "bad_frame".into(),
+            message: "m".into(),
+        };
+        let Frame::Text(json) = encode(&msg, Encoding::Json).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            &*json,
+            r#"{"type":"error","id":null,"code":"bad_frame","message":"m"}"#
+        );
+        let msg: Server = ServerMsg::Dispersed {
+            reason: DisperseReason::Idle,
+        };
+        let Frame::Text(json) = encode(&msg, Encoding::Json).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&*json, r#"{"type":"dispersed","reason":"idle"}"#);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_value() {
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"op","id":-1}"#,
+            r#"{"id":1}"#,
+        ] {
+            let e = decode::<ClientMsg<Op>>(&text(bad)).unwrap_err();
+            assert_eq!(e.encoding, Encoding::Json);
+            assert!(e.to_string().starts_with("invalid JSON message"), "{e}");
+        }
+        for bad in [
+            &[][..],
+            &[9],
+            &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[1, 1, 0],
+        ] {
+            let e = decode::<ClientMsg<Op>>(&Frame::Binary(bad.into())).unwrap_err();
+            assert_eq!(e.encoding, Encoding::Postcard, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn missing_optional_fields_are_none() {
+        let msg =
+            decode::<ClientMsg<Op>>(&text(r#"{"type":"op","id":1,"op":{"type":"score","a":2}}"#));
+        assert_eq!(
+            msg.unwrap(),
+            ClientMsg::Op {
+                id: 1,
+                op: Op::Score { a: 2, b: None }
+            }
+        );
+    }
+}

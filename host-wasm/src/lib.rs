@@ -1,0 +1,1 @@
+//! In-browser host (placeholder).
