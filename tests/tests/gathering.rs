@@ -1,0 +1,539 @@
+//! Scenario tests of one gathering on a fake clock: exact instants, the
+//! persist-before-ack rule, retries with backoff, and the dispersal sequence.
+
+use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_POLICY};
+use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::{
+    Action, ClientMsg, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding,
+    Event, Frame, Gathering, GatheringId, Inbound, Instant, Phase, ServerMsg, Verdict, Why,
+};
+
+type Server = ServerMsg<TournamentOp, Tournament>;
+
+const T0: Instant = Instant::from_millis(10_000);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn gathering(config: Config) -> Gathering<Tournament> {
+    Gathering::new(GatheringId::parse("t").unwrap(), config, T0)
+}
+
+fn drain(g: &mut Gathering<Tournament>) -> Vec<Action> {
+    std::iter::from_fn(|| g.poll_action()).collect()
+}
+
+fn join(g: &mut Gathering<Tournament>, at: Instant, conn: u64) {
+    g.handle(Event::Message(
+        at,
+        Inbound::Join {
+            conn: ConnId(conn),
+            encoding: Encoding::Json,
+        },
+    ));
+}
+
+fn send(
+    g: &mut Gathering<Tournament>,
+    at: Instant,
+    conn: u64,
+    msg: ClientMsg<TournamentOp>,
+    enc: Encoding,
+) {
+    let frame = protocol::encode(&msg, enc).unwrap();
+    g.handle(Event::Message(
+        at,
+        Inbound::Frame {
+            conn: ConnId(conn),
+            frame,
+        },
+    ));
+}
+
+fn register(id: u64, name: &str) -> ClientMsg<TournamentOp> {
+    ClientMsg::Op {
+        id,
+        op: TournamentOp::RegisterPlayer { name: name.into() },
+    }
+}
+
+/// Decoded sends: (conn, message, delivery).
+fn sends(actions: &[Action]) -> Vec<(u64, Server, Delivery)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                conn,
+                frame,
+                delivery,
+            } => Some((
+                conn.0,
+                protocol::decode::<Server>(frame).unwrap(),
+                *delivery,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persist(actions: &[Action]) -> Option<u64> {
+    actions.iter().find_map(|a| match a {
+        Action::Persist { seq, .. } => Some(*seq),
+        _ => None,
+    })
+}
+
+#[test]
+fn idle_deadline_is_exact_and_early_ticks_change_only_the_deadline() {
+    let config = Config {
+        idle_timeout: secs(60),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    assert_eq!(
+        g.next_deadline(),
+        Some(Deadline {
+            at: T0 + secs(60),
+            why: Why::Idle
+        })
+    );
+
+    let t1 = T0 + secs(10);
+    join(&mut g, t1, 1);
+    assert!(drain(&mut g).is_empty());
+    assert_eq!(
+        g.next_deadline(),
+        Some(Deadline {
+            at: t1 + secs(60),
+            why: Why::Idle
+        })
+    );
+
+    // The host's timer was armed for T0 + 60 s and fires early: nothing happens.
+    g.handle(Event::Tick(T0 + secs(60)));
+    assert!(drain(&mut g).is_empty());
+    assert_eq!(g.phase(), Phase::Live);
+    // One nanosecond before the deadline: still nothing.
+    g.handle(Event::Tick(t1 + secs(60) - Duration::from_nanos(1)));
+    assert!(drain(&mut g).is_empty());
+
+    g.handle(Event::Tick(t1 + secs(60)));
+    assert_eq!(
+        drain(&mut g),
+        [Action::Disperse {
+            reason: DisperseReason::Idle,
+            processed: 1
+        }]
+    );
+    assert_eq!(g.phase(), Phase::Asking(DisperseReason::Idle));
+    assert_eq!(g.next_deadline(), None, "waiting for the hall");
+}
+
+#[test]
+fn default_idle_timeout_is_a_day() {
+    let g = gathering(Config::default());
+    assert_eq!(g.next_deadline().unwrap().at, T0 + secs(24 * 60 * 60));
+}
+
+#[test]
+fn own_retries_and_garbage_do_not_keep_it_alive() {
+    let config = Config {
+        idle_timeout: secs(60),
+        retry_interval: secs(1),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    let seq = persist(&drain(&mut g)).unwrap();
+    g.handle(Event::Persisted(T0, seq));
+    drain(&mut g);
+    // Conn 2 never acknowledges: the gathering retries, and still goes idle on time.
+    let mut now = T0;
+    let mut resends = 0;
+    while let Some(d) = g.next_deadline() {
+        now = d.at;
+        g.handle(Event::Tick(now));
+        let actions = drain(&mut g);
+        resends += sends(&actions).len();
+        if actions.iter().any(|a| matches!(a, Action::Disperse { .. })) {
+            break;
+        }
+        if now == T0 + secs(7) {
+            send(&mut g, now, 1, ClientMsg::Ack { seq: 0 }, Encoding::Json);
+            g.handle(Event::Message(
+                now,
+                Inbound::Frame {
+                    conn: ConnId(1),
+                    frame: Frame::Text("nope".into()),
+                },
+            ));
+            drain(&mut g);
+        }
+    }
+    assert!(resends >= 4, "{resends}");
+    // The ack at 7 s counted as activity (the garbage with it did not); the
+    // retries at 15, 31 and 61 s did not.
+    assert_eq!(now, T0 + secs(67));
+}
+
+#[test]
+fn ops_are_acked_and_forwarded_only_once_durable_and_batched() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    g.handle(Event::Message(
+        T0,
+        Inbound::Join {
+            conn: ConnId(3),
+            encoding: Encoding::Postcard,
+        },
+    ));
+    send(&mut g, T0, 1, register(7, "Ada"), Encoding::Json);
+    let actions = drain(&mut g);
+    assert_eq!(persist(&actions), Some(1));
+    assert!(
+        sends(&actions).is_empty(),
+        "nothing is acked before it is durable"
+    );
+
+    // Two more ops while the first write is in flight: one batched write.
+    send(&mut g, T0, 2, register(8, "Bob"), Encoding::Json);
+    send(&mut g, T0, 1, register(9, "Cy"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), None);
+
+    g.handle(Event::Persisted(T0, 1));
+    let actions = drain(&mut g);
+    let got = sends(&actions);
+    assert!(got.contains(&(1, ServerMsg::Ack { id: 7, seq: 1 }, Delivery::Once)));
+    let forward = ServerMsg::Forward {
+        seq: 1,
+        op: TournamentOp::RegisterPlayer { name: "Ada".into() },
+    };
+    assert!(got.contains(&(2, forward.clone(), Delivery::Retried)));
+    assert!(got.contains(&(3, forward, Delivery::Retried)));
+    assert_eq!(got.len(), 3);
+    // Conn 3 speaks postcard and is answered in postcard.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            conn: ConnId(3),
+            frame: Frame::Binary(_),
+            ..
+        }
+    )));
+    assert_eq!(persist(&actions), Some(3), "the batch of the two later ops");
+
+    g.handle(Event::Persisted(T0, 3));
+    let got = sends(&drain(&mut g));
+    assert!(got.contains(&(2, ServerMsg::Ack { id: 8, seq: 2 }, Delivery::Once)));
+    assert!(got.contains(&(1, ServerMsg::Ack { id: 9, seq: 3 }, Delivery::Once)));
+    assert_eq!(got.len(), 2 + 4);
+}
+
+#[test]
+fn rejected_ops_get_an_error_and_change_nothing() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, ""), Encoding::Json);
+    let actions = drain(&mut g);
+    assert_eq!(persist(&actions), None);
+    match &sends(&actions)[..] {
+        [
+            (
+                1,
+                ServerMsg::Error {
+                    id: Some(1),
+                    code,
+                    message,
+                },
+                Delivery::Once,
+            ),
+        ] => {
+            assert_eq!(code, "invalid_name");
+            assert!(message.contains("blank"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.seq(), 0);
+    assert_eq!(g.app(), &Tournament::default());
+
+    g.handle(Event::Message(
+        T0,
+        Inbound::Frame {
+            conn: ConnId(1),
+            frame: Frame::Binary(vec![0xff].into()),
+        },
+    ));
+    match &sends(&drain(&mut g))[..] {
+        [
+            (
+                1,
+                ServerMsg::Error {
+                    id: None,
+                    code,
+                    message,
+                },
+                _,
+            ),
+        ] => {
+            assert_eq!(code, "bad_frame");
+            assert!(message.starts_with("invalid postcard message"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forwards_retry_with_backoff_until_acked() {
+    let config = Config {
+        retry_interval: secs(1),
+        max_retry_interval: secs(4),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    drain(&mut g);
+    g.handle(Event::Persisted(T0, 1));
+    drain(&mut g);
+    let mut at = Vec::new();
+    for _ in 0..5 {
+        let d = g.next_deadline().unwrap();
+        assert_eq!(d.why, Why::Retry);
+        g.handle(Event::Tick(d.at));
+        let got = sends(&drain(&mut g));
+        assert_eq!(got.len(), 1);
+        assert!(matches!(
+            got[0],
+            (2, ServerMsg::Forward { seq: 1, .. }, Delivery::Retried)
+        ));
+        at.push(d.at.saturating_since(T0).as_secs());
+    }
+    assert_eq!(at, [1, 3, 7, 11, 15], "1 s, doubling, capped at 4 s");
+    send(
+        &mut g,
+        T0 + secs(15),
+        2,
+        ClientMsg::Ack { seq: 1 },
+        Encoding::Json,
+    );
+    assert_eq!(
+        g.next_deadline().unwrap().why,
+        Why::Retry,
+        "a stale bound is allowed: it is early, never late"
+    );
+    g.handle(Event::Tick(T0 + secs(19)));
+    assert!(drain(&mut g).is_empty());
+    assert_eq!(g.next_deadline().unwrap().why, Why::Idle);
+}
+
+#[test]
+fn a_connection_that_never_acks_is_closed_not_buffered_forever() {
+    let config = Config {
+        max_unacked: 2,
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    for i in 1..=3 {
+        send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
+        drain(&mut g);
+        g.handle(Event::Persisted(T0, i));
+        let actions = drain(&mut g);
+        if i == 3 {
+            assert!(actions.contains(&Action::Close {
+                conn: ConnId(2),
+                code: CLOSE_POLICY,
+                reason: "too many unacknowledged forwards"
+            }));
+        }
+    }
+    assert_eq!(g.connections(), 1);
+}
+
+#[test]
+fn dispersal_persists_then_says_goodbye_once_then_closes() {
+    let config = Config {
+        idle_timeout: secs(60),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    g.handle(Event::Message(
+        T0,
+        Inbound::Join {
+            conn: ConnId(2),
+            encoding: Encoding::Postcard,
+        },
+    ));
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    drain(&mut g);
+    let due = T0 + secs(60);
+    g.handle(Event::Tick(due));
+    assert_eq!(
+        drain(&mut g),
+        [Action::Disperse {
+            reason: DisperseReason::Idle,
+            processed: 3
+        }]
+    );
+    g.handle(Event::Verdict(due, Verdict::Granted));
+    assert!(
+        drain(&mut g).is_empty(),
+        "the write of op 1 is still in flight"
+    );
+    // The write fails: it is retried at the flush deadline, nothing is closed.
+    g.handle(Event::PersistFailed(due));
+    assert_eq!(
+        g.next_deadline(),
+        Some(Deadline {
+            at: due + secs(1),
+            why: Why::Flush
+        })
+    );
+    assert!(drain(&mut g).is_empty());
+    g.handle(Event::Tick(due + secs(1)));
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    g.handle(Event::Persisted(due + secs(1), 1));
+    let actions = drain(&mut g);
+    let got = sends(&actions);
+    assert_eq!(
+        got[0],
+        (1, ServerMsg::Ack { id: 1, seq: 1 }, Delivery::Once),
+        "acks precede goodbye"
+    );
+    let goodbye = ServerMsg::Dispersed {
+        reason: DisperseReason::Idle,
+    };
+    assert_eq!(
+        got[1..],
+        [
+            (1, goodbye.clone(), Delivery::Once),
+            (2, goodbye, Delivery::Once)
+        ]
+    );
+    let closes: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Close { .. }))
+        .collect();
+    assert_eq!(closes.len(), 2);
+    assert!(closes.iter().all(|a| matches!(
+        a,
+        Action::Close {
+            code: CLOSE_DISPERSED,
+            ..
+        }
+    )));
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Idle
+        })
+    );
+    assert_eq!(g.phase(), Phase::Dispersed(DisperseReason::Idle));
+    assert_eq!(g.next_deadline(), None);
+    // Anything that still reaches it goes back to the hall.
+    let late = Inbound::Join {
+        conn: ConnId(9),
+        encoding: Encoding::Json,
+    };
+    g.handle(Event::Message(due + secs(2), late.clone()));
+    assert_eq!(drain(&mut g), [Action::Bounce(late)]);
+}
+
+#[test]
+fn a_refused_dispersal_goes_back_to_serving() {
+    let config = Config {
+        idle_timeout: secs(60),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    g.handle(Event::Tick(T0 + secs(60)));
+    drain(&mut g);
+    // Traffic the hall had already routed arrives, then the refusal.
+    join(&mut g, T0 + secs(61), 1);
+    g.handle(Event::Verdict(T0 + secs(61), Verdict::Refused));
+    assert_eq!(g.phase(), Phase::Live);
+    assert_eq!(
+        g.next_deadline(),
+        Some(Deadline {
+            at: T0 + secs(121),
+            why: Why::Idle
+        })
+    );
+}
+
+#[test]
+fn empty_grace_disperses_an_abandoned_gathering() {
+    let config = Config {
+        empty_grace: Some(secs(30)),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    assert_eq!(g.next_deadline().unwrap().why, Why::Idle);
+    g.handle(Event::Message(
+        T0 + secs(5),
+        Inbound::Leave { conn: ConnId(1) },
+    ));
+    assert_eq!(
+        g.next_deadline(),
+        Some(Deadline {
+            at: T0 + secs(35),
+            why: Why::Empty
+        })
+    );
+    g.handle(Event::Tick(T0 + secs(35)));
+    assert_eq!(
+        drain(&mut g),
+        [Action::Disperse {
+            reason: DisperseReason::Empty,
+            processed: 2
+        }]
+    );
+}
+
+#[test]
+fn shutdown_closes_with_going_away_after_the_final_persist() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    drain(&mut g);
+    g.handle(Event::Shutdown(T0));
+    assert!(drain(&mut g).is_empty());
+    g.handle(Event::Persisted(T0, 1));
+    let actions = drain(&mut g);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        code: CLOSE_GOING_AWAY,
+        reason: DisperseReason::Shutdown.close_text(),
+    }));
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Shutdown
+        })
+    );
+}
+
+#[test]
+fn restore_round_trips_and_refuses_garbage() {
+    let mut g = gathering(Config::default());
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    let Some(Action::Persist { seq, snapshot }) = g.poll_action() else {
+        panic!()
+    };
+    let id = GatheringId::parse("t").unwrap();
+    let back: Gathering<Tournament> =
+        Gathering::restore(id.clone(), Config::default(), T0, seq, &snapshot).unwrap();
+    assert_eq!(back.app(), g.app());
+    assert_eq!(back.seq(), 1);
+    let err =
+        Gathering::<Tournament>::restore(id, Config::default(), T0, 1, &[0xff, 0xff]).unwrap_err();
+    assert!(err.to_string().contains("unreadable"), "{err}");
+}
