@@ -97,6 +97,17 @@ impl Hall {
             .count()
     }
 
+    /// Number of gatherings the hall knows in any state; zero once a shutdown
+    /// has completed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the hall knows no gathering at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Whether `id` is taking traffic directly.
     pub fn is_live(&self, id: &GatheringId) -> bool {
         matches!(self.entries.get(id), Some(Entry::Live { .. }))

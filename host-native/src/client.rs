@@ -1,0 +1,267 @@
+//! A Rust client for the gathering protocol (docs/PROTOCOL.md), usable as an
+//! SDK: join, send ops, receive and acknowledge forwards, fetch state, and
+//! rejoin after a dispersal.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+
+use futures_util::{SinkExt, StreamExt};
+use gathering_core::protocol::{self, Encoding, Frame};
+use gathering_core::tournament::Tournament;
+use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Something the server pushed that was not an answer to a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming<O> {
+    /// Another client's op, number `seq`.
+    Forward {
+        /// Its number.
+        seq: u64,
+        /// The op.
+        op: O,
+    },
+    /// The session ended normally: the gathering dispersed. Rejoin with
+    /// [`Client::connect`] to continue; the state is kept.
+    Dispersed {
+        /// Why it dispersed.
+        reason: DisperseReason,
+        /// The close code that followed (4000, or 1001 on shutdown).
+        code: Option<u16>,
+    },
+}
+
+/// Why a client call failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientError {
+    /// Could not connect, or the server refused the join (e.g. HTTP 400).
+    Connect(String),
+    /// The server refused the op; nothing changed.
+    Rejected {
+        /// Stable error code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+    /// The gathering dispersed before answering; the op may or may not have
+    /// been applied: rejoin and fetch to see.
+    Dispersed(DisperseReason),
+    /// The connection closed for another reason.
+    Closed {
+        /// Close code, if the server sent one.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+    /// The server sent something this client does not understand.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "cannot join: {e}"),
+            ClientError::Rejected { code, message } => write!(f, "refused ({code}): {message}"),
+            ClientError::Dispersed(r) => {
+                write!(f, "the gathering dispersed ({r}) before answering")
+            }
+            ClientError::Closed { code, reason } => {
+                write!(f, "connection closed ({code:?}): {reason}")
+            }
+            ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// One connection to one gathering, hosting application `A`.
+pub struct Client<A: App = Tournament> {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    encoding: Encoding,
+    next_id: u64,
+    auto_ack: bool,
+    inbox: VecDeque<Incoming<A::Op>>,
+    /// Set once the gathering said it dispersed.
+    ended: Option<DisperseReason>,
+    _app: PhantomData<A>,
+}
+
+impl<A: App> Client<A> {
+    /// Joins gathering `id` on the server at `base` (e.g. `ws://127.0.0.1:8080`),
+    /// speaking `encoding`. Joining a dispersed gathering spawns it again.
+    pub async fn connect(
+        base: &str,
+        id: &GatheringId,
+        encoding: Encoding,
+    ) -> Result<Self, ClientError> {
+        let query = match encoding {
+            Encoding::Json => "json",
+            Encoding::Postcard => "postcard",
+        };
+        let url = format!(
+            "{}/gatherings/{id}?encoding={query}",
+            base.trim_end_matches('/')
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(Client {
+            ws,
+            encoding,
+            next_id: 0,
+            auto_ack: true,
+            inbox: VecDeque::new(),
+            ended: None,
+            _app: PhantomData,
+        })
+    }
+
+    /// Whether forwards are acknowledged as soon as they arrive (the default).
+    pub fn set_auto_ack(&mut self, on: bool) {
+        self.auto_ack = on;
+    }
+
+    /// Applies `op`; returns its sequence number once the server has made it durable.
+    pub async fn op(&mut self, op: A::Op) -> Result<u64, ClientError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&ClientMsg::Op { id, op }).await?;
+        loop {
+            match self.read().await? {
+                ServerMsg::Ack { id: got, seq } if got == id => return Ok(seq),
+                ServerMsg::Error {
+                    id: Some(got),
+                    code,
+                    message,
+                } if got == id => {
+                    return Err(ClientError::Rejected { code, message });
+                }
+                other => self.stash_or_end(other).await?,
+            }
+        }
+    }
+
+    /// Fetches the whole state and the number of the last op it holds.
+    pub async fn fetch(&mut self) -> Result<(u64, A), ClientError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&ClientMsg::Fetch { id }).await?;
+        loop {
+            match self.read().await? {
+                ServerMsg::State {
+                    id: got,
+                    seq,
+                    state,
+                } if got == id => return Ok((seq, state)),
+                other => self.stash_or_end(other).await?,
+            }
+        }
+    }
+
+    /// The next forward, or the end of the session ([`Incoming::Dispersed`]).
+    pub async fn next(&mut self) -> Result<Incoming<A::Op>, ClientError> {
+        loop {
+            if let Some(incoming) = self.inbox.pop_front() {
+                return Ok(incoming);
+            }
+            let msg = self.read().await?;
+            self.stash(msg).await?;
+        }
+    }
+
+    /// Acknowledges every forward up to and including `seq`.
+    pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
+        self.send(&ClientMsg::Ack { seq }).await
+    }
+
+    /// Sends a raw WebSocket message (for tests of bad input).
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), ClientError> {
+        self.ws.send(msg).await.map_err(|e| closed(&e.to_string()))
+    }
+
+    /// Reads the next raw server message, answers included.
+    pub async fn read(&mut self) -> Result<ServerMsg<A::Op, A>, ClientError> {
+        loop {
+            let Some(next) = self.ws.next().await else {
+                return Err(closed("connection ended"));
+            };
+            let msg = next.map_err(|e| closed(&e.to_string()))?;
+            let frame = match msg {
+                Message::Text(text) => Frame::Text(text.as_str().into()),
+                Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    });
+                }
+                _ => continue,
+            };
+            return protocol::decode(&frame).map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Like `stash`, for a caller waiting for an answer: the end of the
+    /// session is an error there, because the answer will never come.
+    async fn stash_or_end(&mut self, msg: ServerMsg<A::Op, A>) -> Result<(), ClientError> {
+        self.stash(msg).await?;
+        match self.ended {
+            Some(reason) => Err(ClientError::Dispersed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    async fn stash(&mut self, msg: ServerMsg<A::Op, A>) -> Result<(), ClientError> {
+        match msg {
+            ServerMsg::Forward { seq, op } => {
+                if self.auto_ack {
+                    self.ack(seq).await?;
+                }
+                self.inbox.push_back(Incoming::Forward { seq, op });
+                Ok(())
+            }
+            ServerMsg::Dispersed { reason } => {
+                // The close frame follows; read it for its code.
+                let code = match self.read().await {
+                    Err(ClientError::Closed { code, .. }) => code,
+                    _ => None,
+                };
+                self.ended = Some(reason);
+                self.inbox.push_back(Incoming::Dispersed { reason, code });
+                Ok(())
+            }
+            // Answers to requests nobody waits for any more, and errors for
+            // undecodable frames, are dropped.
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, msg: &ClientMsg<A::Op>) -> Result<(), ClientError> {
+        if self.ended.is_some() {
+            return Err(closed("the gathering dispersed; rejoin to continue"));
+        }
+        let frame = protocol::encode(msg, self.encoding)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let msg = match frame {
+            Frame::Text(text) => Message::text(&*text),
+            Frame::Binary(bytes) => Message::binary(bytes.to_vec()),
+        };
+        self.ws.send(msg).await.map_err(|e| closed(&e.to_string()))
+    }
+}
+
+fn closed(reason: &str) -> ClientError {
+    ClientError::Closed {
+        code: None,
+        reason: reason.to_owned(),
+    }
+}

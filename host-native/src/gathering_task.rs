@@ -1,0 +1,275 @@
+//! One task per gathering: the core's run loop over a mailbox, one timer, the
+//! connections' outboxes and the group-commit writer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use gathering_core::tournament::Tournament;
+use gathering_core::{
+    Action, ConnId, DisperseReason, Event, Gathering, GatheringId, Inbound, Instant, Verdict, Why,
+};
+
+use crate::hall_task::HallMail;
+use crate::metrics::ReasonLabel;
+use crate::outbox::Outbox;
+use crate::server::Shared;
+use crate::store::{Stored, Write};
+
+/// Mail for a gathering task, in the order it must be handled.
+#[derive(Debug)]
+pub enum Mail {
+    /// Routed by the hall; a join carries the connection's outbox.
+    Inbound(Inbound, Option<Outbox>),
+    /// The hall's answer to a dispersal request.
+    Verdict(Verdict),
+    /// The snapshot of op `seq` is durable.
+    Persisted(u64),
+    /// The last snapshot could not be written.
+    PersistFailed(String),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Most mails handled before actions are carried out; ops among them share
+/// one snapshot.
+const BATCH: usize = 64;
+
+/// What `GET /gatherings` shows of a gathering, published without locks.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Connections joined.
+    pub connections: AtomicU32,
+    /// Last activity, core nanoseconds.
+    pub last_activity: AtomicU64,
+    /// When it disperses if nothing happens, core nanoseconds.
+    pub idle_deadline: AtomicU64,
+}
+
+struct Task {
+    gathering: Gathering<Tournament>,
+    me: async_channel::Sender<Mail>,
+    shared: Arc<Shared>,
+    outboxes: HashMap<ConnId, Outbox>,
+    status: Arc<Status>,
+    /// Lateness of the tick that decided to disperse, for the log line.
+    lateness: Option<std::time::Duration>,
+    done: bool,
+}
+
+/// Runs gathering `g` until it has dispersed, then tells the hall.
+pub async fn run(
+    gathering: Gathering<Tournament>,
+    mailbox: async_channel::Receiver<Mail>,
+    me: async_channel::Sender<Mail>,
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+) {
+    let id = gathering.id().clone();
+    let mut task = Task {
+        gathering,
+        me,
+        shared: shared.clone(),
+        outboxes: HashMap::new(),
+        status,
+        lateness: None,
+        done: false,
+    };
+    let clock = shared.clock;
+    let timer = tokio::time::sleep_until(clock.to_tokio(Instant::from_nanos(u64::MAX)));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    task.publish();
+    while !task.done {
+        // The core's contract: one timer, re-armed only when it fired or an
+        // earlier deadline appeared.
+        if let Some(deadline) = task.gathering.next_deadline()
+            && armed.is_none_or(|at| deadline.at < at)
+        {
+            armed = Some(deadline.at);
+            timer.as_mut().reset(clock.to_tokio(deadline.at));
+        }
+        tokio::select! {
+            mail = mailbox.recv() => {
+                let Ok(mail) = mail else { break };
+                task.handle(mail).await;
+                for _ in 1..BATCH {
+                    match mailbox.try_recv() {
+                        Ok(mail) => task.handle(mail).await,
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                let now = clock.now();
+                // A timer that fired proves nothing; the core decides on `now`.
+                let due = task.gathering.next_deadline();
+                task.gathering.handle(Event::Tick(now));
+                if let Some(d) = due
+                    && matches!(d.why, Why::Idle | Why::Empty)
+                    && d.at <= now
+                {
+                    task.lateness = Some(std::time::Duration::from_nanos(now.as_nanos() - d.at.as_nanos()));
+                }
+            }
+        }
+        task.carry_out().await;
+        task.publish();
+    }
+    // Nothing should be left (the hall grants only when all was processed),
+    // but whatever is goes back to the hall for the successor, in order.
+    mailbox.close();
+    while let Ok(mail) = mailbox.try_recv() {
+        if let Mail::Inbound(inbound, outbox) = mail {
+            let _ = shared
+                .hall
+                .send(HallMail::Route(id.clone(), inbound, outbox))
+                .await;
+        }
+    }
+    if let Ok(mut registry) = shared.registry.lock() {
+        registry.remove(&id);
+    }
+    shared.metrics.gatherings_live.dec();
+    let _ = shared.hall.send(HallMail::Dispersed(id)).await;
+}
+
+impl Task {
+    async fn handle(&mut self, mail: Mail) {
+        let now = self.shared.clock.now();
+        let event = match mail {
+            Mail::Inbound(inbound, outbox) => {
+                self.shared.metrics.messages_processed.inc();
+                if let (Inbound::Join { conn, .. }, Some(outbox)) = (&inbound, outbox) {
+                    self.outboxes.insert(*conn, outbox);
+                }
+                if let Inbound::Leave { conn } = &inbound {
+                    self.outboxes.remove(conn);
+                }
+                Event::Message(now, inbound)
+            }
+            Mail::Verdict(v) => Event::Verdict(now, v),
+            Mail::Persisted(seq) => Event::Persisted(now, seq),
+            Mail::PersistFailed(e) => {
+                tracing::warn!(id = %self.gathering.id(), error = %e, "snapshot not written; will retry");
+                Event::PersistFailed(now)
+            }
+            Mail::Shutdown => Event::Shutdown(now),
+        };
+        self.gathering.handle(event);
+    }
+
+    async fn carry_out(&mut self) {
+        while let Some(action) = self.gathering.poll_action() {
+            match action {
+                Action::Send {
+                    conn,
+                    frame,
+                    delivery,
+                } => {
+                    if let Some(outbox) = self.outboxes.get(&conn)
+                        && !outbox.send(frame, delivery)
+                    {
+                        self.outboxes.remove(&conn);
+                    }
+                }
+                Action::Close { conn, code, reason } => {
+                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                        outbox.close(code, reason);
+                    }
+                }
+                Action::Persist { seq, snapshot } => {
+                    let write = Write {
+                        id: self.gathering.id().clone(),
+                        stored: Stored { seq, snapshot },
+                    };
+                    if self
+                        .shared
+                        .persister
+                        .submit(write, self.me.clone())
+                        .is_err()
+                    {
+                        tracing::error!(id = %self.gathering.id(), "storage writer is gone");
+                        self.gathering
+                            .handle(Event::PersistFailed(self.shared.clock.now()));
+                    }
+                }
+                Action::Disperse { reason, processed } => {
+                    let id = self.gathering.id().clone();
+                    let asked = HallMail::DisperseRequest {
+                        id,
+                        processed,
+                        reason,
+                    };
+                    if self.shared.hall.send(asked).await.is_err() {
+                        // No hall: nobody routes here any more; disperse.
+                        self.gathering
+                            .handle(Event::Verdict(self.shared.clock.now(), Verdict::Granted));
+                    }
+                }
+                Action::Dispersed { reason } => self.dispersed(reason),
+                Action::Bounce(inbound) => {
+                    let outbox = match &inbound {
+                        Inbound::Join { conn, .. } => self.outboxes.remove(conn),
+                        _ => None,
+                    };
+                    let route = HallMail::Route(self.gathering.id().clone(), inbound, outbox);
+                    let _ = self.shared.hall.send(route).await;
+                }
+            }
+        }
+    }
+
+    fn dispersed(&mut self, reason: DisperseReason) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .gatherings_dispersed
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+        let lateness = self.lateness.unwrap_or_default();
+        if matches!(reason, DisperseReason::Idle | DisperseReason::Empty) {
+            metrics.dispersal_lateness.observe(lateness.as_secs_f64());
+        }
+        tracing::info!(
+            id = %self.gathering.id(),
+            reason = %reason,
+            lateness_us = lateness.as_micros() as u64,
+            seq = self.gathering.seq(),
+            "gathering dispersed"
+        );
+        self.done = true;
+    }
+
+    fn publish(&self) {
+        let g = &self.gathering;
+        self.status
+            .connections
+            .store(g.connections() as u32, Ordering::Relaxed);
+        self.status
+            .last_activity
+            .store(g.last_activity().as_nanos(), Ordering::Relaxed);
+        self.status
+            .idle_deadline
+            .store(g.idle_deadline().as_nanos(), Ordering::Relaxed);
+    }
+}
+
+/// Starts the task of a freshly loaded gathering; returns its mailbox.
+pub fn spawn(
+    gathering: Gathering<Tournament>,
+    shared: &Arc<Shared>,
+) -> async_channel::Sender<Mail> {
+    let (tx, rx) = async_channel::unbounded();
+    let status = Arc::new(Status::default());
+    let id: GatheringId = gathering.id().clone();
+    if let Ok(mut registry) = shared.registry.lock() {
+        registry.insert(id, status.clone());
+    }
+    shared.metrics.gatherings_live.inc();
+    shared.metrics.gatherings_spawned.inc();
+    tokio::spawn(run(gathering, rx, tx.clone(), shared.clone(), status));
+    tx
+}

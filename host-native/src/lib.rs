@@ -1,0 +1,21 @@
+//! The gathering server (warp + tokio) and its Rust client.
+//!
+//! The server drives the sans-IO state machines of `gathering-core`: one task
+//! per gathering with one timer, a hall task that routes every connection's
+//! traffic, a group-commit writer over an embedded redb store, and a warp
+//! front end. [`client::Client`] speaks the same protocol from Rust.
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod gathering_task;
+pub mod hall_task;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod persist;
+pub mod server;
+pub mod store;
+pub mod ws;
+
+pub use server::{Running, ServerConfig, ServerError, run, start};

@@ -1,0 +1,115 @@
+//! Prometheus metrics of the server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label of `gatherings_dispersed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `idle`, `empty` or `shutdown`.
+    pub reason: &'static str,
+}
+
+/// Every metric the server exports, updated lock-free from any task.
+pub struct Metrics {
+    /// Gatherings spawned and not yet dispersed.
+    pub gatherings_live: Gauge,
+    /// Dispersals by reason.
+    pub gatherings_dispersed: Family<ReasonLabel, Counter>,
+    /// Gatherings spawned (loaded or new).
+    pub gatherings_spawned: Counter,
+    /// Messages (joins, frames, leaves) processed by gatherings.
+    pub messages_processed: Counter,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Time from a dispersal deadline to the tick that acted on it, seconds.
+    pub dispersal_lateness: Histogram,
+    /// Storage commits (each holds one or more snapshots).
+    pub storage_commits: Counter,
+    /// Snapshots written.
+    pub storage_writes: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let gatherings_live = Gauge::default();
+        let gatherings_dispersed = Family::<ReasonLabel, Counter>::default();
+        let gatherings_spawned = Counter::default();
+        let messages_processed = Counter::default();
+        let connections = Gauge::default();
+        // 10 µs .. ~10 s, doubling: dispersal should land in the first buckets.
+        let dispersal_lateness = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 20),
+        );
+        let storage_commits = Counter::default();
+        let storage_writes = Counter::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "gatherings_live",
+            "Gatherings spawned and not yet dispersed",
+            gatherings_live.clone(),
+        );
+        registry.register(
+            "gatherings_dispersed",
+            "Gatherings dispersed, by reason",
+            gatherings_dispersed.clone(),
+        );
+        registry.register(
+            "gatherings_spawned",
+            "Gatherings spawned",
+            gatherings_spawned.clone(),
+        );
+        registry.register(
+            "messages_processed",
+            "Messages processed by gatherings",
+            messages_processed.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        registry.register(
+            "dispersal_lateness_seconds",
+            "Time from a dispersal deadline to the tick that acted on it",
+            dispersal_lateness.clone(),
+        );
+        registry.register(
+            "storage_commits",
+            "Durable storage commits",
+            storage_commits.clone(),
+        );
+        registry.register(
+            "storage_writes",
+            "Snapshots written to storage",
+            storage_writes.clone(),
+        );
+        Metrics {
+            gatherings_live,
+            gatherings_dispersed,
+            gatherings_spawned,
+            messages_processed,
+            connections,
+            dispersal_lateness,
+            storage_commits,
+            storage_writes,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            out = format!("# metrics could not be encoded: {e}\n");
+        }
+        out
+    }
+}

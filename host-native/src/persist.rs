@@ -1,0 +1,83 @@
+//! Group commit: every snapshot waiting when the writer is free goes into one
+//! durable commit, so throughput does not collapse to one fsync per op.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::gathering_task::Mail;
+use crate::metrics::Metrics;
+use crate::store::{Store, Write};
+
+/// Most snapshots in one commit; bounds the latency of the first in a batch.
+const MAX_BATCH: usize = 4096;
+
+struct Job {
+    write: Write,
+    reply: async_channel::Sender<Mail>,
+}
+
+/// Handle to the writer thread. Dropping every handle lets the thread finish
+/// the jobs it has and exit.
+#[derive(Clone)]
+pub struct Persister {
+    jobs: async_channel::Sender<Job>,
+}
+
+/// The writer thread is gone; the snapshot was not written.
+#[derive(Debug)]
+pub struct PersisterGone;
+
+impl Persister {
+    /// Starts the writer thread over `store`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (jobs, rx) = async_channel::unbounded::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("gathering-store".into())
+            .spawn(move || write_loop(&*store, &rx, &metrics))?;
+        Ok((Persister { jobs }, thread))
+    }
+
+    /// Queues `write`; the outcome arrives on `reply` as
+    /// [`Mail::Persisted`] or [`Mail::PersistFailed`].
+    pub fn submit(
+        &self,
+        write: Write,
+        reply: async_channel::Sender<Mail>,
+    ) -> Result<(), PersisterGone> {
+        self.jobs
+            .try_send(Job { write, reply })
+            .map_err(|_| PersisterGone)
+    }
+}
+
+fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Metrics) {
+    while let Ok(first) = rx.recv_blocking() {
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            replies.push((job.write.stored.seq, job.reply));
+            writes.push(job.write);
+            if writes.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = store.commit(&writes);
+        metrics.storage_commits.inc();
+        metrics.storage_writes.inc_by(writes.len() as u64);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = writes.len(), "storage commit failed; gatherings will retry");
+        }
+        for (seq, reply) in replies {
+            let mail = match &result {
+                Ok(()) => Mail::Persisted(seq),
+                Err(e) => Mail::PersistFailed(e.to_string()),
+            };
+            // A gathering that is gone needs no answer.
+            let _ = reply.try_send(mail);
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Wiring: storage, the hall, the HTTP server, and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gathering_core::{Config, GatheringId};
+
+use crate::clock::Clock;
+use crate::config::Args;
+use crate::gathering_task::Status;
+use crate::hall_task::{self, HallMail};
+use crate::metrics::Metrics;
+use crate::persist::Persister;
+use crate::store::{RedbStore, Store};
+
+/// Messages waiting for the hall before readers feel backpressure.
+const HALL_MAILBOX: usize = 65_536;
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Directory of the embedded database.
+    pub data_dir: PathBuf,
+    /// Tunables of every gathering.
+    pub gathering: Config,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl From<Args> for ServerConfig {
+    fn from(a: Args) -> Self {
+        ServerConfig {
+            listen: a.listen,
+            data_dir: a.data_dir,
+            gathering: Config {
+                idle_timeout: a.idle_timeout,
+                empty_grace: a.empty_grace,
+                retry_interval: a.retry_interval,
+                max_retry_interval: a.retry_interval.saturating_mul(30),
+                ..Config::default()
+            },
+            max_frame_bytes: usize::try_from(a.max_frame_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// State shared by every task of one server.
+pub struct Shared {
+    /// The configuration.
+    pub config: ServerConfig,
+    /// The clock.
+    pub clock: Clock,
+    /// The hall's mailbox.
+    pub hall: async_channel::Sender<HallMail>,
+    /// Storage, for loads.
+    pub store: Arc<dyn Store>,
+    /// The group-commit writer.
+    pub persister: Persister,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live gatherings, for `GET /gatherings`; touched at spawn and dispersal only.
+    pub registry: Mutex<BTreeMap<GatheringId, Arc<Status>>>,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Storage could not be opened.
+    Store(String),
+    /// The address could not be bound.
+    Bind(SocketAddr, std::io::Error),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Store(e) => write!(f, "storage: {e}"),
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::Thread(e) => write!(f, "cannot start the storage thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Shuts down gracefully: stop accepting, disperse and persist every
+    /// gathering (clients get `dispersed` and close code 1001), flush storage.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Opens storage, binds, and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ServerError::Store(e.to_string()))?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Bind(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Bind(config.listen, e))?;
+    let metrics = Arc::new(Metrics::default());
+    let (persister, writer) =
+        Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
+    let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
+    let shared = Arc::new(Shared {
+        config,
+        clock: Clock::default(),
+        hall: hall_tx.clone(),
+        store,
+        persister,
+        metrics: metrics.clone(),
+        registry: Mutex::new(BTreeMap::new()),
+    });
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let hall = tokio::spawn(hall_task::run(hall_rx, shared.clone()));
+    let http = tokio::spawn(
+        warp::serve(crate::http::routes(shared.clone()))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = http_stop_rx.await;
+            })
+            .run(),
+    );
+    tracing::info!(%addr, data_dir = %shared.config.data_dir.display(), "listening");
+    let done = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        // Stop accepting first, then disperse what is live.
+        let _ = http_stop.send(());
+        let _ = hall_tx.send(HallMail::Shutdown).await;
+        let _ = hall.await;
+        let _ = http.await;
+        drop(shared);
+        // The writer exits once every handle is gone and its queue is empty.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        tracing::info!("shut down");
+    });
+    Ok(Running {
+        addr,
+        metrics,
+        stop,
+        done,
+    })
+}
+
+/// Runs a server until `signal` completes, then shuts it down gracefully.
+pub async fn run(
+    config: ServerConfig,
+    signal: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let running = start(config).await?;
+    signal.await;
+    tracing::info!("signal received");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! End-to-end tests over real sockets on 127.0.0.1 with the Rust client.
+//! Real clock: short timeouts, generous bounds.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gathering_core::protocol::{CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_TOO_BIG};
+use gathering_core::tournament::TournamentOp;
+use gathering_core::{Config, DisperseReason, Encoding, GatheringId, ServerMsg};
+use gathering_native::client::{Client, ClientError, Incoming};
+use gathering_native::{Running, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn config(dir: &Path, idle: Duration) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        gathering: Config {
+            idle_timeout: idle,
+            retry_interval: Duration::from_millis(100),
+            max_retry_interval: Duration::from_millis(400),
+            ..Config::default()
+        },
+        max_frame_bytes: 4096,
+    }
+}
+
+fn url(server: &Running) -> String {
+    format!("ws://{}", server.addr)
+}
+
+fn id(s: &str) -> GatheringId {
+    GatheringId::parse(s).unwrap()
+}
+
+fn register(name: &str) -> TournamentOp {
+    TournamentOp::RegisterPlayer { name: name.into() }
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f).await.expect("timed out")
+}
+
+/// A plain HTTP GET; returns (status, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn ops_are_acked_and_forwarded_in_each_clients_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let g = id("spring-open");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    let mut bob: Client = within(Client::connect(&url(&server), &g, Encoding::Postcard))
+        .await
+        .unwrap();
+    // Make sure both joins were processed before the first op.
+    within(ada.fetch()).await.unwrap();
+    within(bob.fetch()).await.unwrap();
+
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
+    assert_eq!(
+        within(bob.next()).await,
+        Ok(Incoming::Forward {
+            seq: 1,
+            op: register("Ada")
+        })
+    );
+    assert_eq!(within(bob.op(register("Bob"))).await, Ok(2));
+    assert_eq!(
+        within(ada.next()).await,
+        Ok(Incoming::Forward {
+            seq: 2,
+            op: register("Bob")
+        })
+    );
+    let err = within(ada.op(register("Ada"))).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Rejected { code, .. } if code == "duplicate_player"),
+        "{err}"
+    );
+    let (seq, state) = within(bob.fetch()).await.unwrap();
+    assert_eq!(seq, 2);
+    assert_eq!(state.players.keys().collect::<Vec<_>>(), ["Ada", "Bob"]);
+
+    let (status, body) = get(server.addr, "/gatherings").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""id":"spring-open","connections":2"#),
+        "{body}"
+    );
+    let (status, body) = get(server.addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forward_is_retried_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let g = id("retry");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    let mut bob: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    bob.set_auto_ack(false);
+    within(bob.fetch()).await.unwrap();
+    within(ada.op(register("Ada"))).await.unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            within(bob.read()).await,
+            Ok(ServerMsg::Forward { seq: 1, .. })
+        ));
+    }
+    within(bob.ack(1)).await.unwrap();
+    // Re-sends that crossed the ack may still arrive; after that, silence.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            match bob.read().await {
+                Ok(ServerMsg::Forward { seq: 1, .. }) => continue,
+                other => return other,
+            }
+        }
+    });
+    assert!(quiet.await.is_err(), "forward still re-sent after its ack");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_millis(400);
+    let server = gathering_native::start(config(dir.path(), idle))
+        .await
+        .unwrap();
+    let g = id("short");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    within(ada.op(register("Ada"))).await.unwrap();
+    let last = Instant::now();
+    let end = within(ada.next()).await.unwrap();
+    let waited = last.elapsed();
+    assert_eq!(
+        end,
+        Incoming::Dispersed {
+            reason: DisperseReason::Idle,
+            code: Some(CLOSE_DISPERSED)
+        }
+    );
+    assert!(
+        waited >= idle - Duration::from_millis(50),
+        "dispersed after {waited:?}"
+    );
+    assert!(
+        waited < idle + Duration::from_secs(2),
+        "dispersed after {waited:?}"
+    );
+
+    let mut again: Client = within(Client::connect(&url(&server), &g, Encoding::Postcard))
+        .await
+        .unwrap();
+    let (seq, state) = within(again.fetch()).await.unwrap();
+    assert_eq!(seq, 1);
+    assert!(state.players.contains_key("Ada"));
+    let metrics = get(server.addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&metrics, "gatherings_dispersed_total{reason=\"idle\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dispersal_lateness_seconds_bucket"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_state_and_shutdown_says_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let g = id("durable");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    within(ada.op(register("Ada"))).await.unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    assert_eq!(
+        within(ada.next()).await,
+        Ok(Incoming::Dispersed {
+            reason: DisperseReason::Shutdown,
+            code: Some(CLOSE_GOING_AWAY)
+        })
+    );
+    within(stopping).await.unwrap();
+
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    let (_, state) = within(ada.fetch()).await.unwrap();
+    assert!(state.players.contains_key("Ada"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let g = id("bad");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    within(ada.send_raw(Message::text("{\"type\":\"op\"")))
+        .await
+        .unwrap();
+    match within(ada.read()).await.unwrap() {
+        ServerMsg::Error { id: None, code, .. } => assert_eq!(code, "bad_frame"),
+        other => panic!("{other:?}"),
+    }
+    within(ada.send_raw(Message::binary(vec![0xff, 0x00])))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(ada.read()).await,
+        Ok(ServerMsg::Error { id: None, .. })
+    ));
+    // The connection and the gathering carry on.
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
+
+    // An oversized frame closes only that connection, with 1009.
+    let mut big: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    within(big.send_raw(Message::text("x".repeat(5000))))
+        .await
+        .unwrap();
+    match within(big.read()).await {
+        Err(ClientError::Closed { code, .. }) => assert_eq!(code, Some(CLOSE_TOO_BIG)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(within(ada.op(register("Bob"))).await, Ok(2));
+
+    for bad in [
+        "/gatherings/has%20space",
+        "/gatherings/a.b",
+        &format!("/gatherings/{}", "x".repeat(65)),
+    ] {
+        let (status, body) = get(server.addr, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("gathering id"), "{body}");
+    }
+    let (status, _) = get(server.addr, "/gatherings/has%20space").await;
+    assert_eq!(status, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_gatherings_dispersing_at_once_leave_none_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gathering_native::start(config(dir.path(), Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let c: Client = within(Client::connect(
+            &url(&server),
+            &id(&format!("g{i}")),
+            Encoding::Postcard,
+        ))
+        .await
+        .unwrap();
+        clients.push(c);
+    }
+    for c in &mut clients {
+        within(c.op(register("Ada"))).await.unwrap();
+    }
+    for c in &mut clients {
+        assert!(matches!(
+            within(c.next()).await,
+            Ok(Incoming::Dispersed {
+                reason: DisperseReason::Idle,
+                ..
+            })
+        ));
+    }
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let metrics = get(server.addr, "/metrics").await.1;
+        if metric(&metrics, "gatherings_live") == Some(0.0) {
+            assert_eq!(
+                metric(&metrics, "gatherings_dispersed_total{reason=\"idle\"}"),
+                Some(200.0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gatherings still live: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+}
