@@ -1,0 +1,119 @@
+//! The server as users run it: a child process, killed with SIGKILL under
+//! load (no acknowledged op may be lost) and stopped with SIGTERM (graceful).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gathering_core::protocol::CLOSE_GOING_AWAY;
+use gathering_core::tournament::TournamentOp;
+use gathering_core::{DisperseReason, Encoding, GatheringId};
+use gathering_native::client::{Client, Incoming};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Starts `gathering-server` on a free port; returns the child and its address.
+fn spawn_server(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gathering-server"))
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout", "60s", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("ws://{addr}"))
+}
+
+fn id(s: &str) -> GatheringId {
+    GatheringId::parse(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server(dir.path());
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let url = url.clone();
+        let acked = acked.clone();
+        load.push(tokio::spawn(async move {
+            let g = format!("t{}", c % 2);
+            let enc = if c % 2 == 0 { Encoding::Json } else { Encoding::Postcard };
+            let Ok(mut client) = Client::<gathering_core::tournament::Tournament>::connect(&url, &id(&g), enc).await else {
+                return;
+            };
+            for i in 0..5_000 {
+                let name = format!("c{c}-{i}");
+                match client.op(TournamentOp::RegisterPlayer { name: name.clone() }).await {
+                    Ok(_) => acked.lock().unwrap().push((g.clone(), name)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let the load run, then kill the server mid-flight.
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 200 && start.elapsed() < BOUND {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for task in load {
+        tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 200, "load too small to prove anything: {}", acked.len());
+
+    let (mut child, url) = spawn_server(dir.path());
+    for g in ["t0", "t1"] {
+        let mut client: Client = Client::connect(&url, &id(g), Encoding::Json).await.unwrap();
+        let (_, state) = tokio::time::timeout(BOUND, client.fetch()).await.unwrap().unwrap();
+        for (_, name) in acked.iter().filter(|(gg, _)| gg == g) {
+            assert!(state.players.contains_key(name), "acknowledged {name} lost in {g}");
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_disperses_everyone_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server(dir.path());
+    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json).await.unwrap();
+    client.op(TournamentOp::RegisterPlayer { name: "Ada".into() }).await.unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let end = tokio::time::timeout(BOUND, client.next()).await.unwrap().unwrap();
+    assert_eq!(end, Incoming::Dispersed { reason: DisperseReason::Shutdown, code: Some(CLOSE_GOING_AWAY) });
+    let deadline = Instant::now() + BOUND;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "{code:?}");
+
+    let (mut child, url) = spawn_server(dir.path());
+    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json).await.unwrap();
+    let (_, state) = client.fetch().await.unwrap();
+    assert!(state.players.contains_key("Ada"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
