@@ -1,6 +1,8 @@
 //! End-to-end tests over real sockets on 127.0.0.1 with the Rust client.
 //! Real clock: short timeouts, generous bounds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! The server as users run it: a child process, killed with SIGKILL under
 //! load (no acknowledged op may be lost) and stopped with SIGTERM (graceful).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +19,13 @@ const BOUND: Duration = Duration::from_secs(10);
 /// Starts `gathering-server` on a free port; returns the child and its address.
 fn spawn_server(dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gathering-server"))
-        .args(["--listen", "127.0.0.1:0", "--idle-timeout", "60s", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "60s",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -52,13 +60,22 @@ async fn sigkill_under_load_loses_no_acknowledged_op() {
         let acked = acked.clone();
         load.push(tokio::spawn(async move {
             let g = format!("t{}", c % 2);
-            let enc = if c % 2 == 0 { Encoding::Json } else { Encoding::Postcard };
-            let Ok(mut client) = Client::<gathering_core::tournament::Tournament>::connect(&url, &id(&g), enc).await else {
+            let enc = if c % 2 == 0 {
+                Encoding::Json
+            } else {
+                Encoding::Postcard
+            };
+            let Ok(mut client) =
+                Client::<gathering_core::tournament::Tournament>::connect(&url, &id(&g), enc).await
+            else {
                 return;
             };
             for i in 0..5_000 {
                 let name = format!("c{c}-{i}");
-                match client.op(TournamentOp::RegisterPlayer { name: name.clone() }).await {
+                match client
+                    .op(TournamentOp::RegisterPlayer { name: name.clone() })
+                    .await
+                {
                     Ok(_) => acked.lock().unwrap().push((g.clone(), name)),
                     Err(_) => return,
                 }
@@ -76,14 +93,24 @@ async fn sigkill_under_load_loses_no_acknowledged_op() {
         tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 200, "load too small to prove anything: {}", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "load too small to prove anything: {}",
+        acked.len()
+    );
 
     let (mut child, url) = spawn_server(dir.path());
     for g in ["t0", "t1"] {
         let mut client: Client = Client::connect(&url, &id(g), Encoding::Json).await.unwrap();
-        let (_, state) = tokio::time::timeout(BOUND, client.fetch()).await.unwrap().unwrap();
+        let (_, state) = tokio::time::timeout(BOUND, client.fetch())
+            .await
+            .unwrap()
+            .unwrap();
         for (_, name) in acked.iter().filter(|(gg, _)| gg == g) {
-            assert!(state.players.contains_key(name), "acknowledged {name} lost in {g}");
+            assert!(
+                state.players.contains_key(name),
+                "acknowledged {name} lost in {g}"
+            );
         }
     }
     child.kill().unwrap();
@@ -94,12 +121,29 @@ async fn sigkill_under_load_loses_no_acknowledged_op() {
 async fn sigterm_disperses_everyone_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url) = spawn_server(dir.path());
-    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json).await.unwrap();
-    client.op(TournamentOp::RegisterPlayer { name: "Ada".into() }).await.unwrap();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json)
+        .await
+        .unwrap();
+    client
+        .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
+        .await
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let end = tokio::time::timeout(BOUND, client.next()).await.unwrap().unwrap();
-    assert_eq!(end, Incoming::Dispersed { reason: DisperseReason::Shutdown, code: Some(CLOSE_GOING_AWAY) });
+    let end = tokio::time::timeout(BOUND, client.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        end,
+        Incoming::Dispersed {
+            reason: DisperseReason::Shutdown,
+            code: Some(CLOSE_GOING_AWAY)
+        }
+    );
     let deadline = Instant::now() + BOUND;
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -111,7 +155,9 @@ async fn sigterm_disperses_everyone_and_exits_zero() {
     assert!(code.success(), "{code:?}");
 
     let (mut child, url) = spawn_server(dir.path());
-    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json).await.unwrap();
+    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json)
+        .await
+        .unwrap();
     let (_, state) = client.fetch().await.unwrap();
     assert!(state.players.contains_key("Ada"));
     child.kill().unwrap();

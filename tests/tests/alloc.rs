@@ -1,6 +1,8 @@
 //! The per-message bookkeeping allocates nothing: a counting global allocator
 //! watches a gathering process client messages and early ticks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 

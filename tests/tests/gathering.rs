@@ -1,6 +1,8 @@
 //! Scenario tests of one gathering on a fake clock: exact instants, the
 //! persist-before-ack rule, retries with backoff, and the dispersal sequence.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_POLICY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{

@@ -1,5 +1,7 @@
 //! Scenario tests of the hall's routing and its side of the dispersal handshake.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use gathering_core::{
     ConnId, Encoding, GatheringId, Hall, HallAction, HallEvent, Inbound, RejectReason, Verdict,
 };

@@ -3,6 +3,8 @@
 //! the invariants of `gathering_tests::sim` checked after every step and at the
 //! end, once everything has dispersed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use gathering_core::{Config, Duration, Encoding, GatheringId};
 use gathering_tests::{proptest_config, sim::Sim};
 use proptest::prelude::*;

@@ -1,5 +1,7 @@
 //! The examples in docs/PROTOCOL.md are true.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use gathering_core::protocol::{self, Encoding, Frame};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{ClientMsg, DisperseReason, ServerMsg};
