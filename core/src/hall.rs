@@ -153,6 +153,14 @@ impl Hall {
             _ if self.shutting_down => {
                 self.reject_all(&id, vec![inbound], RejectReason::ShuttingDown)
             }
+            // A departure of a connection whose join is not waiting here
+            // belongs to the previous gathering (typically the socket that
+            // dispersal itself closed): the successor never knew it, and
+            // buffering it would respawn a gathering for nobody.
+            Some(Entry::Spawning(buffer) | Entry::Dispersing(buffer))
+                if matches!(inbound, Inbound::Leave { conn }
+                    if !buffer.iter().any(|b| matches!(b, Inbound::Join { conn: c, .. } if *c == conn))) =>
+                {}
             Some(Entry::Spawning(buffer) | Entry::Dispersing(buffer)) => buffer.push(inbound),
             // A departure needs no gathering: there is nobody to tell.
             None if matches!(inbound, Inbound::Leave { .. }) => {}

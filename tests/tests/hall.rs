@@ -129,3 +129,38 @@ fn shutdown_turns_new_traffic_away_and_forgets_closed_gatherings() {
     assert!(drain(&mut h).is_empty());
     assert_eq!(h.live(), 0);
 }
+
+#[test]
+fn a_departure_closed_by_dispersal_does_not_respawn_the_gathering() {
+    let leave = |c: u64| Inbound::Leave { conn: ConnId(c) };
+    let mut h = Hall::new();
+    h.handle(HallEvent::Route(id("a"), join(1)));
+    h.handle(HallEvent::Spawned(id("a")));
+    drain(&mut h);
+    h.handle(HallEvent::DisperseRequest {
+        id: id("a"),
+        processed: 1,
+    });
+    drain(&mut h);
+    // The socket that dispersal closed reports its end before the gathering
+    // has finished: nobody waits for a successor, so none is spawned.
+    h.handle(HallEvent::Route(id("a"), leave(1)));
+    h.handle(HallEvent::Dispersed(id("a")));
+    assert!(drain(&mut h).is_empty());
+    assert!(!h.knows(&id("a")));
+
+    // A connection that joined during dispersal and left again still
+    // reaches the successor, join and departure in order.
+    h.handle(HallEvent::Route(id("a"), join(2)));
+    h.handle(HallEvent::Route(id("a"), leave(2)));
+    h.handle(HallEvent::Route(id("a"), leave(1)));
+    assert_eq!(drain(&mut h), [HallAction::Spawn(id("a"))]);
+    h.handle(HallEvent::Spawned(id("a")));
+    assert_eq!(
+        drain(&mut h),
+        [
+            HallAction::Deliver(id("a"), join(2)),
+            HallAction::Deliver(id("a"), leave(2))
+        ]
+    );
+}

@@ -1,0 +1,288 @@
+//! The in-page host in a real browser (headless Chromium through
+//! wasm-bindgen-test-runner): the JS-facing API, driven from Rust exactly as
+//! a page would drive it. Real clock: short timeouts, generous bounds.
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures_timer::Delay;
+use futures_util::future::{Either, select};
+use gathering_wasm::{Connection, Host};
+use js_sys::{Function, Object, Reflect};
+use serde_json::{Value, json};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// How long any single expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+enum Event {
+    Message(Value),
+    Closed(u16, String),
+}
+
+/// A connection whose handlers feed a queue the test awaits.
+struct Client {
+    conn: Connection,
+    events: async_channel::Receiver<Event>,
+}
+
+impl Client {
+    fn join(host: &Host, id: &str) -> Client {
+        let conn = host.join(id).map_err(JsValue::from).unwrap();
+        let (tx, events) = async_channel::unbounded();
+        let on_message = {
+            let tx = tx.clone();
+            Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+                let data = Reflect::get(&event, &"data".into()).unwrap();
+                let text = data.as_string().expect("JSON arrives as a string");
+                let _ = tx.try_send(Event::Message(serde_json::from_str(&text).unwrap()));
+            })
+        };
+        let on_close = Closure::<dyn FnMut(u16, String)>::new(move |code, reason| {
+            let _ = tx.try_send(Event::Closed(code, reason));
+        });
+        conn.set_onmessage(Some(
+            on_message.into_js_value().unchecked_into::<Function>(),
+        ));
+        conn.set_onclose(Some(on_close.into_js_value().unchecked_into::<Function>()));
+        Client { conn, events }
+    }
+
+    fn send(&self, msg: Value) {
+        self.conn
+            .send(msg.to_string().into())
+            .map_err(JsValue::from)
+            .unwrap();
+    }
+
+    async fn event(&self, within: Duration) -> Option<Event> {
+        let recv = std::pin::pin!(self.events.recv());
+        match select(recv, Delay::new(within)).await {
+            Either::Left((event, _)) => event.ok(),
+            Either::Right(_) => None,
+        }
+    }
+
+    async fn message(&self) -> Value {
+        match self.event(PATIENCE).await {
+            Some(Event::Message(v)) => v,
+            Some(Event::Closed(code, reason)) => panic!("closed ({code} {reason}) instead"),
+            None => panic!("no message within {PATIENCE:?}"),
+        }
+    }
+
+    async fn closed(&self) -> (u16, String) {
+        match self.event(PATIENCE).await {
+            Some(Event::Closed(code, reason)) => (code, reason),
+            Some(Event::Message(v)) => panic!("message {v} instead of the close"),
+            None => panic!("not closed within {PATIENCE:?}"),
+        }
+    }
+
+    /// Sends `op` and waits for its reply.
+    async fn op(&self, id: u64, op: Value) -> Value {
+        self.send(json!({"type": "op", "id": id, "op": op}));
+        self.message().await
+    }
+
+    async fn state(&self) -> Value {
+        self.send(json!({"type": "fetch", "id": 999}));
+        let reply = self.message().await;
+        assert_eq!(reply["type"], "state", "{reply}");
+        reply["state"].clone()
+    }
+}
+
+async fn open(options: Value) -> Host {
+    let options = js_sys::JSON::parse(&options.to_string()).unwrap();
+    Host::open(options).await.map_err(JsValue::from).unwrap()
+}
+
+fn register(name: &str) -> Value {
+    json!({"type": "register_player", "name": name})
+}
+
+/// A database name no other test (or earlier run) uses.
+fn fresh_db(what: &str) -> String {
+    format!("gathering-test-{what}-{}", js_sys::Math::random())
+}
+
+async fn shutdown(host: &Host) {
+    wasm_bindgen_futures::JsFuture::from(host.shutdown())
+        .await
+        .unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn ops_are_acked_and_forwarded_until_acknowledged() {
+    let host = open(json!({"database": null, "retryIntervalMs": 50})).await;
+    let ada = Client::join(&host, "club-night");
+    let bob = Client::join(&host, "club-night");
+
+    let ack = ada.op(1, register("Ada")).await;
+    assert_eq!(ack, json!({"type": "ack", "id": 1, "seq": 1}));
+    let forward = bob.message().await;
+    assert_eq!(forward["type"], "forward");
+    assert_eq!(forward["seq"], 1);
+    assert_eq!(forward["op"], register("Ada"));
+
+    // Not acknowledged: the same forward comes again, then stops once acked.
+    let again = bob.message().await;
+    assert_eq!(again, forward);
+    bob.send(json!({"type": "ack", "seq": 1}));
+    // Drain any re-send that crossed the ack, then expect silence.
+    while let Some(Event::Message(m)) = bob.event(Duration::from_millis(300)).await {
+        assert_eq!(m, forward);
+    }
+    assert!(bob.event(Duration::from_millis(400)).await.is_none());
+
+    let state = bob.state().await;
+    assert!(state["players"].get("Ada").is_some(), "{state}");
+    let listed = host.gatherings();
+    assert_eq!(listed.length(), 1);
+    let entry: Object = listed.get(0).unchecked_into();
+    assert_eq!(Reflect::get(&entry, &"id".into()).unwrap(), "club-night");
+    assert_eq!(Reflect::get(&entry, &"connections".into()).unwrap(), 2.0);
+    shutdown(&host).await;
+}
+
+#[wasm_bindgen_test]
+async fn an_idle_gathering_disperses_once_with_code_4000() {
+    let host = open(json!({"database": null, "idleTimeoutMs": 300})).await;
+    let started = host.now();
+    let ada = Client::join(&host, "quiet");
+    let bob = Client::join(&host, "quiet");
+    ada.op(1, register("Ada")).await;
+    let last_activity = host.now();
+    for client in [&ada, &bob] {
+        // Bob sees Ada's forward first (never acked: dispersal cancels it).
+        let mut msg = client.message().await;
+        if msg["type"] == "forward" {
+            msg = client.message().await;
+        }
+        assert_eq!(msg, json!({"type": "dispersed", "reason": "idle"}));
+        let (code, reason) = client.closed().await;
+        assert_eq!(code, 4000);
+        assert!(reason.contains("idle"), "{reason}");
+        assert!(client.conn.closed());
+        // Exactly once: nothing follows, no retry of the forward either.
+        assert!(client.event(Duration::from_millis(300)).await.is_none());
+    }
+    let lateness = host.take_lateness();
+    assert_eq!(lateness.len(), 1);
+    assert!(lateness[0] >= 0.0 && lateness[0] < 1000.0, "{lateness:?}");
+    assert!(host.now() - last_activity >= 300.0 - 1.0, "dispersed early");
+    assert!(host.now() - started < 4000.0);
+    assert_eq!(host.gatherings().length(), 0);
+
+    // Rejoining respawns it from what it persisted.
+    let carol = Client::join(&host, "quiet");
+    assert!(carol.state().await["players"].get("Ada").is_some());
+    assert!(
+        ada.conn.send("{}".into()).is_err(),
+        "a closed connection refuses to send"
+    );
+    shutdown(&host).await;
+}
+
+#[wasm_bindgen_test]
+async fn state_survives_the_host_in_indexeddb() {
+    let db = fresh_db("reload");
+    let host = open(json!({"database": db})).await;
+    let ada = Client::join(&host, "spring-open");
+    assert_eq!(ada.op(1, register("Ada")).await["type"], "ack");
+
+    // An acked op is already durable: a second host on the same database
+    // (as after a reload, with the first one never shut down) sees it.
+    let other = open(json!({"database": db})).await;
+    let peek = Client::join(&other, "spring-open");
+    assert!(peek.state().await["players"].get("Ada").is_some());
+    shutdown(&other).await;
+
+    assert_eq!(ada.op(2, register("Bob")).await["type"], "ack");
+    shutdown(&host).await;
+    assert_eq!(
+        ada.message().await,
+        json!({"type": "dispersed", "reason": "shutdown"})
+    );
+    assert_eq!(ada.closed().await.0, 1001);
+    drop(host);
+
+    let host = open(json!({"database": db})).await;
+    let again = Client::join(&host, "spring-open");
+    let state = again.state().await;
+    assert!(state["players"].get("Ada").is_some(), "{state}");
+    assert!(state["players"].get("Bob").is_some(), "{state}");
+    shutdown(&host).await;
+    assert!(
+        host.join("spring-open").is_err(),
+        "a shut-down host refuses joins"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn bad_input_gets_an_error_and_the_connection_carries_on() {
+    let host = open(json!({"database": null, "maxFrameBytes": 256})).await;
+    let ada = Client::join(&host, "errors");
+    ada.conn
+        .send("this is not json".into())
+        .map_err(JsValue::from)
+        .unwrap();
+    let reply = ada.message().await;
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["id"], Value::Null);
+    assert_eq!(reply["code"], "bad_frame");
+
+    let reply = ada
+        .op(
+            3,
+            json!({"type": "record_result", "a": "Nobody", "b": "Ghost", "winner": null}),
+        )
+        .await;
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["id"], 3);
+    assert!(
+        reply["message"].as_str().unwrap().contains("Nobody"),
+        "{reply}"
+    );
+    assert_eq!(ada.op(4, register("Ada")).await["type"], "ack");
+    assert_eq!(ada.state().await["matches"], json!([]));
+
+    assert!(host.join("not a valid id!").is_err());
+    assert!(ada.conn.send(JsValue::from_f64(7.0)).is_err());
+    assert!(Host::open(JsValue::from_str("fast")).await.is_err());
+    let bad = js_sys::JSON::parse(r#"{"idleTimeoutMs": -5}"#).unwrap();
+    let err = Host::open(bad).await.map_err(JsValue::from).unwrap_err();
+    let text = Reflect::get(&err, &"message".into())
+        .unwrap()
+        .as_string()
+        .unwrap();
+    assert!(text.contains("idleTimeoutMs"), "{text}");
+
+    // Oversized: closed with 1009, as on the server.
+    ada.send(json!({"type": "op", "id": 5, "op": register(&"x".repeat(300))}));
+    assert_eq!(ada.closed().await.0, 1009);
+    shutdown(&host).await;
+}
+
+#[wasm_bindgen_test]
+async fn an_empty_gathering_disperses_after_its_grace() {
+    let host = open(json!({"database": null, "emptyGraceMs": 150})).await;
+    let ada = Client::join(&host, "left-behind");
+    ada.op(1, register("Ada")).await;
+    ada.conn.close();
+    assert_eq!(ada.closed().await.0, 1000);
+    let mut waited = 0;
+    while host.gatherings().length() > 0 && waited < 50 {
+        Delay::new(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(host.gatherings().length(), 0, "still live after 5 s");
+    assert_eq!(host.take_lateness().len(), 1);
+    shutdown(&host).await;
+}
