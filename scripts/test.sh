@@ -6,13 +6,18 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "toolchain: wasm32 target"
-rustup target list --installed | grep -qx wasm32-unknown-unknown \
-  || rustup target add wasm32-unknown-unknown
+step "tools: wasm32 target, wasm-bindgen-cli, Chromium, the page test's npm package"
+./scripts/wasm-tools.sh
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+export PATH="$HOME/.cargo/bin:$PATH"
 
 step "format and lints (unwrap/expect/panic are denied outside tests)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p gathering-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "core is sans-IO: builds for wasm32 and depends on no runtime"
 cargo build -p gathering-core --target wasm32-unknown-unknown --locked
@@ -22,5 +27,14 @@ if cargo tree -p gathering-core -e normal --prefix none \
   exit 1
 fi
 
-step "tests"
+step "tests: core properties and scenarios, native host end to end"
 cargo test --workspace --locked
+
+step "browser tests: the in-page host in headless Chromium"
+(cd host-wasm && CHROMEDRIVER=/usr/bin/chromedriver \
+  cargo test -p gathering-wasm --target wasm32-unknown-unknown --locked)
+
+step "page test: the demo page, clicked through in headless Chromium"
+./scripts/build-web.sh
+cargo build -p gathering-native --locked
+node tests/browser/page.test.mjs target/debug/gathering-server

@@ -33,7 +33,15 @@ pub struct Args {
     /// Largest frame accepted from a client, in bytes; larger ones close the connection with 1009.
     #[arg(long, env = "GATHERING_MAX_FRAME_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
     pub max_frame_bytes: u64,
+
+    /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
+    #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
+    pub web_dir: PathBuf,
 }
+
+/// The demo page in this source tree: right for `cargo run`, overridable
+/// with `--web-dir` for an installed server.
+pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-wasm/www");
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)

@@ -100,7 +100,17 @@ pub fn routes(
             )
         });
     let health = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
-    join.or(list).or(metrics).or(health).recover(recover)
+    let page = match shared.config.web_dir.clone() {
+        Some(dir) => warp::get().and(warp::fs::dir(dir)).boxed(),
+        None => warp::any()
+            .and_then(|| async { Err::<warp::fs::File, _>(warp::reject::not_found()) })
+            .boxed(),
+    };
+    join.or(list)
+        .or(metrics)
+        .or(health)
+        .or(page)
+        .recover(recover)
 }
 
 fn listing(shared: &Shared, limit: usize) -> Listing {
@@ -140,7 +150,7 @@ async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
     } else if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,
-            "no such route: try /gatherings/{id}, /gatherings, /metrics or /healthz".into(),
+            "no such route: try /, /gatherings/{id}, /gatherings, /metrics or /healthz".into(),
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into())

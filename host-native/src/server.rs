@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub gathering: Config,
     /// Largest frame accepted from a client, in bytes.
     pub max_frame_bytes: usize,
+    /// Directory served at `/` (the demo page), or `None` for no page.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl From<Args> for ServerConfig {
@@ -46,6 +48,7 @@ impl From<Args> for ServerConfig {
                 ..Config::default()
             },
             max_frame_bytes: usize::try_from(a.max_frame_bytes).unwrap_or(usize::MAX),
+            web_dir: Some(a.web_dir),
         }
     }
 }

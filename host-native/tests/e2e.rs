@@ -27,6 +27,7 @@ fn config(dir: &Path, idle: Duration) -> ServerConfig {
             ..Config::default()
         },
         max_frame_bytes: 4096,
+        web_dir: None,
     }
 }
 

@@ -1,0 +1,204 @@
+// The demo page: one tournament at a time, run by the in-page host (offline)
+// or by the gathering-server that served the page, over the same JSON
+// protocol (docs/PROTOCOL.md).
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+let wasm = null;       // the gathering_wasm module, once loaded
+let host = null;       // the in-page Host, opened on first offline join
+let hostIdleMs = null; // the idle timeout `host` was opened with
+let conn = null;       // the current connection
+let nextId = 1;        // request ids
+let tournament = { players: {}, matches: [] };
+
+// ?idle=SECONDS presets the idle timeout (the browser test uses it).
+if (params.has("idle")) $("idle").value = params.get("idle");
+if (params.get("mode") === "server") document.querySelector('input[value="server"]').checked = true;
+
+const mode = () => document.querySelector('input[name="mode"]:checked').value;
+
+async function loadWasm() {
+  if (wasm) return wasm;
+  try {
+    const module = await import("./pkg/gathering_wasm.js");
+    await module.default();
+    wasm = module;
+    return wasm;
+  } catch (e) {
+    throw new Error("the in-page host is not built (run ./scripts/build-web.sh): " + e.message);
+  }
+}
+
+// A WebSocket to the server, behind the in-page connection's interface:
+// send(text), onmessage({data}), onclose(code, reason), close().
+function serverConnection(id) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}/gatherings/${encodeURIComponent(id)}`);
+  const queued = [];
+  const c = { onmessage: null, onclose: null };
+  ws.onopen = () => { while (queued.length) ws.send(queued.shift()); };
+  ws.onmessage = (event) => c.onmessage && c.onmessage(event);
+  ws.onclose = (event) => c.onclose && c.onclose(event.code, event.reason);
+  c.send = (text) => {
+    if (ws.readyState === WebSocket.CONNECTING) queued.push(text);
+    else if (ws.readyState === WebSocket.OPEN) ws.send(text);
+    else throw new Error("this connection is closed; join again to reach the gathering");
+  };
+  c.close = () => ws.close();
+  return c;
+}
+
+async function connect(id) {
+  if (mode() === "server") return serverConnection(id);
+  await loadWasm();
+  const idleMs = Math.max(1, Number($("idle").value) || 60) * 1000;
+  if (!host || hostIdleMs !== idleMs) {
+    if (host) await host.shutdown();
+    host = await wasm.Host.open({ idleTimeoutMs: idleMs });
+    hostIdleMs = idleMs;
+  }
+  return host.join(id);
+}
+
+function send(msg) {
+  try {
+    conn.send(JSON.stringify(msg));
+  } catch (e) {
+    $("room-error").textContent = e.message;
+  }
+}
+
+async function join(id) {
+  $("setup-error").textContent = "";
+  $("room-error").textContent = "";
+  if (conn && !conn.closed) { conn.onclose = null; conn.close(); }
+  try {
+    conn = await connect(id);
+  } catch (e) {
+    $("setup-error").textContent = e.message;
+    return;
+  }
+  const mine = conn;
+  $("room").hidden = false;
+  $("notice").hidden = true;
+  $("room-id").textContent = id;
+  $("room-status").textContent = mode() === "server" ? "(on the server)" : "(in this page)";
+  mine.onmessage = (event) => { if (mine === conn) onMessage(JSON.parse(event.data)); };
+  mine.onclose = (code, reason) => { if (mine === conn) onClose(code, reason); };
+  send({ type: "fetch", id: nextId++ });
+}
+
+function onMessage(msg) {
+  switch (msg.type) {
+    case "state":
+      tournament = msg.state;
+      render();
+      break;
+    case "ack":
+      send({ type: "fetch", id: nextId++ });
+      break;
+    case "forward":
+      // Acknowledge, or the gathering sends it again.
+      send({ type: "ack", seq: msg.seq });
+      send({ type: "fetch", id: nextId++ });
+      break;
+    case "error":
+      $("room-error").textContent = msg.message;
+      break;
+    case "dispersed":
+      $("notice-text").textContent = dispersedText(msg.reason);
+      $("notice").hidden = false;
+      break;
+  }
+}
+
+function dispersedText(reason) {
+  switch (reason) {
+    case "idle": return "This tournament dispersed: nobody touched it for the whole idle timeout. Its state is saved.";
+    case "empty": return "This tournament dispersed: everybody left. Its state is saved.";
+    case "shutdown": return "This tournament dispersed: the host is shutting down. Its state is saved.";
+    default: return `This tournament dispersed (${reason}).`;
+  }
+}
+
+function onClose(code, reason) {
+  $("room-status").textContent = `(closed: ${code} ${reason})`;
+  if ($("notice").hidden) {
+    $("notice-text").textContent = `The connection closed (${code}${reason ? ": " + reason : ""}).`;
+    $("notice").hidden = false;
+  }
+}
+
+function standings() {
+  return Object.entries(tournament.players)
+    .map(([name, p]) => ({ name, points: p.wins * 3 + p.draws, ...p }))
+    .sort((x, y) => y.points - x.points || y.wins - x.wins || x.name.localeCompare(y.name));
+}
+
+function render() {
+  const body = $("standings").tBodies[0];
+  body.replaceChildren();
+  standings().forEach((p, i) => {
+    const row = body.insertRow();
+    if (p.dropped) row.className = "dropped";
+    for (const cell of [i + 1, p.name, p.points, p.wins, p.draws, p.losses]) {
+      row.insertCell().textContent = cell;
+    }
+    const drop = document.createElement("button");
+    drop.textContent = "Drop";
+    drop.disabled = p.dropped;
+    drop.onclick = () => send({ type: "op", id: nextId++, op: { type: "drop_player", name: p.name } });
+    row.insertCell().append(drop);
+  });
+  const active = Object.keys(tournament.players).filter((n) => !tournament.players[n].dropped);
+  const fill = (select, names, extra) => {
+    const keep = select.value;
+    select.replaceChildren(...[...extra, ...names].map(([v, t]) => new Option(t, v)));
+    if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+  };
+  const pairs = active.map((n) => [n, n]);
+  fill($("result-a"), pairs, []);
+  fill($("result-b"), pairs, []);
+  if ($("result-b").selectedIndex === 0 && pairs.length > 1) $("result-b").selectedIndex = 1;
+  fill($("result-winner"), pairs, [["", "draw"]]);
+}
+
+async function refreshLive() {
+  const body = $("gatherings").tBodies[0];
+  let rows = [];
+  if (mode() === "server") {
+    try {
+      const listing = await (await fetch("/gatherings?limit=50")).json();
+      rows = listing.gatherings.map((g) => [g.id, g.connections, g.seconds_left]);
+    } catch { rows = []; }
+  } else if (host) {
+    rows = host.gatherings().map((g) => [g.id, g.connections, g.dispersesInMs / 1000]);
+  }
+  body.replaceChildren();
+  for (const [id, connections, left] of rows) {
+    const row = body.insertRow();
+    row.insertCell().textContent = id;
+    row.insertCell().textContent = connections;
+    row.insertCell().textContent = `${left.toFixed(1)} s`;
+  }
+}
+
+$("join-form").onsubmit = (e) => { e.preventDefault(); join($("tournament").value.trim()); };
+$("rejoin").onclick = () => join($("room-id").textContent);
+$("register-form").onsubmit = (e) => {
+  e.preventDefault();
+  send({ type: "op", id: nextId++, op: { type: "register_player", name: $("player").value.trim() } });
+  $("player").value = "";
+};
+$("result-form").onsubmit = (e) => {
+  e.preventDefault();
+  const winner = $("result-winner").value || null;
+  send({ type: "op", id: nextId++, op: { type: "record_result", a: $("result-a").value, b: $("result-b").value, winner } });
+};
+for (const radio of document.querySelectorAll('input[name="mode"]')) {
+  radio.onchange = () => { $("idle-row").hidden = mode() === "server"; };
+}
+$("idle-row").hidden = mode() === "server";
+setInterval(refreshLive, 250);
+document.body.dataset.ready = "true";

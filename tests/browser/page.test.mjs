@@ -1,0 +1,109 @@
+// End-to-end test of the demo page in real headless Chromium: the page is
+// served by a real gathering-server, driven by clicks, in both modes:
+//   offline: the in-page host (wasm) with IndexedDB, idle timeout 2 s;
+//   server:  WebSocket to gathering-server, idle timeout 2 s.
+// For each: create -> register -> wait for dispersal -> notice shown ->
+// rejoin shows the player. Offline also survives a page reload.
+//
+// Usage: node page.test.mjs [path/to/gathering-server]
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const serverBin = process.argv[2] ?? join(root, "target/debug/gathering-server");
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const PATIENCE = 15_000; // ms any single expectation may take
+
+function startServer(dataDir) {
+  const child = spawn(serverBin, [
+    "--listen", "127.0.0.1:0",
+    "--idle-timeout", "2s",
+    "--data-dir", dataDir,
+    "--web-dir", join(root, "host-wasm/www"),
+  ], { env: { ...process.env, RUST_LOG: "info" }, stdio: ["ignore", "pipe", "inherit"] });
+  return new Promise((resolvePromise, reject) => {
+    const timer = setTimeout(() => reject(new Error("server did not print its address")), PATIENCE);
+    child.on("exit", (code) => reject(new Error(`server exited early (${code})`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const m = line.match(/addr=(\S+)/);
+      if (m) { clearTimeout(timer); resolvePromise({ child, addr: m[1] }); }
+    });
+  });
+}
+
+async function flow(page, base, mode, tournament) {
+  await page.goto(`${base}/?mode=${mode}&idle=2`);
+  await page.waitForSelector("body[data-ready=true]");
+  await page.fill("#tournament", tournament);
+  await page.click("#join");
+  await page.waitForSelector("#room:not([hidden])");
+  await page.fill("#player", "Ada");
+  await page.click("#register");
+  await page.waitForSelector("#standings td:text-is('Ada')", { timeout: PATIENCE });
+
+  // The live list shows it with a countdown while it lives.
+  await page.waitForSelector(`#gatherings td:text-is('${tournament}')`, { timeout: PATIENCE });
+  const left = await page.locator(`#gatherings tr:has(td:text-is('${tournament}')) td`).nth(2).textContent();
+  assert.match(left, /^\d+\.\d s$/, `countdown shown: ${left}`);
+
+  // Idle for 2 s: the notice appears, naming the cause.
+  await page.waitForSelector("#notice:not([hidden])", { timeout: PATIENCE });
+  const notice = await page.textContent("#notice-text");
+  assert.match(notice, /dispersed: nobody touched it/, `notice: ${notice}`);
+  await page.waitForFunction(() => document.querySelector("#room-status").textContent.includes("4000"),
+    null, { timeout: PATIENCE });
+  // Gone from the live list.
+  await page.waitForFunction((id) => ![...document.querySelectorAll("#gatherings td")]
+    .some((td) => td.textContent === id), tournament, { timeout: PATIENCE });
+
+  // Rejoin respawns it from storage: Ada is still registered.
+  await page.evaluate(() => document.querySelector("#standings tbody").replaceChildren());
+  await page.click("#rejoin");
+  await page.waitForSelector("#notice", { state: "hidden" });
+  await page.waitForSelector("#standings td:text-is('Ada')", { timeout: PATIENCE });
+}
+
+const dataDir = mkdtempSync(join(tmpdir(), "gathering-page-"));
+const { child, addr } = await startServer(dataDir);
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  const base = `http://${addr}`;
+  const suffix = Date.now().toString(36);
+
+  await flow(page, base, "offline", `offline-${suffix}`);
+  console.log("ok - offline: create, register, disperse, notice, rejoin");
+
+  // A reload drops the in-page host; IndexedDB still has the tournament.
+  await page.reload();
+  await page.waitForSelector("body[data-ready=true]");
+  await page.fill("#tournament", `offline-${suffix}`);
+  await page.click("#join");
+  await page.waitForSelector("#standings td:text-is('Ada')", { timeout: PATIENCE });
+  console.log("ok - offline: the tournament survives a page reload");
+
+  await flow(page, base, "server", `server-${suffix}`);
+  console.log("ok - server: the same page over a WebSocket to gathering-server");
+
+  assert.deepEqual(errors, [], "no uncaught errors in the page");
+} catch (e) {
+  failed = true;
+  console.error("not ok -", e);
+} finally {
+  await browser.close();
+  child.kill("SIGTERM");
+  rmSync(dataDir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
