@@ -38,3 +38,8 @@ step "page test: the demo page, clicked through in headless Chromium"
 ./scripts/build-web.sh
 cargo build -p gathering-native --locked
 node tests/browser/page.test.mjs target/debug/gathering-server
+
+step "benchmarks, smoke mode (seconds; figures meaningless, nothing asserted on speed)"
+BENCH_SMOKE=1 cargo bench -p gathering-tests --bench bookkeeping --profile dev --locked
+RUST_LOG=warn target/debug/gathering-load all --smoke
+node tests/browser/bench.mjs --smoke target/debug/gathering-server

@@ -39,8 +39,12 @@ impl Instant {
     }
 }
 
+/// `d` in nanoseconds, saturating; u64 arithmetic only (this is on the
+/// per-message path through `next_deadline`, where u128 math shows).
 fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 impl Add<Duration> for Instant {

@@ -451,31 +451,42 @@ impl<A: App> Gathering<A> {
     /// `None` when only an input can wake it.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Deadline> {
-        let mut best: Option<Deadline> = None;
-        let mut consider = |at: Option<Instant>, why: Why| {
-            if let Some(at) = at
-                && best.is_none_or(|b| at < b.at)
-            {
-                best = Some(Deadline { at, why });
-            }
+        // Straight-line in the common case (live, nothing pending): a host
+        // may call this after every message.
+        let earliest = |best: Deadline, at: Option<Instant>, why: Why| match at {
+            Some(at) if at < best.at => Deadline { at, why },
+            _ => best,
+        };
+        let pending = |best: Deadline| {
+            let best = earliest(best, self.retry_due, Why::Retry);
+            earliest(best, self.flush_at, Why::Flush)
         };
         match self.phase {
             Phase::Live => {
-                consider(Some(self.idle_deadline()), Why::Idle);
-                if let (Some(grace), Some(since)) = (self.config.empty_grace, self.empty_since) {
-                    consider(Some(since + grace), Why::Empty);
-                }
-                consider(self.retry_due, Why::Retry);
-                consider(self.flush_at, Why::Flush);
+                let idle = Deadline {
+                    at: self.idle_deadline(),
+                    why: Why::Idle,
+                };
+                let empty = match (self.config.empty_grace, self.empty_since) {
+                    (Some(grace), Some(since)) => Some(since + grace),
+                    _ => None,
+                };
+                Some(pending(earliest(idle, empty, Why::Empty)))
             }
             Phase::Asking(_) => {
-                consider(self.retry_due, Why::Retry);
-                consider(self.flush_at, Why::Flush);
+                let never = Deadline {
+                    at: Instant::from_nanos(u64::MAX),
+                    why: Why::Flush,
+                };
+                let best = pending(never);
+                (best.at != never.at).then_some(best)
             }
-            Phase::Closing(_) => consider(self.flush_at, Why::Flush),
-            Phase::Dispersed(_) => {}
+            Phase::Closing(_) => self.flush_at.map(|at| Deadline {
+                at,
+                why: Why::Flush,
+            }),
+            Phase::Dispersed(_) => None,
         }
-        best
     }
 
     fn on_inbound(&mut self, now: Instant, inbound: Inbound) {

@@ -78,6 +78,41 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Anything the server says, as [`Client::reply`] returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply<O> {
+    /// Submitted op `id` is durable as op number `seq`.
+    Acked {
+        /// The request id [`Client::submit`] returned.
+        id: u64,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A request was refused; `id` is `None` when the frame was unreadable.
+    Rejected {
+        /// The request id, if the server could read it.
+        id: Option<u64>,
+        /// Machine-readable reason.
+        code: String,
+        /// For people.
+        message: String,
+    },
+    /// Another connection's op.
+    Forward {
+        /// Its sequence number.
+        seq: u64,
+        /// The op.
+        op: O,
+    },
+    /// The gathering dispersed; the session is over (rejoin to go on).
+    Dispersed {
+        /// Why.
+        reason: DisperseReason,
+        /// The close code that followed, if it arrived.
+        code: Option<u16>,
+    },
+}
+
 /// One connection to one gathering, hosting application `A`.
 pub struct Client<A: App = Tournament> {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -141,6 +176,49 @@ impl<A: App> Client<A> {
                     return Err(ClientError::Rejected { code, message });
                 }
                 other => self.stash_or_end(other).await?,
+            }
+        }
+    }
+
+    /// Sends `op` without waiting for its answer; returns the request id
+    /// that its [`Reply::Acked`] or [`Reply::Rejected`] will carry. With
+    /// [`Client::reply`], keeps many ops in flight on one connection.
+    pub async fn submit(&mut self, op: A::Op) -> Result<u64, ClientError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&ClientMsg::Op { id, op }).await?;
+        Ok(id)
+    }
+
+    /// The next thing the server says: an answer to a submitted op, a
+    /// forward (acknowledged first if auto-ack is on), or the end of the
+    /// session. Forwards already stashed by [`Client::op`] come first.
+    pub async fn reply(&mut self) -> Result<Reply<A::Op>, ClientError> {
+        if let Some(incoming) = self.inbox.pop_front() {
+            return Ok(match incoming {
+                Incoming::Forward { seq, op } => Reply::Forward { seq, op },
+                Incoming::Dispersed { reason, code } => Reply::Dispersed { reason, code },
+            });
+        }
+        loop {
+            match self.read().await? {
+                ServerMsg::Ack { id, seq } => return Ok(Reply::Acked { id, seq }),
+                ServerMsg::Error { id, code, message } => {
+                    return Ok(Reply::Rejected { id, code, message });
+                }
+                ServerMsg::Forward { seq, op } => {
+                    if self.auto_ack {
+                        self.ack(seq).await?;
+                    }
+                    return Ok(Reply::Forward { seq, op });
+                }
+                msg @ ServerMsg::Dispersed { .. } => {
+                    self.stash(msg).await?;
+                    if let Some(Incoming::Dispersed { reason, code }) = self.inbox.pop_back() {
+                        return Ok(Reply::Dispersed { reason, code });
+                    }
+                }
+                ServerMsg::State { .. } => {}
             }
         }
     }

@@ -13,7 +13,7 @@ use gathering_core::{
 use crate::hall_task::HallMail;
 use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
-use crate::server::Shared;
+use crate::server::{Detection, Shared};
 use crate::store::{Stored, Write};
 
 /// Mail for a gathering task, in the order it must be handled.
@@ -76,15 +76,23 @@ pub async fn run(
         done: false,
     };
     let clock = shared.clock;
-    let timer = tokio::time::sleep_until(clock.to_tokio(Instant::from_nanos(u64::MAX)));
+    let detection = shared.config.detection;
+    let never = || clock.to_tokio(Instant::from_nanos(u64::MAX));
+    let timer = tokio::time::sleep_until(never());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Only for `Detection::RearmPerMessage`: the per-message timer the
+    // benchmarks compare against.
+    let rearmed = tokio::time::sleep_until(never());
+    tokio::pin!(rearmed);
+    let idle_timeout = shared.config.gathering.idle_timeout;
     task.publish();
     while !task.done {
         // The core's contract: one timer, re-armed only when it fired or an
         // earlier deadline appeared.
         if let Some(deadline) = task.gathering.next_deadline()
             && armed.is_none_or(|at| deadline.at < at)
+            && (detection == Detection::Exact || !matches!(deadline.why, Why::Idle | Why::Empty))
         {
             armed = Some(deadline.at);
             timer.as_mut().reset(clock.to_tokio(deadline.at));
@@ -99,19 +107,17 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+                if detection == Detection::RearmPerMessage {
+                    rearmed.as_mut().reset(clock.to_tokio(clock.now() + idle_timeout));
+                }
             }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                let now = clock.now();
-                // A timer that fired proves nothing; the core decides on `now`.
-                let due = task.gathering.next_deadline();
-                task.gathering.handle(Event::Tick(now));
-                if let Some(d) = due
-                    && matches!(d.why, Why::Idle | Why::Empty)
-                    && d.at <= now
-                {
-                    task.lateness = Some(std::time::Duration::from_nanos(now.as_nanos() - d.at.as_nanos()));
-                }
+                task.tick();
+            }
+            () = &mut rearmed, if detection == Detection::RearmPerMessage => {
+                rearmed.as_mut().reset(never());
+                task.tick();
             }
         }
         task.carry_out().await;
@@ -136,6 +142,22 @@ pub async fn run(
 }
 
 impl Task {
+    /// A timer fired: tick the core, noting the lateness of a dispersal.
+    fn tick(&mut self) {
+        let now = self.shared.clock.now();
+        // A timer that fired proves nothing; the core decides on `now`.
+        let due = self.gathering.next_deadline();
+        self.gathering.handle(Event::Tick(now));
+        if let Some(d) = due
+            && matches!(d.why, Why::Idle | Why::Empty)
+            && d.at <= now
+        {
+            self.lateness = Some(std::time::Duration::from_nanos(
+                now.as_nanos() - d.at.as_nanos(),
+            ));
+        }
+    }
+
     async fn handle(&mut self, mail: Mail) {
         let now = self.shared.clock.now();
         let event = match mail {
@@ -232,6 +254,11 @@ impl Task {
         let lateness = self.lateness.unwrap_or_default();
         if matches!(reason, DisperseReason::Idle | DisperseReason::Empty) {
             metrics.dispersal_lateness.observe(lateness.as_secs_f64());
+            if self.shared.config.record_lateness
+                && let Ok(mut samples) = metrics.lateness_samples.lock()
+            {
+                samples.push(lateness.as_secs_f64());
+            }
         }
         tracing::info!(
             id = %self.gathering.id(),

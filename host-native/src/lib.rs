@@ -18,4 +18,4 @@ pub mod server;
 pub mod store;
 pub mod ws;
 
-pub use server::{Running, ServerConfig, ServerError, run, start};
+pub use server::{Detection, Running, ServerConfig, ServerError, Stopping, run, start};

@@ -5,9 +5,10 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use gathering_core::{Config, GatheringId};
+use gathering_core::{Config, ConnId, Encoding, GatheringId, Inbound};
 
 use crate::clock::Clock;
 use crate::config::Args;
@@ -33,6 +34,30 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     /// Directory served at `/` (the demo page), or `None` for no page.
     pub web_dir: Option<PathBuf>,
+    /// How stale gatherings are found. Only benchmarks change this.
+    pub detection: Detection,
+    /// Keep every dispersal's lateness in `Metrics::lateness_samples`
+    /// (benchmarks; unbounded, so off in a server).
+    pub record_lateness: bool,
+}
+
+/// How a gathering task finds out that its gathering went stale.
+///
+/// [`Detection::Exact`] is the product; the others exist so that
+/// benchmarks can measure it against the alternatives in the same host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Detection {
+    /// The core's contract: one timer, re-armed only when a deadline is
+    /// earlier than the armed one.
+    #[default]
+    Exact,
+    /// No idle or empty dispersal at all (the baseline): gatherings never
+    /// disperse on their own, and a retry due after the idle deadline waits
+    /// for the next mail.
+    Off,
+    /// Also reset a second timer to `now + idle_timeout` after every mail,
+    /// as hosts that re-arm per message do.
+    RearmPerMessage,
 }
 
 impl From<Args> for ServerConfig {
@@ -49,6 +74,8 @@ impl From<Args> for ServerConfig {
             },
             max_frame_bytes: usize::try_from(a.max_frame_bytes).unwrap_or(usize::MAX),
             web_dir: Some(a.web_dir),
+            detection: Detection::Exact,
+            record_lateness: false,
         }
     }
 }
@@ -100,6 +127,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    hall: async_channel::Sender<HallMail>,
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -112,11 +140,43 @@ impl Running {
         let _ = self.done.await;
     }
 
+    /// Spawns gathering `id` if it is not live and counts as activity, as a
+    /// connection that joins and leaves at once would. For warming
+    /// gatherings ahead of a crowd, and for benchmarks that need many
+    /// gatherings without sockets. Fails only once the server is stopping.
+    pub async fn touch(&self, id: GatheringId) -> Result<(), Stopping> {
+        let conn = ConnId(crate::ws::NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        let join = Inbound::Join {
+            conn,
+            encoding: Encoding::Json,
+        };
+        self.hall
+            .send(HallMail::Route(id.clone(), join, None))
+            .await
+            .map_err(|_| Stopping)?;
+        self.hall
+            .send(HallMail::Route(id, Inbound::Leave { conn }, None))
+            .await
+            .map_err(|_| Stopping)
+    }
+
     /// Waits until the server has stopped.
     pub async fn stopped(self) {
         let _ = self.done.await;
     }
 }
+
+/// The server is shutting down and takes no new traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopping;
+
+impl fmt::Display for Stopping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the server is shutting down")
+    }
+}
+
+impl std::error::Error for Stopping {}
 
 /// Opens storage, binds, and starts serving in the background.
 pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
@@ -132,6 +192,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let (persister, writer) =
         Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
     let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
+    let hall_tx_for_touch = hall_tx.clone();
     let shared = Arc::new(Shared {
         config,
         clock: Clock::default(),
@@ -168,6 +229,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         metrics,
+        hall: hall_tx_for_touch,
         stop,
         done,
     })

@@ -19,7 +19,8 @@ use crate::server::Shared;
 const SEND_BOUND: Duration = Duration::from_secs(10);
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// Connection ids, unique for the life of the process.
+pub(crate) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded connection to gathering `id` until it closes.
 pub async fn serve(socket: WebSocket, id: GatheringId, encoding: Encoding, shared: Arc<Shared>) {

@@ -28,6 +28,8 @@ fn config(dir: &Path, idle: Duration) -> ServerConfig {
         },
         max_frame_bytes: 4096,
         web_dir: None,
+        detection: Default::default(),
+        record_lateness: false,
     }
 }
 

@@ -1,0 +1,464 @@
+//! `gathering-load`: the load generator of BENCHMARKS.md. It starts a real
+//! server in this process (loopback, storage in a temporary directory) and
+//! drives it with the Rust client over real WebSockets, or with `touch` for
+//! gatherings that need no socket. Every loop is bounded in count and time.
+//!
+//! ```text
+//! gathering-load overhead     # messages/s through one gathering per detection strategy, lateness
+//! gathering-load throughput   # G x C clients, durable acks: ops/s, forwards/s, ack latency
+//! gathering-load scale        # 10k / 100k / 1M idle gatherings: RSS, spawn rate, lateness, reuse
+//! gathering-load all --smoke  # everything, tiny: what CI runs
+//! ```
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use gathering_core::protocol::{ClientMsg, encode};
+use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::{Config, Encoding, Frame, GatheringId};
+use gathering_native::client::{Client, Reply};
+use gathering_native::{Detection, Running, ServerConfig, start};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(
+    name = "gathering-load",
+    about = "Benchmarks of the gathering server over loopback"
+)]
+struct Args {
+    /// Tiny sizes: seconds in all, for CI (figures are meaningless).
+    #[arg(long, global = true)]
+    smoke: bool,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum What {
+    /// Stale-detection overhead end to end, and real-clock dispersal lateness.
+    Overhead,
+    /// Acknowledged ops and delivered forwards for G gatherings x C clients.
+    Throughput,
+    /// Many idle gatherings: memory, spawn rate, lateness, a second cycle.
+    Scale,
+    /// All of the above.
+    All,
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    println!(
+        "machine: {} cores; build: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cfg!(debug_assertions) {
+            "debug (use --release for figures)"
+        } else {
+            "release"
+        }
+    );
+    rt.block_on(async {
+        if matches!(args.what, What::Overhead | What::All) {
+            overhead(args.smoke).await;
+        }
+        if matches!(args.what, What::Throughput | What::All) {
+            throughput(args.smoke).await;
+        }
+        if matches!(args.what, What::Scale | What::All) {
+            scale(args.smoke).await;
+        }
+    });
+}
+
+/// A server on a free loopback port with its own temporary data directory,
+/// removed on drop.
+struct Server {
+    running: Option<Running>,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Server {
+    async fn start(idle: Duration, detection: Detection) -> Server {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gathering-load-{}-{n}", std::process::id()));
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.clone(),
+            gathering: Config {
+                idle_timeout: idle,
+                ..Config::default()
+            },
+            max_frame_bytes: 1 << 20,
+            web_dir: None,
+            detection,
+            record_lateness: true,
+        };
+        let running = start(config).await.expect("server starts");
+        let url = format!("ws://{}", running.addr);
+        Server {
+            running: Some(running),
+            dir,
+            url,
+        }
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    fn live(&self) -> i64 {
+        self.running().metrics.gatherings_live.get()
+    }
+
+    fn take_lateness(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.running().metrics.lateness_samples.lock().unwrap())
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id(s: &str) -> GatheringId {
+    GatheringId::parse(s).unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `p` quantile (0..=1) of sorted `v`.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn wait_until(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < bound, "{what}: not done within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------- overhead
+
+const DETECTIONS: [(Detection, &str); 3] = [
+    (Detection::Off, "none"),
+    (Detection::Exact, "exact"),
+    (Detection::RearmPerMessage, "rearm"),
+];
+
+/// Sends `n` postcard acks on one connection as fast as the socket takes
+/// them, then a fetch; returns messages per second once the fetch answers
+/// (the gathering handles its mailbox in order, so all were processed).
+async fn pump(url: &str, n: u64) -> f64 {
+    let g = id("overhead");
+    let mut client: Client<Tournament> =
+        Client::connect(url, &g, Encoding::Postcard).await.unwrap();
+    let Frame::Binary(ack) = encode(
+        &ClientMsg::<TournamentOp>::Ack { seq: 0 },
+        Encoding::Postcard,
+    )
+    .unwrap() else {
+        unreachable!()
+    };
+    client.fetch().await.unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        client
+            .send_raw(Message::binary(ack.to_vec()))
+            .await
+            .unwrap();
+    }
+    client.fetch().await.unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    client.close().await;
+    rate
+}
+
+async fn overhead(smoke: bool) {
+    let (n, rounds) = if smoke { (2_000, 1) } else { (200_000, 7) };
+    let mut rates = vec![Vec::new(); DETECTIONS.len()];
+    for _ in 0..rounds {
+        for (i, (detection, _)) in DETECTIONS.iter().enumerate() {
+            let server = Server::start(Duration::from_secs(3600), *detection).await;
+            rates[i].push(pump(&server.url, n).await);
+            server.stop().await;
+        }
+    }
+    let medians: Vec<f64> = rates.into_iter().map(median).collect();
+    println!(
+        "\n== overhead: {n} postcard acks over one WebSocket to one gathering, median of {rounds} interleaved rounds"
+    );
+    println!("{:<8} {:>12} {:>9}", "strategy", "messages/s", "vs none");
+    for ((_, name), m) in DETECTIONS.iter().zip(&medians) {
+        println!(
+            "{name:<8} {m:>12.0} {:>8.2}%",
+            (m / medians[0] - 1.0) * 100.0
+        );
+    }
+
+    // Real-clock lateness: gatherings touched at random instants over
+    // `spread`, idle timeout `idle`; every one is measured.
+    let (count, idle, spread) = if smoke {
+        (50, Duration::from_millis(300), Duration::from_millis(200))
+    } else {
+        (10_000, Duration::from_secs(2), Duration::from_secs(1))
+    };
+    println!(
+        "\n== dispersal lateness, real clock: {count} gatherings falling due over {spread:?} (idle {idle:?})"
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10}",
+        "strategy", "p50 ms", "p99 ms", "max ms", "early"
+    );
+    for (detection, name) in [DETECTIONS[1], DETECTIONS[2]] {
+        let server = Server::start(idle, detection).await;
+        let start = Instant::now();
+        for i in 0..count {
+            let at = spread.mul_f64(i as f64 / count as f64);
+            tokio::time::sleep_until((start + at).into()).await;
+            server
+                .running()
+                .touch(id(&format!("late-{i}")))
+                .await
+                .unwrap();
+        }
+        wait_until("dispersal", idle + spread + Duration::from_secs(30), || {
+            server.live() == 0 && server.running().metrics.gatherings_spawned.get() == count
+        })
+        .await;
+        let l = sorted(server.take_lateness());
+        // The host records lateness as now - deadline, clamped at zero only
+        // when the core dispersed: a negative value cannot be recorded, and
+        // the core refuses to disperse before the deadline.
+        println!(
+            "{name:<8} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+            quantile(&l, 0.5) * 1e3,
+            quantile(&l, 0.99) * 1e3,
+            quantile(&l, 1.0) * 1e3,
+            0
+        );
+        server.stop().await;
+    }
+    println!("sweep    (every 60 s: lateness uniform in 0..60 s; see the bookkeeping bench)");
+}
+
+// -------------------------------------------------------------- throughput
+
+async fn throughput(smoke: bool) {
+    let shapes: &[(usize, usize, u64)] = if smoke {
+        &[(1, 2, 200), (4, 4, 50)]
+    } else {
+        // (gatherings, clients each, ops per client)
+        &[(1, 2, 20_000), (100, 4, 500), (1000, 4, 60)]
+    };
+    let window = 16; // ops in flight per client
+    println!(
+        "\n== throughput: G gatherings x C clients, postcard, {window} ops in flight per client, ack after durable commit"
+    );
+    println!(
+        "{:>10} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+        "G x C", "ops acked/s", "forwards/s", "p50 ms", "p99 ms", "commits", "ops/commit"
+    );
+    for &(g, c, per_client) in shapes {
+        let server = Server::start(Duration::from_secs(3600), Detection::Exact).await;
+        // Connect everyone and register the two players of each tournament.
+        let mut clients = Vec::new();
+        for gi in 0..g {
+            let gid = id(&format!("t{gi}"));
+            for ci in 0..c {
+                let mut client: Client<Tournament> =
+                    Client::connect(&server.url, &gid, Encoding::Postcard)
+                        .await
+                        .unwrap();
+                if ci == 0 {
+                    for name in ["a", "b"] {
+                        client
+                            .op(TournamentOp::RegisterPlayer { name: name.into() })
+                            .await
+                            .unwrap();
+                    }
+                }
+                clients.push(client);
+            }
+        }
+        // Let the registrations' forwards settle before the clock starts.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let commits_before = server.running().metrics.storage_commits.get();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for mut client in clients {
+            tasks.push(tokio::spawn(async move {
+                let op = TournamentOp::RecordResult {
+                    a: "a".into(),
+                    b: "b".into(),
+                    winner: Some("a".into()),
+                };
+                let mut sent_at = std::collections::HashMap::new();
+                let mut latencies = Vec::with_capacity(per_client as usize);
+                let (mut sent, mut forwards) = (0u64, 0u64);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while (latencies.len() as u64) < per_client && Instant::now() < deadline {
+                    while sent < per_client && sent_at.len() < window {
+                        let rid = client.submit(op.clone()).await.unwrap();
+                        sent_at.insert(rid, Instant::now());
+                        sent += 1;
+                    }
+                    match client.reply().await.unwrap() {
+                        Reply::Acked { id, .. } => {
+                            if let Some(t) = sent_at.remove(&id) {
+                                latencies.push(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        Reply::Forward { .. } => forwards += 1,
+                        Reply::Rejected { message, .. } => panic!("op refused: {message}"),
+                        Reply::Dispersed { .. } => panic!("dispersed under load"),
+                    }
+                }
+                (latencies, forwards, client)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut clients = Vec::new();
+        let mut forwards = 0u64;
+        for t in tasks {
+            let (l, f, client) = t.await.unwrap();
+            latencies.extend(l);
+            forwards += f;
+            clients.push(client);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let ops = latencies.len() as f64;
+        // Forwards counted as received by clients before they finished;
+        // those still in flight at the end are not counted.
+        let forwards = forwards as f64;
+        let commits = server.running().metrics.storage_commits.get() - commits_before;
+        let l = sorted(latencies);
+        println!(
+            "{:>10} {:>12.0} {:>14.0} {:>10.2} {:>10.2} {:>10} {:>12.1}",
+            format!("{g} x {c}"),
+            ops / elapsed,
+            forwards / elapsed,
+            quantile(&l, 0.5) * 1e3,
+            quantile(&l, 0.99) * 1e3,
+            commits,
+            ops / commits.max(1) as f64
+        );
+        for client in clients {
+            client.close().await;
+        }
+        server.stop().await;
+    }
+}
+
+// ------------------------------------------------------------------- scale
+
+async fn scale(smoke: bool) {
+    let sizes: &[usize] = if smoke {
+        &[2_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
+    println!(
+        "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), two cycles each"
+    );
+    println!("(run `scale` alone: in a process that freed memory before, RSS deltas undercount)");
+    println!(
+        "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
+        "gatherings",
+        "cycle",
+        "spawned/s",
+        "B/gather",
+        "RSS MiB",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "RSS after"
+    );
+    for &n in sizes {
+        // Touches paced over SPREAD (slower if spawning cannot keep up), so
+        // that they fall due over as long; the idle timeout leaves room for
+        // every spawn to finish before the first falls due.
+        const SPREAD: Duration = Duration::from_secs(3);
+        let idle = SPREAD + Duration::from_secs(5) + Duration::from_micros(n as u64 * 40);
+        let server = Server::start(idle, Detection::Exact).await;
+        let ids: Arc<Vec<GatheringId>> = Arc::new((0..n).map(|i| id(&format!("g{i}"))).collect());
+        for cycle in 1..=2 {
+            let before = rss();
+            let start = Instant::now();
+            for (i, g) in ids.iter().enumerate() {
+                if i % 1000 == 0 {
+                    let at = SPREAD.mul_f64(i as f64 / n as f64);
+                    tokio::time::sleep_until((start + at).into()).await;
+                }
+                server.running().touch(g.clone()).await.unwrap();
+            }
+            let spawned_target = (cycle * n) as u64;
+            wait_until("spawn", Duration::from_secs(600), || {
+                server.running().metrics.gatherings_spawned.get() >= spawned_target
+            })
+            .await;
+            let spawn_secs = start.elapsed().as_secs_f64();
+            let live = server.live().max(1) as u64;
+            let held = rss();
+            let per = held.saturating_sub(before) as f64 / live as f64;
+            wait_until("dispersal", idle + Duration::from_secs(600), || {
+                server.live() == 0
+            })
+            .await;
+            let l = sorted(server.take_lateness());
+            // Let the allocator settle before reading what is left.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            println!(
+                "{:>9} {:>6} {:>11.0} {:>10.0} {:>12.1} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
+                n,
+                cycle,
+                n as f64 / spawn_secs,
+                per,
+                held as f64 / 1048576.0,
+                quantile(&l, 0.5) * 1e3,
+                quantile(&l, 0.99) * 1e3,
+                quantile(&l, 1.0) * 1e3,
+                rss() as f64 / 1048576.0
+            );
+        }
+        server.stop().await;
+    }
+}
