@@ -82,9 +82,10 @@ pub async fn run(
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     // Only for `Detection::RearmPerMessage`: the per-message timer the
-    // benchmarks compare against.
-    let rearmed = tokio::time::sleep_until(never());
-    tokio::pin!(rearmed);
+    // benchmarks compare against (absent otherwise: it would cost every
+    // gathering a timer entry).
+    let mut rearmed = (detection == Detection::RearmPerMessage)
+        .then(|| Box::pin(tokio::time::sleep_until(never())));
     let idle_timeout = shared.config.gathering.idle_timeout;
     task.publish();
     while !task.done {
@@ -107,7 +108,7 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                if detection == Detection::RearmPerMessage {
+                if let Some(rearmed) = rearmed.as_mut() {
                     rearmed.as_mut().reset(clock.to_tokio(clock.now() + idle_timeout));
                 }
             }
@@ -115,8 +116,15 @@ pub async fn run(
                 armed = None;
                 task.tick();
             }
-            () = &mut rearmed, if detection == Detection::RearmPerMessage => {
-                rearmed.as_mut().reset(never());
+            () = async {
+                match rearmed.as_mut() {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(sleep) = rearmed.as_mut() {
+                    sleep.as_mut().reset(never());
+                }
                 task.tick();
             }
         }

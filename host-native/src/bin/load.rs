@@ -32,6 +32,9 @@ struct Args {
     /// Tiny sizes: seconds in all, for CI (figures are meaningless).
     #[arg(long, global = true)]
     smoke: bool,
+    /// Sizes for `scale` (default 10000,100000,1000000).
+    #[arg(long, global = true, value_delimiter = ',')]
+    gatherings: Vec<usize>,
     #[command(subcommand)]
     what: What,
 }
@@ -71,7 +74,7 @@ fn main() {
             throughput(args.smoke).await;
         }
         if matches!(args.what, What::Scale | What::All) {
-            scale(args.smoke).await;
+            scale(args.smoke, &args.gatherings).await;
         }
     });
 }
@@ -390,11 +393,11 @@ async fn throughput(smoke: bool) {
 
 // ------------------------------------------------------------------- scale
 
-async fn scale(smoke: bool) {
-    let sizes: &[usize] = if smoke {
-        &[2_000]
-    } else {
-        &[10_000, 100_000, 1_000_000]
+async fn scale(smoke: bool, sizes: &[usize]) {
+    let sizes: &[usize] = match (smoke, sizes.is_empty()) {
+        (true, _) => &[2_000],
+        (false, true) => &[10_000, 100_000, 1_000_000],
+        (false, false) => sizes,
     };
     println!(
         "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), two cycles each"
