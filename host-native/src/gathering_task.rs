@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use futures_util::StreamExt;
 use gathering_core::tournament::Tournament;
 use gathering_core::{
     Action, ConnId, DisperseReason, Event, Gathering, GatheringId, Inbound, Instant, Verdict, Why,
@@ -15,6 +16,10 @@ use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
 use crate::server::{Detection, Shared};
 use crate::store::{Stored, Write};
+
+/// The sending end of a gathering's mailbox: unbounded (the hall must never
+/// wait on one gathering) and empty-cheap (most gatherings are idle).
+pub type Mailbox = futures_channel::mpsc::UnboundedSender<Mail>;
 
 /// Mail for a gathering task, in the order it must be handled.
 #[derive(Debug)]
@@ -48,7 +53,7 @@ pub struct Status {
 
 struct Task {
     gathering: Gathering<Tournament>,
-    me: async_channel::Sender<Mail>,
+    me: Mailbox,
     shared: Arc<Shared>,
     outboxes: HashMap<ConnId, Outbox>,
     status: Arc<Status>,
@@ -60,8 +65,8 @@ struct Task {
 /// Runs gathering `g` until it has dispersed, then tells the hall.
 pub async fn run(
     gathering: Gathering<Tournament>,
-    mailbox: async_channel::Receiver<Mail>,
-    me: async_channel::Sender<Mail>,
+    mut mailbox: futures_channel::mpsc::UnboundedReceiver<Mail>,
+    me: Mailbox,
     shared: Arc<Shared>,
     status: Arc<Status>,
 ) {
@@ -99,12 +104,12 @@ pub async fn run(
             timer.as_mut().reset(clock.to_tokio(deadline.at));
         }
         tokio::select! {
-            mail = mailbox.recv() => {
-                let Ok(mail) = mail else { break };
-                task.handle(mail).await;
+            mail = mailbox.next() => {
+                let Some(mail) = mail else { break };
+                task.handle(mail);
                 for _ in 1..BATCH {
                     match mailbox.try_recv() {
-                        Ok(mail) => task.handle(mail).await,
+                        Ok(mail) => task.handle(mail),
                         Err(_) => break,
                     }
                 }
@@ -166,7 +171,7 @@ impl Task {
         }
     }
 
-    async fn handle(&mut self, mail: Mail) {
+    fn handle(&mut self, mail: Mail) {
         let now = self.shared.clock.now();
         let event = match mail {
             Mail::Inbound(inbound, outbox) => {
@@ -293,11 +298,8 @@ impl Task {
 }
 
 /// Starts the task of a freshly loaded gathering; returns its mailbox.
-pub fn spawn(
-    gathering: Gathering<Tournament>,
-    shared: &Arc<Shared>,
-) -> async_channel::Sender<Mail> {
-    let (tx, rx) = async_channel::unbounded();
+pub fn spawn(gathering: Gathering<Tournament>, shared: &Arc<Shared>) -> Mailbox {
+    let (tx, rx) = futures_channel::mpsc::unbounded();
     let status = Arc::new(Status::default());
     let id: GatheringId = gathering.id().clone();
     if let Ok(mut registry) = shared.registry.lock() {

@@ -11,7 +11,7 @@ use gathering_core::{
     RejectReason,
 };
 
-use crate::gathering_task::{self, Mail};
+use crate::gathering_task::{self, Mail, Mailbox};
 use crate::outbox::Outbox;
 use crate::server::Shared;
 
@@ -21,7 +21,7 @@ pub enum HallMail {
     /// Traffic from a connection; a join carries the connection's outbox.
     Route(GatheringId, Inbound, Option<Outbox>),
     /// A spawn finished: the gathering's mailbox, or why it failed.
-    Spawned(GatheringId, Result<async_channel::Sender<Mail>, String>),
+    Spawned(GatheringId, Result<Mailbox, String>),
     /// A gathering asks to disperse.
     DisperseRequest {
         /// The gathering.
@@ -40,7 +40,7 @@ pub enum HallMail {
 struct HallTask {
     hall: Hall,
     shared: Arc<Shared>,
-    mailboxes: HashMap<GatheringId, async_channel::Sender<Mail>>,
+    mailboxes: HashMap<GatheringId, Mailbox>,
     /// Outboxes of joins the hall holds until it delivers them.
     pending: HashMap<ConnId, Outbox>,
     spawning: usize,
@@ -80,7 +80,7 @@ impl HallTask {
                 match result {
                     Ok(mailbox) => {
                         if self.hall.is_shutting_down() {
-                            let _ = mailbox.try_send(Mail::Shutdown);
+                            let _ = mailbox.unbounded_send(Mail::Shutdown);
                         }
                         self.mailboxes.insert(id.clone(), mailbox);
                         self.hall.handle(HallEvent::Spawned(id));
@@ -114,7 +114,7 @@ impl HallTask {
                 ids.sort();
                 for id in ids {
                     if let Some(mailbox) = self.mailboxes.get(id) {
-                        let _ = mailbox.try_send(Mail::Shutdown);
+                        let _ = mailbox.unbounded_send(Mail::Shutdown);
                     }
                 }
             }
@@ -143,7 +143,7 @@ impl HallTask {
                     }
                     return;
                 };
-                if let Err(e) = mailbox.try_send(Mail::Inbound(inbound, outbox)) {
+                if let Err(e) = mailbox.unbounded_send(Mail::Inbound(inbound, outbox)) {
                     tracing::error!(id = %id, "gathering mailbox closed while live");
                     if let Mail::Inbound(_, Some(outbox)) = e.into_inner() {
                         outbox.close(CLOSE_INTERNAL, "gathering unavailable");
@@ -152,7 +152,7 @@ impl HallTask {
             }
             HallAction::Verdict(id, verdict) => {
                 if let Some(mailbox) = self.mailboxes.get(&id) {
-                    let _ = mailbox.try_send(Mail::Verdict(verdict));
+                    let _ = mailbox.unbounded_send(Mail::Verdict(verdict));
                 }
             }
             HallAction::Reject(_, inbound, reason) => {
@@ -172,10 +172,7 @@ impl HallTask {
 }
 
 /// Loads gathering `id` from storage and starts its task.
-async fn spawn(
-    id: &GatheringId,
-    shared: &Arc<Shared>,
-) -> Result<async_channel::Sender<Mail>, String> {
+async fn spawn(id: &GatheringId, shared: &Arc<Shared>) -> Result<Mailbox, String> {
     let store = shared.store.clone();
     let key = id.clone();
     let loaded = tokio::task::spawn_blocking(move || store.load(&key))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::gathering_task::Mail;
+use crate::gathering_task::{Mail, Mailbox};
 use crate::metrics::Metrics;
 use crate::store::{Store, Write};
 
@@ -13,7 +13,7 @@ const MAX_BATCH: usize = 4096;
 
 struct Job {
     write: Write,
-    reply: async_channel::Sender<Mail>,
+    reply: Mailbox,
 }
 
 /// Handle to the writer thread. Dropping every handle lets the thread finish
@@ -42,11 +42,7 @@ impl Persister {
 
     /// Queues `write`; the outcome arrives on `reply` as
     /// [`Mail::Persisted`] or [`Mail::PersistFailed`].
-    pub fn submit(
-        &self,
-        write: Write,
-        reply: async_channel::Sender<Mail>,
-    ) -> Result<(), PersisterGone> {
+    pub fn submit(&self, write: Write, reply: Mailbox) -> Result<(), PersisterGone> {
         self.jobs
             .try_send(Job { write, reply })
             .map_err(|_| PersisterGone)
@@ -77,7 +73,7 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
                 Err(e) => Mail::PersistFailed(e.to_string()),
             };
             // A gathering that is gone needs no answer.
-            let _ = reply.try_send(mail);
+            let _ = reply.unbounded_send(mail);
         }
     }
 }

@@ -11,7 +11,7 @@ use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound};
 use warp::ws::{Message, WebSocket};
 
 use crate::hall_task::HallMail;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, Queue};
 use crate::server::Shared;
 
 /// How long one frame may take to reach the client before the connection is
@@ -107,11 +107,11 @@ async fn read_loop(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    queue: async_channel::Receiver<Outgoing>,
+    mut queue: Queue,
 ) {
     loop {
         match queue.recv().await {
-            Ok(Outgoing::Frame(frame)) => {
+            Some(Outgoing::Frame(frame)) => {
                 let msg = match frame {
                     Frame::Text(text) => Message::text(&*text),
                     Frame::Binary(bytes) => Message::binary(bytes::Bytes::from_owner(bytes)),
@@ -121,13 +121,13 @@ async fn write_loop(
                     _ => return,
                 }
             }
-            Ok(Outgoing::Close(code, reason)) => {
+            Some(Outgoing::Close(code, reason)) => {
                 let _ =
                     tokio::time::timeout(CLOSE_BOUND, sink.send(Message::close_with(code, reason)))
                         .await;
                 return;
             }
-            Err(_) => {
+            None => {
                 // Closed without a close frame: the client stopped reading
                 // (queue overflow) or the server dropped the connection.
                 let closing = Message::close_with(CLOSE_POLICY, "send queue overflow");

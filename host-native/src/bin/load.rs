@@ -7,6 +7,7 @@
 //! gathering-load overhead     # messages/s through one gathering per detection strategy, lateness
 //! gathering-load throughput   # G x C clients, durable acks: ops/s, forwards/s, ack latency
 //! gathering-load scale        # 10k / 100k / 1M idle gatherings: RSS, spawn rate, lateness, reuse
+//! gathering-load connections  # 10k idle gatherings with one connection each: server RSS
 //! gathering-load all --smoke  # everything, tiny: what CI runs
 //! ```
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -47,6 +48,9 @@ enum What {
     Throughput,
     /// Many idle gatherings: memory, spawn rate, lateness, a second cycle.
     Scale,
+    /// Memory of idle gatherings holding one WebSocket connection each,
+    /// in a separate `gathering-server` process.
+    Connections,
     /// All of the above.
     All,
 }
@@ -75,6 +79,9 @@ fn main() {
         }
         if matches!(args.what, What::Scale | What::All) {
             scale(args.smoke, &args.gatherings).await;
+        }
+        if matches!(args.what, What::Connections | What::All) {
+            connections(args.smoke).await;
         }
     });
 }
@@ -464,4 +471,79 @@ async fn scale(smoke: bool, sizes: &[usize]) {
         }
         server.stop().await;
     }
+}
+
+// ------------------------------------------------------------- connections
+
+/// Resident memory of process `pid`, bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+async fn connections(smoke: bool) {
+    use std::io::BufRead;
+    let n = if smoke { 200 } else { 10_000 };
+    let exe = std::env::current_exe()
+        .unwrap()
+        .with_file_name("gathering-server");
+    let dir = std::env::temp_dir().join(format!("gathering-load-conn-{}", std::process::id()));
+    let mut child = std::process::Command::new(&exe)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "warn,gathering_native::server=info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it: cargo build --release -p gathering-native)",
+                exe.display()
+            )
+        });
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server prints its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("ws://{addr}");
+    let pid = child.id();
+    // Warm up allocator and runtime with one connection first.
+    let warm: Client<Tournament> = Client::connect(&url, &id("warm"), Encoding::Postcard)
+        .await
+        .unwrap();
+    let before = rss_of(pid);
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c: Client<Tournament> =
+            Client::connect(&url, &id(&format!("c{i}")), Encoding::Postcard)
+                .await
+                .unwrap();
+        // The answer proves the gathering is live and holds the connection.
+        c.fetch().await.unwrap();
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_of(pid);
+    println!(
+        "\n== connections: {n} idle gatherings holding one WebSocket each, gathering-server process RSS"
+    );
+    println!(
+        "RSS before {:.1} MiB, after {:.1} MiB: {:.0} B per gathering with its connection",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    drop(clients);
+    drop(warm);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
