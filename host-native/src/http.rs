@@ -11,7 +11,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::server::Shared;
-use crate::ws;
+use crate::{upgrade, ws};
 
 #[derive(Debug)]
 struct BadId(IdError);
@@ -65,17 +65,14 @@ pub fn routes(
             Ok::<_, Rejection>((id, encoding))
         })
         .untuple_one()
-        .and(warp::ws())
+        .and(upgrade::handshake())
         .and(with.clone())
         .map(
-            |id: GatheringId, encoding: Encoding, upgrade: warp::ws::Ws, shared: Arc<Shared>| {
-                let max = shared.config.max_frame_bytes;
+            |id: GatheringId, encoding: Encoding, handshake: upgrade::Handshake, shared: Arc<Shared>| {
                 // Frames up to twice the limit are read and refused with 1009;
                 // larger ones are cut off by the WebSocket layer itself.
-                upgrade
-                    .max_message_size(max.saturating_mul(2))
-                    .max_frame_size(max.saturating_mul(2))
-                    .on_upgrade(move |socket| ws::serve(socket, id, encoding, shared))
+                let max = shared.config.max_frame_bytes.saturating_mul(2);
+                handshake.accept(max, move |socket| ws::serve(socket, id, encoding, shared))
             },
         );
     let list = warp::path!("gatherings")
@@ -147,6 +144,8 @@ async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(BadQuery(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.clone())
+    } else if let Some(upgrade::NotUpgrade(e)) = rejection.find() {
+        (StatusCode::BAD_REQUEST, (*e).to_owned())
     } else if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod persist;
 pub mod server;
 pub mod store;
+pub mod upgrade;
 pub mod ws;
 
 pub use server::{Detection, Running, ServerConfig, ServerError, Stopping, run, start};

@@ -8,7 +8,11 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use gathering_core::protocol::{CLOSE_POLICY, CLOSE_TOO_BIG};
 use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound};
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::upgrade::Socket;
 
 use crate::hall_task::HallMail;
 use crate::outbox::{Outbox, Outgoing, Queue};
@@ -23,7 +27,7 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 pub(crate) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded connection to gathering `id` until it closes.
-pub async fn serve(socket: WebSocket, id: GatheringId, encoding: Encoding, shared: Arc<Shared>) {
+pub async fn serve(socket: Socket, id: GatheringId, encoding: Encoding, shared: Arc<Shared>) {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     shared.metrics.connections.inc();
     let (sink, mut stream) = socket.split();
@@ -45,7 +49,7 @@ pub async fn serve(socket: WebSocket, id: GatheringId, encoding: Encoding, share
 }
 
 async fn read_loop(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut futures_util::stream::SplitStream<Socket>,
     conn: ConnId,
     id: &GatheringId,
     outbox: &Outbox,
@@ -81,17 +85,12 @@ async fn read_loop(
             }
             None => return,
         };
-        let frame = if msg.is_text() {
-            match msg.to_str() {
-                Ok(text) => Frame::Text(text.into()),
-                Err(()) => continue,
-            }
-        } else if msg.is_binary() {
-            Frame::Binary(msg.as_bytes().into())
-        } else if msg.is_close() {
-            return;
-        } else {
-            continue; // ping/pong are answered by the WebSocket layer
+        let frame = match msg {
+            Message::Text(text) => Frame::Text(text.as_str().into()),
+            Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
+            Message::Close(_) => return,
+            // Ping and pong are answered by the WebSocket layer.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if frame.len() > max {
             outbox.close(CLOSE_TOO_BIG, "frame too large");
@@ -106,7 +105,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
     mut queue: Queue,
 ) {
     loop {
@@ -123,17 +122,24 @@ async fn write_loop(
             }
             Some(Outgoing::Close(code, reason)) => {
                 let _ =
-                    tokio::time::timeout(CLOSE_BOUND, sink.send(Message::close_with(code, reason)))
+                    tokio::time::timeout(CLOSE_BOUND, sink.send(close(code, reason)))
                         .await;
                 return;
             }
             None => {
                 // Closed without a close frame: the client stopped reading
                 // (queue overflow) or the server dropped the connection.
-                let closing = Message::close_with(CLOSE_POLICY, "send queue overflow");
+                let closing = close(CLOSE_POLICY, "send queue overflow");
                 let _ = tokio::time::timeout(CLOSE_BOUND, sink.send(closing)).await;
                 return;
             }
         }
     }
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }
