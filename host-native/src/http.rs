@@ -68,7 +68,10 @@ pub fn routes(
         .and(upgrade::handshake())
         .and(with.clone())
         .map(
-            |id: GatheringId, encoding: Encoding, handshake: upgrade::Handshake, shared: Arc<Shared>| {
+            |id: GatheringId,
+             encoding: Encoding,
+             handshake: upgrade::Handshake,
+             shared: Arc<Shared>| {
                 // Frames up to twice the limit are read and refused with 1009;
                 // larger ones are cut off by the WebSocket layer itself.
                 let max = shared.config.max_frame_bytes.saturating_mul(2);

@@ -104,10 +104,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
-    mut queue: Queue,
-) {
+async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, mut queue: Queue) {
     loop {
         match queue.recv().await {
             Some(Outgoing::Frame(frame)) => {
@@ -121,9 +118,7 @@ async fn write_loop(
                 }
             }
             Some(Outgoing::Close(code, reason)) => {
-                let _ =
-                    tokio::time::timeout(CLOSE_BOUND, sink.send(close(code, reason)))
-                        .await;
+                let _ = tokio::time::timeout(CLOSE_BOUND, sink.send(close(code, reason))).await;
                 return;
             }
             None => {
