@@ -40,6 +40,10 @@ pub enum Mail {
 /// one snapshot.
 const BATCH: usize = 64;
 
+/// Mailbox wake-ups in a row after which the clock is checked for a due
+/// timer (see the run loop).
+const BUSY_CHECK: u32 = 64;
+
 /// What `GET /gatherings` shows of a gathering, published without locks.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -92,6 +96,8 @@ pub async fn run(
     let mut rearmed = (detection == Detection::RearmPerMessage)
         .then(|| Box::pin(tokio::time::sleep_until(never())));
     let idle_timeout = shared.config.gathering.idle_timeout;
+    // Wake-ups in a row that were served from the mailbox alone.
+    let mut busy: u32 = 0;
     task.publish();
     while !task.done {
         // The core's contract: one timer, re-armed only when it fired or an
@@ -103,8 +109,25 @@ pub async fn run(
             armed = Some(deadline.at);
             timer.as_mut().reset(clock.to_tokio(deadline.at));
         }
+        // The select below is biased to the mailbox, so a wake-up with mail
+        // waiting never polls the timer (which would cost a timer poll per
+        // message under light load). Under a steady stream of mail the timer
+        // would then never be looked at: every BUSY_CHECK such wake-ups, the
+        // clock is, so a due retry or flush waits at most that long.
+        if busy >= BUSY_CHECK {
+            busy = 0;
+            if armed.is_some_and(|at| clock.now() >= at) {
+                armed = None;
+                task.tick();
+                task.carry_out().await;
+                task.publish();
+                continue;
+            }
+        }
         tokio::select! {
+            biased;
             mail = mailbox.next() => {
+                busy += 1;
                 let Some(mail) = mail else { break };
                 task.handle(mail);
                 for _ in 1..BATCH {
@@ -118,6 +141,7 @@ pub async fn run(
                 }
             }
             () = &mut timer, if armed.is_some() => {
+                busy = 0;
                 armed = None;
                 task.tick();
             }
