@@ -66,24 +66,13 @@ struct Task {
     done: bool,
 }
 
-/// Runs gathering `g` until it has dispersed, then tells the hall.
-pub async fn run(
-    gathering: Gathering<Tournament>,
-    mut mailbox: futures_channel::mpsc::UnboundedReceiver<Mail>,
-    me: Mailbox,
-    shared: Arc<Shared>,
-    status: Arc<Status>,
-) {
-    let id = gathering.id().clone();
-    let mut task = Task {
-        gathering,
-        me,
-        shared: shared.clone(),
-        outboxes: HashMap::new(),
-        status,
-        lateness: None,
-        done: false,
-    };
+/// Runs the gathering of `task` until it has dispersed, then tells the hall.
+///
+/// Takes the task whole, built by [`spawn`]: an async fn keeps its
+/// arguments for its whole life, so building the task in here would hold
+/// the gathering twice in every idle gathering's future.
+async fn run(mut task: Task, mut mailbox: futures_channel::mpsc::UnboundedReceiver<Mail>) {
+    let shared = task.shared.clone();
     let clock = shared.clock;
     let detection = shared.config.detection;
     let never = || clock.to_tokio(Instant::from_nanos(u64::MAX));
@@ -162,6 +151,7 @@ pub async fn run(
     }
     // Nothing should be left (the hall grants only when all was processed),
     // but whatever is goes back to the hall for the successor, in order.
+    let id = task.gathering.id().clone();
     mailbox.close();
     while let Ok(mail) = mailbox.try_recv() {
         if let Mail::Inbound(inbound, outbox) = mail {
@@ -331,6 +321,15 @@ pub fn spawn(gathering: Gathering<Tournament>, shared: &Arc<Shared>) -> Mailbox 
     }
     shared.metrics.gatherings_live.inc();
     shared.metrics.gatherings_spawned.inc();
-    tokio::spawn(run(gathering, rx, tx.clone(), shared.clone(), status));
+    let task = Task {
+        gathering,
+        me: tx.clone(),
+        shared: shared.clone(),
+        outboxes: HashMap::new(),
+        status,
+        lateness: None,
+        done: false,
+    };
+    tokio::spawn(run(task, rx));
     tx
 }

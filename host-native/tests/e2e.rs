@@ -171,10 +171,12 @@ async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
     let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
         .await
         .unwrap();
+    // The op is processed after this instant, so the deadline is at least
+    // `idle` after it: an earlier dispersal would be early, whatever the load.
+    let sent = Instant::now();
     within(ada.op(register("Ada"))).await.unwrap();
-    let last = Instant::now();
     let end = within(ada.next()).await.unwrap();
-    let waited = last.elapsed();
+    let waited = sent.elapsed();
     assert_eq!(
         end,
         Incoming::Dispersed {
@@ -182,10 +184,7 @@ async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
             code: Some(CLOSE_DISPERSED)
         }
     );
-    assert!(
-        waited >= idle - Duration::from_millis(50),
-        "dispersed after {waited:?}"
-    );
+    assert!(waited >= idle, "dispersed early, after {waited:?}");
     assert!(
         waited < idle + Duration::from_secs(2),
         "dispersed after {waited:?}"
@@ -299,22 +298,22 @@ async fn bad_input_is_answered_and_contained() {
 #[tokio::test]
 async fn many_gatherings_dispersing_at_once_leave_none_live() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_millis(500)))
+    let server = gathering_native::start(config(dir.path(), Duration::from_secs(1)))
         .await
         .unwrap();
     let mut clients = Vec::new();
     for i in 0..200 {
-        let c: Client = within(Client::connect(
+        let mut c: Client = within(Client::connect(
             &url(&server),
             &id(&format!("g{i}")),
             Encoding::Postcard,
         ))
         .await
         .unwrap();
-        clients.push(c);
-    }
-    for c in &mut clients {
+        // Right after joining, so that a slow machine connecting the other
+        // clients cannot let this gathering go idle before its op.
         within(c.op(register("Ada"))).await.unwrap();
+        clients.push(c);
     }
     for c in &mut clients {
         assert!(matches!(

@@ -1,7 +1,7 @@
 // End-to-end test of the demo page in real headless Chromium: the page is
 // served by a real gathering-server, driven by clicks, in both modes:
-//   offline: the in-page host (wasm) with IndexedDB, idle timeout 2 s;
-//   server:  WebSocket to gathering-server, idle timeout 2 s.
+//   offline: the in-page host (wasm) with IndexedDB, idle timeout 3 s;
+//   server:  WebSocket to gathering-server, idle timeout 3 s.
 // For each: create -> register -> wait for dispersal -> notice shown ->
 // rejoin shows the player. Offline also survives a page reload.
 //
@@ -23,7 +23,7 @@ const PATIENCE = 15_000; // ms any single expectation may take
 function startServer(dataDir) {
   const child = spawn(serverBin, [
     "--listen", "127.0.0.1:0",
-    "--idle-timeout", "2s",
+    "--idle-timeout", "3s",
     "--data-dir", dataDir,
     "--web-dir", join(root, "host-wasm/www"),
   ], { env: { ...process.env, RUST_LOG: "info" }, stdio: ["ignore", "pipe", "inherit"] });
@@ -38,7 +38,7 @@ function startServer(dataDir) {
 }
 
 async function flow(page, base, mode, tournament) {
-  await page.goto(`${base}/?mode=${mode}&idle=2`);
+  await page.goto(`${base}/?mode=${mode}&idle=3`);
   await page.waitForSelector("body[data-ready=true]");
   await page.fill("#tournament", tournament);
   await page.click("#join");
@@ -52,7 +52,7 @@ async function flow(page, base, mode, tournament) {
   const left = await page.locator(`#gatherings tr:has(td:text-is('${tournament}')) td`).nth(2).textContent();
   assert.match(left, /^\d+\.\d s$/, `countdown shown: ${left}`);
 
-  // Idle for 2 s: the notice appears, naming the cause.
+  // Idle for 3 s: the notice appears, naming the cause.
   await page.waitForSelector("#notice:not([hidden])", { timeout: PATIENCE });
   const notice = await page.textContent("#notice-text");
   assert.match(notice, /dispersed: nobody touched it/, `notice: ${notice}`);
