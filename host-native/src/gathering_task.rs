@@ -108,7 +108,7 @@ async fn run(mut task: Task, mut mailbox: futures_channel::mpsc::UnboundedReceiv
             if armed.is_some_and(|at| clock.now() >= at) {
                 armed = None;
                 task.tick();
-                task.carry_out().await;
+                task.carry_out();
                 task.publish();
                 continue;
             }
@@ -146,7 +146,7 @@ async fn run(mut task: Task, mut mailbox: futures_channel::mpsc::UnboundedReceiv
                 task.tick();
             }
         }
-        task.carry_out().await;
+        task.carry_out();
         task.publish();
     }
     // Nothing should be left (the hall grants only when all was processed),
@@ -156,16 +156,15 @@ async fn run(mut task: Task, mut mailbox: futures_channel::mpsc::UnboundedReceiv
     while let Ok(mail) = mailbox.try_recv() {
         if let Mail::Inbound(inbound, outbox) = mail {
             let _ = shared
-                .hall
-                .send(HallMail::Route(id.clone(), inbound, outbox))
-                .await;
+                .control
+                .unbounded_send(HallMail::Route(id.clone(), inbound, outbox));
         }
     }
     if let Ok(mut registry) = shared.registry.lock() {
         registry.remove(&id);
     }
     shared.metrics.gatherings_live.dec();
-    let _ = shared.hall.send(HallMail::Dispersed(id)).await;
+    let _ = shared.control.unbounded_send(HallMail::Dispersed(id));
 }
 
 impl Task {
@@ -209,7 +208,7 @@ impl Task {
         self.gathering.handle(event);
     }
 
-    async fn carry_out(&mut self) {
+    fn carry_out(&mut self) {
         while let Some(action) = self.gathering.poll_action() {
             match action {
                 Action::Send {
@@ -251,7 +250,7 @@ impl Task {
                         processed,
                         reason,
                     };
-                    if self.shared.hall.send(asked).await.is_err() {
+                    if self.shared.control.unbounded_send(asked).is_err() {
                         // No hall: nobody routes here any more; disperse.
                         self.gathering
                             .handle(Event::Verdict(self.shared.clock.now(), Verdict::Granted));
@@ -264,7 +263,7 @@ impl Task {
                         _ => None,
                     };
                     let route = HallMail::Route(self.gathering.id().clone(), inbound, outbox);
-                    let _ = self.shared.hall.send(route).await;
+                    let _ = self.shared.control.unbounded_send(route);
                 }
             }
         }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_INTERNAL};
 use gathering_core::tournament::Tournament;
 use gathering_core::{
@@ -47,7 +49,11 @@ struct HallTask {
 }
 
 /// Runs the hall until a shutdown has completed: every gathering dispersed.
-pub async fn run(mailbox: async_channel::Receiver<HallMail>, shared: Arc<Shared>) {
+pub async fn run(
+    mailbox: async_channel::Receiver<HallMail>,
+    mut control: futures_channel::mpsc::UnboundedReceiver<HallMail>,
+    shared: Arc<Shared>,
+) {
     let mut task = HallTask {
         hall: Hall::new(),
         shared,
@@ -55,7 +61,15 @@ pub async fn run(mailbox: async_channel::Receiver<HallMail>, shared: Arc<Shared>
         pending: HashMap::new(),
         spawning: 0,
     };
-    while let Ok(mail) = mailbox.recv().await {
+    loop {
+        // Gatherings and spawns first: their mail frees or settles state
+        // that client traffic may be waiting on.
+        let mail = tokio::select! {
+            biased;
+            Some(mail) = control.next() => mail,
+            Ok(mail) = mailbox.recv() => mail,
+            else => break,
+        };
         task.handle(mail);
         while let Some(action) = task.hall.poll_action() {
             task.carry_out(action);
@@ -128,7 +142,7 @@ impl HallTask {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
                     let result = spawn(&id, &shared).await;
-                    let _ = shared.hall.send(HallMail::Spawned(id, result)).await;
+                    let _ = shared.control.unbounded_send(HallMail::Spawned(id, result));
                 });
             }
             HallAction::Deliver(id, inbound) => {

@@ -86,8 +86,13 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The clock.
     pub clock: Clock,
-    /// The hall's mailbox.
+    /// The hall's mailbox for connections' traffic: bounded, so that readers
+    /// feel backpressure.
     pub hall: async_channel::Sender<HallMail>,
+    /// The hall's mailbox for gatherings and spawns: unbounded and served
+    /// first, so that a gathering never waits behind client traffic (and
+    /// its run loop needs no await to talk to the hall).
+    pub control: futures_channel::mpsc::UnboundedSender<HallMail>,
     /// Storage, for loads.
     pub store: Arc<dyn Store>,
     /// The group-commit writer.
@@ -193,10 +198,12 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
     let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
     let hall_tx_for_touch = hall_tx.clone();
+    let (control_tx, control_rx) = futures_channel::mpsc::unbounded();
     let shared = Arc::new(Shared {
         config,
         clock: Clock::default(),
         hall: hall_tx.clone(),
+        control: control_tx,
         store,
         persister,
         metrics: metrics.clone(),
@@ -204,7 +211,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     });
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let hall = tokio::spawn(hall_task::run(hall_rx, shared.clone()));
+    let hall = tokio::spawn(hall_task::run(hall_rx, control_rx, shared.clone()));
     let http = tokio::spawn(
         warp::serve(crate::http::routes(shared.clone()))
             .incoming(listener)

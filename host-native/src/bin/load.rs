@@ -61,15 +61,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    println!(
-        "machine: {} cores; build: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug (use --release for figures)"
-        } else {
-            "release"
-        }
-    );
+    if std::env::var_os("GATHERING_LOAD_CHILD").is_none() {
+        println!(
+            "machine: {} cores; build: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if cfg!(debug_assertions) {
+                "debug (use --release for figures)"
+            } else {
+                "release"
+            }
+        );
+    }
     rt.block_on(async {
         if matches!(args.what, What::Overhead | What::All) {
             overhead(args.smoke).await;
@@ -406,22 +408,38 @@ async fn scale(smoke: bool, sizes: &[usize]) {
         (false, true) => &[10_000, 100_000, 1_000_000],
         (false, false) => sizes,
     };
-    println!(
-        "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), two cycles each"
-    );
-    println!("(run `scale` alone: in a process that freed memory before, RSS deltas undercount)");
-    println!(
-        "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
-        "gatherings",
-        "cycle",
-        "spawned/s",
-        "B/gather",
-        "RSS MiB",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "RSS after"
-    );
+    let child = std::env::var_os("GATHERING_LOAD_CHILD").is_some();
+    if !child {
+        println!(
+            "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), two cycles each, each size in a fresh process"
+        );
+        println!(
+            "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
+            "gatherings",
+            "cycle",
+            "spawned/s",
+            "B/gather",
+            "RSS MiB",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "RSS after"
+        );
+    }
+    if sizes.len() > 1 {
+        // Memory freed by one size would be reused by the next and make it
+        // look cheaper: every size gets a process of its own.
+        let exe = std::env::current_exe().unwrap();
+        for n in sizes {
+            let status = std::process::Command::new(&exe)
+                .args(["scale", "--gatherings", &n.to_string()])
+                .env("GATHERING_LOAD_CHILD", "1")
+                .status()
+                .unwrap();
+            assert!(status.success(), "scale {n}: {status}");
+        }
+        return;
+    }
     for &n in sizes {
         // Touches paced over SPREAD (slower if spawning cannot keep up), so
         // that they fall due over as long; the idle timeout leaves room for
