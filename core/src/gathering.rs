@@ -149,6 +149,10 @@ pub enum Action {
         /// How many [`Event::Message`]s this gathering has processed; the hall
         /// grants only if it has routed no more than that.
         processed: u64,
+        /// How long after its deadline the tick that decided this came: the
+        /// dispersal's lateness, for the host's logs and metrics (zero when
+        /// ticked at `next_deadline`, as on a fake clock).
+        late: Duration,
     },
     /// The gathering has persisted its final state and closed every
     /// connection. Tell the hall, then drop the gathering.
@@ -581,11 +585,14 @@ impl<A: App> Gathering<A> {
             return;
         }
         if now >= self.idle_deadline() {
-            self.ask(DisperseReason::Idle);
+            self.ask(
+                DisperseReason::Idle,
+                now.saturating_since(self.idle_deadline()),
+            );
         } else if let (Some(grace), Some(since)) = (self.config.empty_grace, self.empty_since)
             && now >= since + grace
         {
-            self.ask(DisperseReason::Empty);
+            self.ask(DisperseReason::Empty, now.saturating_since(since + grace));
         }
     }
 
@@ -607,11 +614,12 @@ impl<A: App> Gathering<A> {
         self.retry_due = next;
     }
 
-    fn ask(&mut self, reason: DisperseReason) {
+    fn ask(&mut self, reason: DisperseReason, late: Duration) {
         self.phase = Phase::Asking(reason);
         self.actions.push_back(Action::Disperse {
             reason,
             processed: self.processed,
+            late,
         });
     }
 

@@ -61,7 +61,7 @@ struct Task {
     shared: Arc<Shared>,
     outboxes: HashMap<ConnId, Outbox>,
     status: Arc<Status>,
-    /// Lateness of the tick that decided to disperse, for the log line.
+    /// Lateness of the last dispersal request, for the log line.
     lateness: Option<std::time::Duration>,
     done: bool,
 }
@@ -168,20 +168,9 @@ async fn run(mut task: Task, mut mailbox: futures_channel::mpsc::UnboundedReceiv
 }
 
 impl Task {
-    /// A timer fired: tick the core, noting the lateness of a dispersal.
+    /// A timer fired. It proves nothing: the core decides on `now`.
     fn tick(&mut self) {
-        let now = self.shared.clock.now();
-        // A timer that fired proves nothing; the core decides on `now`.
-        let due = self.gathering.next_deadline();
-        self.gathering.handle(Event::Tick(now));
-        if let Some(d) = due
-            && matches!(d.why, Why::Idle | Why::Empty)
-            && d.at <= now
-        {
-            self.lateness = Some(std::time::Duration::from_nanos(
-                now.as_nanos() - d.at.as_nanos(),
-            ));
-        }
+        self.gathering.handle(Event::Tick(self.shared.clock.now()));
     }
 
     fn handle(&mut self, mail: Mail) {
@@ -243,7 +232,13 @@ impl Task {
                             .handle(Event::PersistFailed(self.shared.clock.now()));
                     }
                 }
-                Action::Disperse { reason, processed } => {
+                Action::Disperse {
+                    reason,
+                    processed,
+                    late,
+                } => {
+                    // The request that is granted is the last one asked.
+                    self.lateness = Some(late);
                     let id = self.gathering.id().clone();
                     let asked = HallMail::DisperseRequest {
                         id,

@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures_timer::Delay;
 use futures_util::future::{Either, select};
 use gathering_core::tournament::Tournament;
-use gathering_core::{
-    Action, ConnId, DisperseReason, Event, Gathering, Inbound, Instant, Verdict, Why,
-};
+use gathering_core::{Action, ConnId, DisperseReason, Event, Gathering, Inbound, Instant, Verdict};
 
 use crate::hall_task::HallMail;
 use crate::peer::Peer;
@@ -49,7 +47,7 @@ struct Task {
     shared: Rc<Shared>,
     peers: BTreeMap<ConnId, Rc<Peer>>,
     status: Rc<Status>,
-    /// Lateness of the tick that decided to disperse.
+    /// Lateness of the last dispersal request.
     lateness: Option<Duration>,
     done: bool,
 }
@@ -120,16 +118,8 @@ impl Task {
                 }
                 Woke::Timer => {
                     timer = None;
-                    let now = self.shared.clock.now();
                     // A timer that fired proves nothing; the core decides on `now`.
-                    let due = self.gathering.next_deadline();
-                    self.gathering.handle(Event::Tick(now));
-                    if let Some(d) = due
-                        && matches!(d.why, Why::Idle | Why::Empty)
-                        && d.at <= now
-                    {
-                        self.lateness = Some(now.saturating_since(d.at));
-                    }
+                    self.gathering.handle(Event::Tick(self.shared.clock.now()));
                 }
             }
             self.carry_out().await;
@@ -191,7 +181,11 @@ impl Task {
                     }
                 }
                 Action::Persist { seq, snapshot } => self.persist(seq, snapshot),
-                Action::Disperse { processed, .. } => {
+                Action::Disperse {
+                    processed, late, ..
+                } => {
+                    // The request that is granted is the last one asked.
+                    self.lateness = Some(late);
                     let asked = HallMail::DisperseRequest {
                         id: self.gathering.id().clone(),
                         processed,

@@ -656,7 +656,9 @@ impl Sim {
                 seq: *seq,
                 snapshot: snapshot.clone(),
             }),
-            Action::Disperse { reason, processed } => {
+            Action::Disperse {
+                reason, processed, ..
+            } => {
                 if let Some(slot) = self.slots.get(id)
                     && *reason == DisperseReason::Idle
                 {

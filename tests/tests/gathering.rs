@@ -125,11 +125,32 @@ fn idle_deadline_is_exact_and_early_ticks_change_only_the_deadline() {
         drain(&mut g),
         [Action::Disperse {
             reason: DisperseReason::Idle,
-            processed: 1
+            processed: 1,
+            late: Duration::ZERO
         }]
     );
     assert_eq!(g.phase(), Phase::Asking(DisperseReason::Idle));
     assert_eq!(g.next_deadline(), None, "waiting for the hall");
+}
+
+#[test]
+fn a_late_tick_reports_how_late_it_was() {
+    let mut g = gathering(Config {
+        idle_timeout: secs(60),
+        ..Config::default()
+    });
+    join(&mut g, T0, 1);
+    drain(&mut g);
+    let late = Duration::from_micros(1_500);
+    g.handle(Event::Tick(T0 + secs(60) + late));
+    assert_eq!(
+        drain(&mut g),
+        [Action::Disperse {
+            reason: DisperseReason::Idle,
+            processed: 1,
+            late
+        }]
+    );
 }
 
 #[test]
@@ -381,7 +402,8 @@ fn dispersal_persists_then_says_goodbye_once_then_closes() {
         drain(&mut g),
         [Action::Disperse {
             reason: DisperseReason::Idle,
-            processed: 3
+            processed: 3,
+            late: Duration::ZERO
         }]
     );
     g.handle(Event::Verdict(due, Verdict::Granted));
@@ -495,7 +517,8 @@ fn empty_grace_disperses_an_abandoned_gathering() {
         drain(&mut g),
         [Action::Disperse {
             reason: DisperseReason::Empty,
-            processed: 2
+            processed: 2,
+            late: Duration::ZERO
         }]
     );
 }
