@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::clock::{Duration, Instant};
+use crate::id::ConnId;
 use crate::protocol::{Encoding, Frame};
 
 /// One connection's delivery state inside a gathering.
@@ -63,5 +64,101 @@ impl Conn {
             }
             _ => None,
         }
+    }
+}
+
+/// A gathering's connections, in `ConnId` order (so every walk over them,
+/// and hence the order of the actions it emits, is deterministic).
+///
+/// A vector sorted by id rather than a `BTreeMap`: ids only grow, so a join
+/// appends, and the memory is exactly what is held. An emptied `BTreeMap`
+/// keeps its root node (close to 900 bytes with these entries) for the rest
+/// of the gathering's life, which every idle gathering paid; this gives its
+/// memory back when the last connection leaves.
+#[derive(Debug, Default)]
+pub(crate) struct Conns {
+    list: Vec<(ConnId, Conn)>,
+}
+
+impl Conns {
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn find(&self, conn: ConnId) -> Result<usize, usize> {
+        // Joins come in id order, so the last slot is the likeliest.
+        match self.list.last() {
+            Some((last, _)) if *last < conn => Err(self.list.len()),
+            _ => self.list.binary_search_by_key(&conn, |(id, _)| *id),
+        }
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&Conn> {
+        self.find(conn).ok().map(|i| &self.list[i].1)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.find(conn).ok().map(|i| &mut self.list[i].1)
+    }
+
+    /// Adds `conn` unless it is already there.
+    pub fn insert_if_absent(&mut self, conn: ConnId, make: impl FnOnce() -> Conn) {
+        if let Err(i) = self.find(conn) {
+            if self.list.capacity() == 0 {
+                // Most gatherings hold one or two connections: no slack.
+                self.list.reserve_exact(1);
+            }
+            self.list.insert(i, (conn, make()));
+        }
+    }
+
+    pub fn remove(&mut self, conn: ConnId) -> Option<Conn> {
+        let i = self.find(conn).ok()?;
+        let (_, removed) = self.list.remove(i);
+        if self.list.is_empty() {
+            self.list = Vec::new();
+        }
+        Some(removed)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
+        self.list.iter_mut().map(|(id, c)| (*id, c))
+    }
+
+    /// Empties the set, handing back every connection in id order.
+    pub fn take(&mut self) -> Vec<(ConnId, Conn)> {
+        std::mem::take(&mut self.list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn conn() -> Conn {
+        Conn::new(Encoding::Json, Duration::from_millis(1))
+    }
+
+    #[test]
+    fn connections_stay_in_id_order_whatever_order_they_join_in() {
+        let mut conns = Conns::default();
+        for id in [5, 2, 9, 2, 7] {
+            conns.insert_if_absent(ConnId(id), conn);
+        }
+        let ids: Vec<u64> = conns.iter_mut().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [2, 5, 7, 9]);
+        assert!(conns.get(ConnId(7)).is_some());
+        assert!(conns.get(ConnId(3)).is_none());
+        assert!(conns.remove(ConnId(5)).is_some());
+        assert!(conns.remove(ConnId(5)).is_none());
+        let taken: Vec<u64> = conns.take().into_iter().map(|(id, _)| id.0).collect();
+        assert_eq!(taken, [2, 7, 9]);
+        assert!(conns.is_empty());
     }
 }

@@ -1,12 +1,12 @@
 //! The gathering: one live room's state, its connections, and when it ends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::clock::{Duration, Instant};
-use crate::conn::Conn;
+use crate::conn::{Conn, Conns};
 use crate::protocol::{self, CLOSE_POLICY, ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId, GatheringId};
 
@@ -272,7 +272,7 @@ pub struct Gathering<A: App> {
     processed: u64,
     /// The latest time seen in any input.
     now: Instant,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: Conns,
     /// A lower bound of every connection's `retry_at`: kept in O(1) per
     /// forward, made exact again when it fires.
     retry_due: Option<Instant>,
@@ -331,7 +331,7 @@ impl<A: App> Gathering<A> {
             empty_since: Some(now),
             processed: 0,
             now,
-            conns: BTreeMap::new(),
+            conns: Conns::default(),
             retry_due: None,
             awaiting: VecDeque::new(),
             actions: VecDeque::new(),
@@ -503,12 +503,12 @@ impl<A: App> Gathering<A> {
             Inbound::Join { conn, encoding } => {
                 self.last_activity = now;
                 self.empty_since = None;
+                let retry_interval = self.config.retry_interval;
                 self.conns
-                    .entry(conn)
-                    .or_insert_with(|| Conn::new(encoding, self.config.retry_interval));
+                    .insert_if_absent(conn, || Conn::new(encoding, retry_interval));
             }
             Inbound::Leave { conn } => {
-                if self.conns.remove(&conn).is_some() && self.conns.is_empty() {
+                if self.conns.remove(conn).is_some() && self.conns.is_empty() {
                     self.empty_since = Some(now);
                 }
             }
@@ -518,7 +518,7 @@ impl<A: App> Gathering<A> {
 
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: &Frame) {
         let encoding = frame.encoding();
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.encoding = encoding;
         }
         let msg = match protocol::decode::<ClientMsg<A::Op>>(frame) {
@@ -565,7 +565,7 @@ impl<A: App> Gathering<A> {
                 reply(&mut self.actions, conn, encoding, &msg);
             }
             ClientMsg::Ack { seq } => {
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(conn) {
                     c.ack(seq, self.config.retry_interval);
                 }
             }
@@ -599,7 +599,7 @@ impl<A: App> Gathering<A> {
     fn resend_due(&mut self, now: Instant) {
         let max = self.config.max_retry_interval;
         let mut next: Option<Instant> = None;
-        for (&conn, c) in &mut self.conns {
+        for (conn, c) in self.conns.iter_mut() {
             if let Some(frames) = c.due(now, max) {
                 self.actions.extend(frames.map(|frame| Action::Send {
                     conn,
@@ -639,7 +639,7 @@ impl<A: App> Gathering<A> {
         self.phase = Phase::Closing(reason);
         // Pending forwards are not retried past dispersal: the ops are
         // durable, and a client that rejoins fetches them.
-        for c in self.conns.values_mut() {
+        for (_, c) in self.conns.iter_mut() {
             c.unacked.clear();
             c.retry_at = None;
         }
@@ -662,7 +662,7 @@ impl<A: App> Gathering<A> {
             let Some(accepted) = self.awaiting.pop_front() else {
                 break;
             };
-            let origin_encoding = self.conns.get(&accepted.origin).map(|c| c.encoding);
+            let origin_encoding = self.conns.get(accepted.origin).map(|c| c.encoding);
             let ack = ServerMsg::<&A::Op, &A>::Ack {
                 id: accepted.id,
                 seq: accepted.seq,
@@ -687,7 +687,7 @@ impl<A: App> Gathering<A> {
         // Encoded at most once per encoding, shared by every recipient.
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut lagging: Vec<ConnId> = Vec::new();
-        for (&conn, c) in &mut self.conns {
+        for (conn, c) in self.conns.iter_mut() {
             if conn == accepted.origin {
                 continue;
             }
@@ -708,7 +708,7 @@ impl<A: App> Gathering<A> {
             });
         }
         for conn in lagging {
-            self.conns.remove(&conn);
+            self.conns.remove(conn);
             self.actions.push_back(Action::Close {
                 conn,
                 code: CLOSE_POLICY,
@@ -730,7 +730,7 @@ impl<A: App> Gathering<A> {
         }
         let goodbye = ServerMsg::<&A::Op, &A>::Dispersed { reason };
         let mut frames: [Option<Frame>; 2] = [None, None];
-        for (conn, c) in std::mem::take(&mut self.conns) {
+        for (conn, c) in self.conns.take() {
             let frame = frames[c.encoding as usize]
                 .get_or_insert_with(|| encode_or_internal_error(&goodbye, c.encoding))
                 .clone();
