@@ -1,6 +1,7 @@
-//! One WebSocket connection: a reader that routes frames through the hall and
-//! a writer that drains the connection's outbox.
+//! One WebSocket connection: one task that routes its frames through the
+//! hall and drains its outbox to the socket.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,108 +28,129 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 pub(crate) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded connection to gathering `id` until it closes.
-pub async fn serve(socket: Socket, id: GatheringId, encoding: Encoding, shared: Arc<Shared>) {
-    let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-    shared.metrics.connections.inc();
-    let (sink, mut stream) = socket.split();
-    let (outbox, queue) = Outbox::new();
-    let writer = tokio::spawn(write_loop(sink, queue));
-    let join = HallMail::Route(
-        id.clone(),
-        Inbound::Join { conn, encoding },
-        Some(outbox.clone()),
-    );
-    if shared.hall.send(join).await.is_ok() {
-        read_loop(&mut stream, conn, &id, &outbox, &shared, writer).await;
-        let _ = shared
-            .hall
-            .send(HallMail::Route(id, Inbound::Leave { conn }, None))
-            .await;
+///
+/// One task per connection both reads (frames go to the hall) and writes
+/// (the outbox goes to the socket): a second task, and the lock that split
+/// halves share, cost every idle connection about a kilobyte. A plain fn
+/// returning an `async move` block, so that the socket is held once (an
+/// async fn would keep its argument beside the local it moves into).
+#[allow(clippy::manual_async_fn)] // deliberately not one: see above
+pub fn serve(
+    mut socket: Socket,
+    id: GatheringId,
+    encoding: Encoding,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> {
+    async move {
+        let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        shared.metrics.connections.inc();
+        let (outbox, mut queue) = Outbox::new();
+        // This task keeps a handle too, so that the queue ends (`None`) only
+        // when it was closed for overflow, never because a gathering let go.
+        let join = HallMail::Route(
+            id.clone(),
+            Inbound::Join { conn, encoding },
+            Some(outbox.clone()),
+        );
+        if shared.hall.send(join).await.is_ok() {
+            pump(&mut socket, &mut queue, conn, &id, &shared).await;
+            let _ = shared
+                .hall
+                .send(HallMail::Route(id, Inbound::Leave { conn }, None))
+                .await;
+        }
+        drop(outbox);
+        shared.metrics.connections.dec();
     }
-    shared.metrics.connections.dec();
 }
 
-async fn read_loop(
-    stream: &mut futures_util::stream::SplitStream<Socket>,
+/// Moves frames both ways until either side closes.
+///
+/// Reading and writing take turns (the select is fair): a write waits at
+/// most `SEND_BOUND` for a client that does not read, and a read waits for
+/// room in the hall's mailbox, which only backpressure fills.
+async fn pump(
+    socket: &mut Socket,
+    queue: &mut Queue,
     conn: ConnId,
     id: &GatheringId,
-    outbox: &Outbox,
     shared: &Shared,
-    mut writer: tokio::task::JoinHandle<()>,
 ) {
     let max = shared.config.max_frame_bytes;
     loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            // The writer closed the connection: allow the client a moment to
-            // answer the close handshake, then stop reading.
-            _ = &mut writer => {
-                let _ = tokio::time::timeout(CLOSE_BOUND, async {
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if msg.is_close() { break; }
+        // The branches' futures are dropped before a handler runs, so the
+        // handlers may use the socket.
+        tokio::select! {
+            out = queue.recv() => {
+                let msg = match out {
+                    Some(Outgoing::Frame(Frame::Text(text))) => Message::text(&*text),
+                    Some(Outgoing::Frame(Frame::Binary(bytes))) => {
+                        Message::binary(bytes::Bytes::from_owner(bytes))
                     }
-                }).await;
-                return;
-            }
-        };
-        let msg = match next {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("too long") || text.contains("too big") {
-                    outbox.close(CLOSE_TOO_BIG, "frame too large");
-                    let _ = tokio::time::timeout(CLOSE_BOUND, &mut writer).await;
-                } else {
-                    tracing::debug!(%conn, error = %text, "connection read failed");
-                }
-                return;
-            }
-            None => return,
-        };
-        let frame = match msg {
-            Message::Text(text) => Frame::Text(text.as_str().into()),
-            Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
-            Message::Close(_) => return,
-            // Ping and pong are answered by the WebSocket layer.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        if frame.len() > max {
-            outbox.close(CLOSE_TOO_BIG, "frame too large");
-            let _ = tokio::time::timeout(CLOSE_BOUND, &mut writer).await;
-            return;
-        }
-        let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
-        if shared.hall.send(route).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn write_loop(mut sink: futures_util::stream::SplitSink<Socket, Message>, mut queue: Queue) {
-    loop {
-        match queue.recv().await {
-            Some(Outgoing::Frame(frame)) => {
-                let msg = match frame {
-                    Frame::Text(text) => Message::text(&*text),
-                    Frame::Binary(bytes) => Message::binary(bytes::Bytes::from_owner(bytes)),
+                    Some(Outgoing::Close(code, reason)) => {
+                        return Box::pin(closing(socket, code, reason)).await;
+                    }
+                    // Closed without a close frame: the client stopped
+                    // reading and its queue overflowed.
+                    None => {
+                        return Box::pin(closing(socket, CLOSE_POLICY, "send queue overflow")).await;
+                    }
                 };
-                match tokio::time::timeout(SEND_BOUND, sink.send(msg)).await {
+                match tokio::time::timeout(SEND_BOUND, socket.send(msg)).await {
                     Ok(Ok(())) => {}
                     _ => return,
                 }
             }
-            Some(Outgoing::Close(code, reason)) => {
-                let _ = tokio::time::timeout(CLOSE_BOUND, sink.send(close(code, reason))).await;
-                return;
-            }
-            None => {
-                // Closed without a close frame: the client stopped reading
-                // (queue overflow) or the server dropped the connection.
-                let closing = close(CLOSE_POLICY, "send queue overflow");
-                let _ = tokio::time::timeout(CLOSE_BOUND, sink.send(closing)).await;
-                return;
+            next = socket.next() => {
+                let msg = match next {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("too big") {
+                            return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                        }
+                        tracing::debug!(%conn, error = %text, "connection read failed");
+                        return;
+                    }
+                    None => return,
+                };
+                let frame = match msg {
+                    Message::Text(text) => Frame::Text(text.as_str().into()),
+                    Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
+                    Message::Close(_) => {
+                        // The WebSocket layer queued the answer; send it.
+                        let _ = tokio::time::timeout(CLOSE_BOUND, socket.flush()).await;
+                        return;
+                    }
+                    // Ping and pong are answered by the WebSocket layer.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                };
+                if frame.len() > max {
+                    return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                }
+                let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
+                if shared.hall.send(route).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Sends a close frame, then allows the client a moment to answer the close
+/// handshake before the connection is dropped. Callers box it: it happens
+/// once per connection, and unboxed its state would enlarge every idle
+/// connection's task.
+async fn closing(socket: &mut Socket, code: u16, reason: &'static str) {
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_BOUND, socket.send(close(code, reason))).await {
+        let _ = tokio::time::timeout(CLOSE_BOUND, async {
+            while let Some(Ok(msg)) = socket.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
