@@ -67,56 +67,75 @@ impl Conn {
     }
 }
 
-/// A gathering's connections, in `ConnId` order (so every walk over them,
-/// and hence the order of the actions it emits, is deterministic).
+/// Values per connection, kept in `ConnId` order, so that every walk over
+/// them (and so the order of whatever it emits) is deterministic. A
+/// gathering keeps its connections' delivery state in one; a host may keep
+/// its per-connection handles (socket queues) in another.
 ///
-/// A vector sorted by id rather than a `BTreeMap`: ids only grow, so a join
-/// appends, and the memory is exactly what is held. An emptied `BTreeMap`
-/// keeps its root node (close to 900 bytes with these entries) for the rest
-/// of the gathering's life, which every idle gathering paid; this gives its
-/// memory back when the last connection leaves.
-#[derive(Debug, Default)]
-pub(crate) struct Conns {
-    list: Vec<(ConnId, Conn)>,
+/// A vector sorted by id rather than a `BTreeMap` or `HashMap`: ids only
+/// grow, so an insert appends, lookups are a binary search, and the memory is
+/// what is held. An emptied `BTreeMap` keeps its root node (close to 900
+/// bytes with a gathering's entries) for good, and a `HashMap` starts at
+/// four slots; here the first insert reserves one slot, and the memory is
+/// given back when the last entry leaves, which is what every idle
+/// gathering is made of.
+#[derive(Debug)]
+pub struct ConnMap<V> {
+    list: Vec<(ConnId, V)>,
 }
 
-impl Conns {
+impl<V> Default for ConnMap<V> {
+    fn default() -> Self {
+        ConnMap { list: Vec::new() }
+    }
+}
+
+impl<V> ConnMap<V> {
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
+    /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
     fn find(&self, conn: ConnId) -> Result<usize, usize> {
-        // Joins come in id order, so the last slot is the likeliest.
+        // Connections arrive in id order, so the end is the likeliest slot.
         match self.list.last() {
             Some((last, _)) if *last < conn => Err(self.list.len()),
             _ => self.list.binary_search_by_key(&conn, |(id, _)| *id),
         }
     }
 
-    pub fn get(&self, conn: ConnId) -> Option<&Conn> {
+    /// The value of `conn`.
+    pub fn get(&self, conn: ConnId) -> Option<&V> {
         self.find(conn).ok().map(|i| &self.list[i].1)
     }
 
-    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+    /// The value of `conn`, to change.
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut V> {
         self.find(conn).ok().map(|i| &mut self.list[i].1)
     }
 
-    /// Adds `conn` unless it is already there.
-    pub fn insert_if_absent(&mut self, conn: ConnId, make: impl FnOnce() -> Conn) {
-        if let Err(i) = self.find(conn) {
-            if self.list.capacity() == 0 {
-                // Most gatherings hold one or two connections: no slack.
-                self.list.reserve_exact(1);
+    /// Sets the value of `conn`; returns the one it replaced.
+    pub fn insert(&mut self, conn: ConnId, value: V) -> Option<V> {
+        match self.find(conn) {
+            Ok(i) => Some(std::mem::replace(&mut self.list[i].1, value)),
+            Err(i) => {
+                if self.list.capacity() == 0 {
+                    // Most gatherings hold one or two connections: no slack.
+                    self.list.reserve_exact(1);
+                }
+                self.list.insert(i, (conn, value));
+                None
             }
-            self.list.insert(i, (conn, make()));
         }
     }
 
-    pub fn remove(&mut self, conn: ConnId) -> Option<Conn> {
+    /// Removes `conn`; the memory goes once the last entry has.
+    pub fn remove(&mut self, conn: ConnId) -> Option<V> {
         let i = self.find(conn).ok()?;
         let (_, removed) = self.list.remove(i);
         if self.list.is_empty() {
@@ -125,12 +144,13 @@ impl Conns {
         Some(removed)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
-        self.list.iter_mut().map(|(id, c)| (*id, c))
+    /// Every entry in id order, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut V)> {
+        self.list.iter_mut().map(|(id, v)| (*id, v))
     }
 
-    /// Empties the set, handing back every connection in id order.
-    pub fn take(&mut self) -> Vec<(ConnId, Conn)> {
+    /// Empties the map, handing back every entry in id order.
+    pub fn take(&mut self) -> Vec<(ConnId, V)> {
         std::mem::take(&mut self.list)
     }
 }
@@ -147,10 +167,11 @@ mod tests {
 
     #[test]
     fn connections_stay_in_id_order_whatever_order_they_join_in() {
-        let mut conns = Conns::default();
-        for id in [5, 2, 9, 2, 7] {
-            conns.insert_if_absent(ConnId(id), conn);
+        let mut conns = ConnMap::default();
+        for id in [5, 2, 9, 7] {
+            assert!(conns.insert(ConnId(id), conn()).is_none());
         }
+        assert!(conns.insert(ConnId(2), conn()).is_some());
         let ids: Vec<u64> = conns.iter_mut().map(|(id, _)| id.0).collect();
         assert_eq!(ids, [2, 5, 7, 9]);
         assert!(conns.get(ConnId(7)).is_some());

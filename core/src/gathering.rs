@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::clock::{Duration, Instant};
-use crate::conn::{Conn, Conns};
+use crate::conn::{Conn, ConnMap};
 use crate::protocol::{self, CLOSE_POLICY, ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId, GatheringId};
 
@@ -272,7 +272,7 @@ pub struct Gathering<A: App> {
     processed: u64,
     /// The latest time seen in any input.
     now: Instant,
-    conns: Conns,
+    conns: ConnMap<Conn>,
     /// A lower bound of every connection's `retry_at`: kept in O(1) per
     /// forward, made exact again when it fires.
     retry_due: Option<Instant>,
@@ -331,7 +331,7 @@ impl<A: App> Gathering<A> {
             empty_since: Some(now),
             processed: 0,
             now,
-            conns: Conns::default(),
+            conns: ConnMap::default(),
             retry_due: None,
             awaiting: VecDeque::new(),
             actions: VecDeque::new(),
@@ -503,9 +503,10 @@ impl<A: App> Gathering<A> {
             Inbound::Join { conn, encoding } => {
                 self.last_activity = now;
                 self.empty_since = None;
-                let retry_interval = self.config.retry_interval;
-                self.conns
-                    .insert_if_absent(conn, || Conn::new(encoding, retry_interval));
+                if self.conns.get(conn).is_none() {
+                    let fresh = Conn::new(encoding, self.config.retry_interval);
+                    self.conns.insert(conn, fresh);
+                }
             }
             Inbound::Leave { conn } => {
                 if self.conns.remove(conn).is_some() && self.conns.is_empty() {

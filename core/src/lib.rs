@@ -51,6 +51,7 @@ mod wire;
 
 pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
+pub use conn::ConnMap;
 pub use gathering::{
     Action, Config, Deadline, Delivery, Event, Gathering, Inbound, Phase, RestoreError, Verdict,
     Why,

@@ -1,14 +1,13 @@
 //! One task per gathering: the core's run loop over a mailbox, one timer, the
 //! connections' outboxes and the group-commit writer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use gathering_core::tournament::Tournament;
 use gathering_core::{
-    Action, ConnId, DisperseReason, Event, Gathering, GatheringId, Inbound, Instant, Verdict, Why,
+    Action, ConnMap, DisperseReason, Event, Gathering, GatheringId, Inbound, Instant, Verdict, Why,
 };
 
 use crate::hall_task::HallMail;
@@ -59,7 +58,7 @@ struct Task {
     gathering: Gathering<Tournament>,
     me: Mailbox,
     shared: Arc<Shared>,
-    outboxes: HashMap<ConnId, Outbox>,
+    outboxes: ConnMap<Outbox>,
     status: Arc<Status>,
     /// Lateness of the last dispersal request, for the log line.
     lateness: Option<std::time::Duration>,
@@ -200,7 +199,7 @@ impl Task {
                     self.outboxes.insert(*conn, outbox);
                 }
                 if let Inbound::Leave { conn } = &inbound {
-                    self.outboxes.remove(conn);
+                    self.outboxes.remove(*conn);
                 }
                 Event::Message(now, inbound)
             }
@@ -223,14 +222,14 @@ impl Task {
                     frame,
                     delivery,
                 } => {
-                    if let Some(outbox) = self.outboxes.get(&conn)
+                    if let Some(outbox) = self.outboxes.get(conn)
                         && !outbox.send(frame, delivery)
                     {
-                        self.outboxes.remove(&conn);
+                        self.outboxes.remove(conn);
                     }
                 }
                 Action::Close { conn, code, reason } => {
-                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                    if let Some(outbox) = self.outboxes.remove(conn) {
                         outbox.close(code, reason);
                     }
                 }
@@ -272,7 +271,7 @@ impl Task {
                 Action::Dispersed { reason } => self.dispersed(reason),
                 Action::Bounce(inbound) => {
                     let outbox = match &inbound {
-                        Inbound::Join { conn, .. } => self.outboxes.remove(conn),
+                        Inbound::Join { conn, .. } => self.outboxes.remove(*conn),
                         _ => None,
                     };
                     let route = HallMail::Route(self.gathering.id().clone(), inbound, outbox);
@@ -337,7 +336,7 @@ pub fn spawn(gathering: Gathering<Tournament>, shared: &Arc<Shared>) -> Mailbox 
         gathering,
         me: tx.clone(),
         shared: shared.clone(),
-        outboxes: HashMap::new(),
+        outboxes: ConnMap::default(),
         status,
         lateness: None,
         done: false,

@@ -1,7 +1,6 @@
 //! One task per in-page gathering: the core's run loop over a mailbox, one
 //! timer, the connections it serves and the storage.
 
-use std::collections::BTreeMap;
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,7 +8,9 @@ use std::time::Duration;
 use futures_timer::Delay;
 use futures_util::future::{Either, select};
 use gathering_core::tournament::Tournament;
-use gathering_core::{Action, ConnId, DisperseReason, Event, Gathering, Inbound, Instant, Verdict};
+use gathering_core::{
+    Action, ConnMap, DisperseReason, Event, Gathering, Inbound, Instant, Verdict,
+};
 
 use crate::hall_task::HallMail;
 use crate::peer::Peer;
@@ -45,7 +46,7 @@ struct Task {
     gathering: Gathering<Tournament>,
     me: async_channel::Sender<Mail>,
     shared: Rc<Shared>,
-    peers: BTreeMap<ConnId, Rc<Peer>>,
+    peers: ConnMap<Rc<Peer>>,
     status: Rc<Status>,
     /// Lateness of the last dispersal request.
     lateness: Option<Duration>,
@@ -64,7 +65,7 @@ pub fn spawn(gathering: Gathering<Tournament>, shared: &Rc<Shared>) -> async_cha
         gathering,
         me: tx.clone(),
         shared: shared.clone(),
-        peers: BTreeMap::new(),
+        peers: ConnMap::default(),
         status,
         lateness: None,
         done: false,
@@ -137,7 +138,7 @@ impl Task {
                         self.peers.insert(*conn, peer);
                     }
                     (Inbound::Leave { conn }, _) => {
-                        self.peers.remove(conn);
+                        self.peers.remove(*conn);
                     }
                     _ => {}
                 }
@@ -166,12 +167,12 @@ impl Task {
                 // No socket buffer in a page: a frame reaches its handler at
                 // once, so both deliveries are the same call.
                 Action::Send { conn, frame, .. } => {
-                    if let Some(peer) = self.peers.get(&conn) {
+                    if let Some(peer) = self.peers.get(conn) {
                         peer.deliver(&frame);
                     }
                 }
                 Action::Close { conn, code, reason } => {
-                    if let Some(peer) = self.peers.remove(&conn)
+                    if let Some(peer) = self.peers.remove(conn)
                         && peer.close(code, reason)
                     {
                         // As when a socket closes: the hall hears of it.
@@ -199,7 +200,7 @@ impl Task {
                 Action::Dispersed { reason } => self.dispersed(reason),
                 Action::Bounce(inbound) => {
                     let peer = match &inbound {
-                        Inbound::Join { conn, .. } => self.peers.remove(conn),
+                        Inbound::Join { conn, .. } => self.peers.remove(*conn),
                         _ => None,
                     };
                     let route = HallMail::Route(self.gathering.id().clone(), inbound, peer);
