@@ -51,6 +51,16 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// The next thing to write if one is queued now; `None` when the queue
+    /// is empty or has ended (the next [`Queue::recv`] tells which).
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let next = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(next)
+    }
+}
+
 impl Outbox {
     /// A queue and its receiving end for the writer task.
     pub fn new() -> (Self, Queue) {

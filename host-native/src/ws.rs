@@ -82,24 +82,24 @@ async fn pump(
         // handlers may use the socket.
         tokio::select! {
             out = queue.recv() => {
-                let msg = match out {
-                    Some(Outgoing::Frame(Frame::Text(text))) => Message::text(&*text),
-                    Some(Outgoing::Frame(Frame::Binary(bytes))) => {
-                        Message::binary(bytes::Bytes::from_owner(bytes))
+                let closing_with = match out {
+                    Some(Outgoing::Frame(frame)) => {
+                        // Boxed: one allocation per burst written, against
+                        // its whole state in every idle connection's task.
+                        let written = tokio::time::timeout(SEND_BOUND, write(socket, queue, frame));
+                        match Box::pin(written).await {
+                            Ok(Ok(None)) => continue,
+                            Ok(Ok(Some(close))) => close,
+                            _ => return,
+                        }
                     }
-                    Some(Outgoing::Close(code, reason)) => {
-                        return Box::pin(closing(socket, code, reason)).await;
-                    }
+                    Some(Outgoing::Close(code, reason)) => (code, reason),
                     // Closed without a close frame: the client stopped
                     // reading and its queue overflowed.
-                    None => {
-                        return Box::pin(closing(socket, CLOSE_POLICY, "send queue overflow")).await;
-                    }
+                    None => (CLOSE_POLICY, "send queue overflow"),
                 };
-                match tokio::time::timeout(SEND_BOUND, socket.send(msg)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
+                let (code, reason) = closing_with;
+                return Box::pin(closing(socket, code, reason)).await;
             }
             next = socket.next() => {
                 let msg = match next {
@@ -135,6 +135,44 @@ async fn pump(
             }
         }
     }
+}
+
+/// Frames written with one flush at most: a burst (a gathering's batch
+/// forwards and acks together) costs one write to the socket rather than
+/// one per frame, and a long queue still yields to reading.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to
+/// [`WRITE_BATCH`]), then flushes once. Returns the close asked for if the
+/// queue ended in one.
+async fn write(
+    socket: &mut Socket,
+    queue: &mut Queue,
+    first: Frame,
+) -> Result<Option<(u16, &'static str)>, tokio_tungstenite::tungstenite::Error> {
+    let mut next = Some(first);
+    let mut close = None;
+    let mut written = 0;
+    while let Some(frame) = next.take() {
+        // Ready first, then the message: no message is held across an await
+        // (this future is part of every connection's task).
+        std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await?;
+        socket.start_send_unpin(match frame {
+            Frame::Text(text) => Message::text(&*text),
+            Frame::Binary(bytes) => Message::binary(bytes::Bytes::from_owner(bytes)),
+        })?;
+        written += 1;
+        if written < WRITE_BATCH {
+            match queue.try_recv() {
+                Some(Outgoing::Frame(frame)) => next = Some(frame),
+                Some(Outgoing::Close(code, reason)) => close = Some((code, reason)),
+                // Empty for now (or closed: the next `recv` says so).
+                None => {}
+            }
+        }
+    }
+    socket.flush().await?;
+    Ok(close)
 }
 
 /// Sends a close frame, then allows the client a moment to answer the close
