@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{self, Encoding, Frame};
 use gathering_core::tournament::Tournament;
 use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
@@ -180,14 +180,24 @@ impl<A: App> Client<A> {
         }
     }
 
-    /// Sends `op` without waiting for its answer; returns the request id
+    /// Queues `op` without waiting for its answer; returns the request id
     /// that its [`Reply::Acked`] or [`Reply::Rejected`] will carry. With
     /// [`Client::reply`], keeps many ops in flight on one connection.
+    ///
+    /// Submitted ops are written together, at the latest when this client
+    /// next waits for the server (any read) or on [`Client::flush`]: a
+    /// window of ops costs one write to the socket, not one each.
     pub async fn submit(&mut self, op: A::Op) -> Result<u64, ClientError> {
         self.next_id += 1;
         let id = self.next_id;
-        self.send(&ClientMsg::Op { id, op }).await?;
+        self.send_later(&ClientMsg::Op { id, op }).await?;
         Ok(id)
+    }
+
+    /// Writes whatever [`Client::submit`] and automatic acknowledgements
+    /// have queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.ws.flush().await.map_err(|e| closed(&e.to_string()))
     }
 
     /// The next thing the server says: an answer to a submitted op, a
@@ -208,7 +218,7 @@ impl<A: App> Client<A> {
                 }
                 ServerMsg::Forward { seq, op } => {
                     if self.auto_ack {
-                        self.ack(seq).await?;
+                        self.send_later(&ClientMsg::Ack { seq }).await?;
                     }
                     return Ok(Reply::Forward { seq, op });
                 }
@@ -261,10 +271,18 @@ impl<A: App> Client<A> {
         self.ws.send(msg).await.map_err(|e| closed(&e.to_string()))
     }
 
-    /// Reads the next raw server message, answers included.
+    /// Reads the next raw server message, answers included. Before it
+    /// waits, it writes what was queued (the answer may depend on it).
     pub async fn read(&mut self) -> Result<ServerMsg<A::Op, A>, ClientError> {
         loop {
-            let Some(next) = self.ws.next().await else {
+            let next = match self.ws.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.flush().await?;
+                    self.ws.next().await
+                }
+            };
+            let Some(next) = next else {
                 return Err(closed("connection ended"));
             };
             let msg = next.map_err(|e| closed(&e.to_string()))?;
@@ -302,7 +320,7 @@ impl<A: App> Client<A> {
         match msg {
             ServerMsg::Forward { seq, op } => {
                 if self.auto_ack {
-                    self.ack(seq).await?;
+                    self.send_later(&ClientMsg::Ack { seq }).await?;
                 }
                 self.inbox.push_back(Incoming::Forward { seq, op });
                 Ok(())
@@ -323,7 +341,14 @@ impl<A: App> Client<A> {
         }
     }
 
+    /// Writes `msg` now (with whatever was queued before it).
     async fn send(&mut self, msg: &ClientMsg<A::Op>) -> Result<(), ClientError> {
+        self.send_later(msg).await?;
+        self.flush().await
+    }
+
+    /// Queues `msg`; it is written by the next flush or read that waits.
+    async fn send_later(&mut self, msg: &ClientMsg<A::Op>) -> Result<(), ClientError> {
         if self.ended.is_some() {
             return Err(closed("the gathering dispersed; rejoin to continue"));
         }
@@ -333,7 +358,7 @@ impl<A: App> Client<A> {
             Frame::Text(text) => Message::text(&*text),
             Frame::Binary(bytes) => Message::binary(bytes.to_vec()),
         };
-        self.ws.send(msg).await.map_err(|e| closed(&e.to_string()))
+        self.ws.feed(msg).await.map_err(|e| closed(&e.to_string()))
     }
 }
 
