@@ -26,14 +26,17 @@ impl Clock {
         Instant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// The OS instant for `at`; instants too far away to represent become
+    /// "in a year".
+    pub fn to_std(&self, at: Instant) -> std::time::Instant {
+        self.base
+            .checked_add(Duration::from_nanos(at.as_nanos()))
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(365 * 24 * 3600))
+    }
+
     /// The tokio instant for `at`; instants too far away to represent become
     /// "in a year", which is as good as never for a timer that is re-armed.
     pub fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
-        let far = || std::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let std = self
-            .base
-            .checked_add(Duration::from_nanos(at.as_nanos()))
-            .unwrap_or_else(far);
-        tokio::time::Instant::from_std(std)
+        tokio::time::Instant::from_std(self.to_std(at))
     }
 }

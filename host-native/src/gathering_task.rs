@@ -15,6 +15,7 @@ use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
 use crate::server::{Detection, Shared};
 use crate::store::{Stored, Write};
+use crate::timer::Timer;
 
 /// The sending end of a gathering's mailbox: unbounded (the hall must never
 /// wait on one gathering) and empty-cheap (most gatherings are idle).
@@ -82,8 +83,7 @@ fn run(
         // gathering: what can be read from `task` when needed is not copied
         // into locals here.
         let detection = task.shared.config.detection;
-        let timer = tokio::time::sleep_until(task.never());
-        tokio::pin!(timer);
+        let mut timer = Timer::default();
         let mut armed: Option<Instant> = None;
         // Only for `Detection::RearmPerMessage`: the per-message timer the
         // benchmarks compare against (absent otherwise: it would cost every
@@ -102,9 +102,6 @@ fn run(
                     || !matches!(deadline.why, Why::Idle | Why::Empty))
             {
                 armed = Some(deadline.at);
-                timer
-                    .as_mut()
-                    .reset(task.shared.clock.to_tokio(deadline.at));
             }
             // The select below is biased to the mailbox, so a wake-up with mail
             // waiting never polls the timer (which would cost a timer poll per
@@ -139,7 +136,10 @@ fn run(
                         rearmed.as_mut().reset(clock.to_tokio(clock.now() + idle_timeout));
                     }
                 }
-                () = &mut timer, if armed.is_some() => {
+                () = std::future::poll_fn(|cx| match armed {
+                    Some(at) => task.shared.timers.poll(&mut timer, task.shared.clock.to_std(at), cx),
+                    None => std::task::Poll::Pending,
+                }), if armed.is_some() => {
                     busy = 0;
                     armed = None;
                     task.tick();

@@ -1,7 +1,7 @@
 //! The gathering server (warp + tokio) and its Rust client.
 //!
 //! The server drives the sans-IO state machines of `gathering-core`: one task
-//! per gathering with one timer, a hall task that routes every connection's
+//! per gathering with one timer (woken by a high-resolution timer thread), a hall task that routes every connection's
 //! traffic, a group-commit writer over an embedded redb store, and a warp
 //! front end. [`client::Client`] speaks the same protocol from Rust.
 
@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod persist;
 pub mod server;
 pub mod store;
+pub mod timer;
 pub mod upgrade;
 pub mod ws;
 

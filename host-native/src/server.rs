@@ -17,6 +17,7 @@ use crate::hall_task::{self, HallMail};
 use crate::metrics::Metrics;
 use crate::persist::Persister;
 use crate::store::{RedbStore, Store};
+use crate::timer::Timers;
 
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The clock.
     pub clock: Clock,
+    /// Wakes gathering tasks at their deadlines.
+    pub timers: Timers,
     /// The hall's mailbox for connections' traffic: bounded, so that readers
     /// feel backpressure.
     pub hall: async_channel::Sender<HallMail>,
@@ -119,7 +122,7 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Store(e) => write!(f, "storage: {e}"),
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            ServerError::Thread(e) => write!(f, "cannot start the storage thread: {e}"),
+            ServerError::Thread(e) => write!(f, "cannot start a server thread: {e}"),
         }
     }
 }
@@ -196,12 +199,14 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let metrics = Arc::new(Metrics::default());
     let (persister, writer) =
         Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
+    let timers = Timers::start().map_err(ServerError::Thread)?;
     let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
     let hall_tx_for_touch = hall_tx.clone();
     let (control_tx, control_rx) = futures_channel::mpsc::unbounded();
     let shared = Arc::new(Shared {
         config,
         clock: Clock::default(),
+        timers,
         hall: hall_tx.clone(),
         control: control_tx,
         store,
