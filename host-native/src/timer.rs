@@ -4,9 +4,13 @@
 //! next millisecond tick and the driver's park timeout is rounded up again,
 //! so a tokio timer fires about 1 ms late on average and up to 2 ms late at
 //! the tail. Dispersal is promised at the deadline, so gathering tasks are
-//! woken by this one thread instead: it sleeps on a condition variable
+//! woken through this one thread instead: it sleeps on a condition variable
 //! until the earliest armed deadline (the kernel's high-resolution timer)
-//! and wakes the tasks that are due.
+//! and hands the due tasks' wakers to a dispatcher task, which wakes them
+//! from inside the runtime. Waking each task from this thread would cost a
+//! cross-thread wake-up (a lock and often a futex) per task; through the
+//! dispatcher, that is paid once per batch, which matters when tens of
+//! thousands fall due per second.
 //!
 //! A gathering arms at most one entry at a time and re-arms only when its
 //! deadline fired or moved earlier, as with any timer; an entry that is no
@@ -35,6 +39,10 @@ struct State {
     /// Earliest first; the sequence number only breaks ties.
     due: BinaryHeap<Reverse<Entry>>,
     next: u64,
+    /// Wakers whose instant has come, for the dispatcher.
+    fired: Vec<Waker>,
+    /// The dispatcher, while it waits for `fired`.
+    dispatcher: Option<Waker>,
     stopped: bool,
 }
 
@@ -72,13 +80,15 @@ pub struct Timer {
 }
 
 impl Timers {
-    /// Starts the wake-up thread.
+    /// Starts the wake-up thread and its dispatcher task (on the current
+    /// tokio runtime).
     pub fn start() -> std::io::Result<Self> {
         let inner = Arc::new(Inner::default());
         let thread = inner.clone();
         std::thread::Builder::new()
             .name("gathering-timers".into())
             .spawn(move || thread.run())?;
+        tokio::spawn(inner.clone().dispatch());
         Ok(Timers { inner })
     }
 
@@ -111,8 +121,15 @@ impl Timers {
 
 impl Drop for Timers {
     fn drop(&mut self) {
-        self.inner.lock().stopped = true;
+        let dispatcher = {
+            let mut state = self.inner.lock();
+            state.stopped = true;
+            state.dispatcher.take()
+        };
         self.inner.changed.notify_one();
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.wake();
+        }
     }
 }
 
@@ -123,25 +140,26 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The thread: sleeps until the earliest instant, moves what is due to
+    /// `fired` and wakes the dispatcher.
     fn run(&self) {
-        let mut woken: Vec<Waker> = Vec::new();
         let mut state = self.lock();
         loop {
             if state.stopped {
                 return;
             }
             let now = Instant::now();
+            let mut fired = false;
             while state.due.peek().is_some_and(|Reverse(e)| e.at <= now) {
                 if let Some(Reverse(entry)) = state.due.pop() {
-                    woken.push(entry.waker);
+                    state.fired.push(entry.waker);
+                    fired = true;
                 }
             }
-            if !woken.is_empty() {
-                // Wake outside the lock: tasks re-arm from their workers.
+            if fired && let Some(dispatcher) = state.dispatcher.take() {
+                // Woken outside the lock.
                 drop(state);
-                for waker in woken.drain(..) {
-                    waker.wake();
-                }
+                dispatcher.wake();
                 state = self.lock();
                 continue;
             }
@@ -158,6 +176,31 @@ impl Inner {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
             };
+        }
+    }
+}
+
+impl Inner {
+    /// The dispatcher task: wakes the tasks whose instant has come, from a
+    /// runtime worker, until the timers are dropped.
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            let fired = std::future::poll_fn(|cx| {
+                let mut state = self.lock();
+                if state.stopped {
+                    return Poll::Ready(None);
+                }
+                if state.fired.is_empty() {
+                    state.dispatcher = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(std::mem::take(&mut state.fired)))
+            })
+            .await;
+            let Some(fired) = fired else { return };
+            for waker in fired {
+                waker.wake();
+            }
         }
     }
 }
