@@ -10,7 +10,7 @@ use gathering_core::{Delivery, Frame};
 /// Frames queued per connection before it counts as too slow.
 pub const CAPACITY: usize = 1024;
 
-/// What the writer task is asked to do.
+/// What the connection task is asked to write.
 #[derive(Debug)]
 pub enum Outgoing {
     /// Write a data frame.
@@ -62,7 +62,7 @@ impl Queue {
 }
 
 impl Outbox {
-    /// A queue and its receiving end for the writer task.
+    /// A queue and its receiving end for the connection task.
     pub fn new() -> (Self, Queue) {
         let (tx, rx) = futures_channel::mpsc::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));

@@ -36,6 +36,10 @@ struct Args {
     /// Sizes for `scale` (default 10000,100000,1000000).
     #[arg(long, global = true, value_delimiter = ',')]
     gatherings: Vec<usize>,
+    /// Cycles for `scale` (spawn all, all disperse), to see that memory
+    /// stops growing.
+    #[arg(long, global = true, default_value_t = 2)]
+    cycles: usize,
     #[command(subcommand)]
     what: What,
 }
@@ -80,7 +84,7 @@ fn main() {
             throughput(args.smoke).await;
         }
         if matches!(args.what, What::Scale | What::All) {
-            scale(args.smoke, &args.gatherings).await;
+            scale(args.smoke, &args.gatherings, args.cycles).await;
         }
         if matches!(args.what, What::Connections | What::All) {
             connections(args.smoke).await;
@@ -402,7 +406,7 @@ async fn throughput(smoke: bool) {
 
 // ------------------------------------------------------------------- scale
 
-async fn scale(smoke: bool, sizes: &[usize]) {
+async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
     let sizes: &[usize] = match (smoke, sizes.is_empty()) {
         (true, _) => &[2_000],
         (false, true) => &[10_000, 100_000, 1_000_000],
@@ -411,7 +415,7 @@ async fn scale(smoke: bool, sizes: &[usize]) {
     let child = std::env::var_os("GATHERING_LOAD_CHILD").is_some();
     if !child {
         println!(
-            "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), two cycles each, each size in a fresh process"
+            "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), {cycles} cycles each, each size in a fresh process"
         );
         println!(
             "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
@@ -433,6 +437,7 @@ async fn scale(smoke: bool, sizes: &[usize]) {
         for n in sizes {
             let status = std::process::Command::new(&exe)
                 .args(["scale", "--gatherings", &n.to_string()])
+                .args(["--cycles", &cycles.to_string()])
                 .env("GATHERING_LOAD_CHILD", "1")
                 .status()
                 .unwrap();
@@ -448,7 +453,7 @@ async fn scale(smoke: bool, sizes: &[usize]) {
         let idle = SPREAD + Duration::from_secs(5) + Duration::from_micros(n as u64 * 40);
         let server = Server::start(idle, Detection::Exact).await;
         let ids: Arc<Vec<GatheringId>> = Arc::new((0..n).map(|i| id(&format!("g{i}"))).collect());
-        for cycle in 1..=2 {
+        for cycle in 1..=cycles {
             let before = rss();
             let start = Instant::now();
             for (i, g) in ids.iter().enumerate() {
