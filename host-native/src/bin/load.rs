@@ -40,6 +40,10 @@ struct Args {
     /// stops growing.
     #[arg(long, global = true, default_value_t = 2)]
     cycles: usize,
+    /// Seconds over which `scale` spawns each size, and so over which they
+    /// fall due (at least; spawning may be slower).
+    #[arg(long, global = true, default_value_t = 3.0)]
+    spread: f64,
     #[command(subcommand)]
     what: What,
 }
@@ -84,7 +88,7 @@ fn main() {
             throughput(args.smoke).await;
         }
         if matches!(args.what, What::Scale | What::All) {
-            scale(args.smoke, &args.gatherings, args.cycles).await;
+            scale(args.smoke, &args.gatherings, args.cycles, args.spread).await;
         }
         if matches!(args.what, What::Connections | What::All) {
             connections(args.smoke).await;
@@ -406,7 +410,7 @@ async fn throughput(smoke: bool) {
 
 // ------------------------------------------------------------------- scale
 
-async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
+async fn scale(smoke: bool, sizes: &[usize], cycles: usize, spread: f64) {
     let sizes: &[usize] = match (smoke, sizes.is_empty()) {
         (true, _) => &[2_000],
         (false, true) => &[10_000, 100_000, 1_000_000],
@@ -415,7 +419,7 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
     let child = std::env::var_os("GATHERING_LOAD_CHILD").is_some();
     if !child {
         println!(
-            "\n== scale: idle gatherings without connections (spawned with `touch` over >= 3 s), {cycles} cycles each, each size in a fresh process"
+            "\n== scale: idle gatherings without connections (spawned with `touch` over >= {spread} s), {cycles} cycles each, each size in a fresh process"
         );
         println!(
             "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
@@ -438,6 +442,7 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
             let status = std::process::Command::new(&exe)
                 .args(["scale", "--gatherings", &n.to_string()])
                 .args(["--cycles", &cycles.to_string()])
+                .args(["--spread", &spread.to_string()])
                 .env("GATHERING_LOAD_CHILD", "1")
                 .status()
                 .unwrap();
@@ -446,11 +451,11 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
         return;
     }
     for &n in sizes {
-        // Touches paced over SPREAD (slower if spawning cannot keep up), so
+        // Touches paced over `spread` (slower if spawning cannot keep up), so
         // that they fall due over as long; the idle timeout leaves room for
         // every spawn to finish before the first falls due.
-        const SPREAD: Duration = Duration::from_secs(3);
-        let idle = SPREAD + Duration::from_secs(5) + Duration::from_micros(n as u64 * 40);
+        let spread = Duration::from_secs_f64(spread);
+        let idle = spread + Duration::from_secs(5) + Duration::from_micros(n as u64 * 40);
         let server = Server::start(idle, Detection::Exact).await;
         let ids: Arc<Vec<GatheringId>> = Arc::new((0..n).map(|i| id(&format!("g{i}"))).collect());
         for cycle in 1..=cycles {
@@ -458,7 +463,7 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize) {
             let start = Instant::now();
             for (i, g) in ids.iter().enumerate() {
                 if i % 1000 == 0 {
-                    let at = SPREAD.mul_f64(i as f64 / n as f64);
+                    let at = spread.mul_f64(i as f64 / n as f64);
                     tokio::time::sleep_until((start + at).into()).await;
                 }
                 server.running().touch(g.clone()).await.unwrap();
