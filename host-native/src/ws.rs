@@ -82,7 +82,7 @@ async fn pump(
         // handlers may use the socket.
         tokio::select! {
             out = queue.recv() => {
-                let closing_with = match out {
+                let (code, reason) = match out {
                     Some(Outgoing::Frame(frame)) => {
                         // Boxed: one allocation per burst written, against
                         // its whole state in every idle connection's task.
@@ -98,7 +98,6 @@ async fn pump(
                     // reading and its queue overflowed.
                     None => (CLOSE_POLICY, "send queue overflow"),
                 };
-                let (code, reason) = closing_with;
                 return Box::pin(closing(socket, code, reason)).await;
             }
             next = socket.next() => {
