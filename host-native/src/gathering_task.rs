@@ -10,7 +10,6 @@ use gathering_core::{
     Action, ConnMap, DisperseReason, Event, Gathering, GatheringId, Inbound, Instant, Verdict, Why,
 };
 
-use crate::hall_task::HallMail;
 use crate::metrics::ReasonLabel;
 use crate::outbox::Outbox;
 use crate::server::{Detection, Shared};
@@ -164,18 +163,17 @@ fn run(
         let id = task.gathering.id().clone();
         let shared = task.shared.clone();
         mailbox.close();
+        let mut leftover = Vec::new();
         while let Ok(mail) = mailbox.try_recv() {
             if let Mail::Inbound(inbound, outbox) = mail {
-                let _ = shared
-                    .control
-                    .unbounded_send(HallMail::Route(id.clone(), inbound, outbox));
+                leftover.push((inbound, outbox));
             }
         }
         if let Ok(mut registry) = shared.registry.lock() {
             registry.remove(&id);
         }
         shared.metrics.gatherings_live.dec();
-        let _ = shared.control.unbounded_send(HallMail::Dispersed(id));
+        shared.hall_state().dispersed(id, leftover, &shared);
     }
 }
 
@@ -257,16 +255,15 @@ impl Task {
                     // The request that is granted is the last one asked.
                     self.lateness = Some(late);
                     let id = self.gathering.id().clone();
-                    let asked = HallMail::DisperseRequest {
+                    // Decided at once, under the hall's lock (see `hall_task`).
+                    let verdict = self.shared.hall_state().request_dispersal(
                         id,
                         processed,
                         reason,
-                    };
-                    if self.shared.control.unbounded_send(asked).is_err() {
-                        // No hall: nobody routes here any more; disperse.
-                        self.gathering
-                            .handle(Event::Verdict(self.shared.clock.now(), Verdict::Granted));
-                    }
+                        &self.shared,
+                    );
+                    self.gathering
+                        .handle(Event::Verdict(self.shared.clock.now(), verdict));
                 }
                 Action::Dispersed { reason } => self.dispersed(reason),
                 Action::Bounce(inbound) => {
@@ -274,8 +271,10 @@ impl Task {
                         Inbound::Join { conn, .. } => self.outboxes.remove(*conn),
                         _ => None,
                     };
-                    let route = HallMail::Route(self.gathering.id().clone(), inbound, outbox);
-                    let _ = self.shared.control.unbounded_send(route);
+                    let id = self.gathering.id().clone();
+                    self.shared
+                        .hall_state()
+                        .route(id, inbound, outbox, &self.shared);
                 }
             }
         }

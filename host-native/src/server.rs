@@ -13,7 +13,7 @@ use gathering_core::{Config, ConnId, Encoding, GatheringId, Inbound};
 use crate::clock::Clock;
 use crate::config::Args;
 use crate::gathering_task::Status;
-use crate::hall_task::{self, HallMail};
+use crate::hall_task::{self, HallHandles, HallMail};
 use crate::metrics::Metrics;
 use crate::persist::Persister;
 use crate::store::{RedbStore, Store};
@@ -89,13 +89,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Wakes gathering tasks at their deadlines.
     pub timers: Timers,
-    /// The hall's mailbox for connections' traffic: bounded, so that readers
-    /// feel backpressure.
-    pub hall: async_channel::Sender<HallMail>,
-    /// The hall's mailbox for gatherings and spawns: unbounded and served
-    /// first, so that a gathering never waits behind client traffic (and
-    /// its run loop needs no await to talk to the hall).
-    pub control: futures_channel::mpsc::UnboundedSender<HallMail>,
+    /// The hall: its task's mailbox and its state.
+    pub hall: HallHandles,
     /// Storage, for loads.
     pub store: Arc<dyn Store>,
     /// The group-commit writer.
@@ -202,13 +197,11 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let timers = Timers::start().map_err(ServerError::Thread)?;
     let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
     let hall_tx_for_touch = hall_tx.clone();
-    let (control_tx, control_rx) = futures_channel::mpsc::unbounded();
     let shared = Arc::new(Shared {
         config,
         clock: Clock::default(),
         timers,
-        hall: hall_tx.clone(),
-        control: control_tx,
+        hall: HallHandles::new(hall_tx.clone()),
         store,
         persister,
         metrics: metrics.clone(),
@@ -216,7 +209,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     });
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let hall = tokio::spawn(hall_task::run(hall_rx, control_rx, shared.clone()));
+    let hall = tokio::spawn(hall_task::run(hall_rx, shared.clone()));
     let http = tokio::spawn(
         warp::serve(crate::http::routes(shared.clone()))
             .incoming(listener)

@@ -52,10 +52,11 @@ pub fn serve(
             Inbound::Join { conn, encoding },
             Some(outbox.clone()),
         );
-        if shared.hall.send(join).await.is_ok() {
+        if shared.hall.mailbox.send(join).await.is_ok() {
             pump(&mut socket, &mut queue, conn, &id, &shared).await;
             let _ = shared
                 .hall
+                .mailbox
                 .send(HallMail::Route(id, Inbound::Leave { conn }, None))
                 .await;
         }
@@ -128,7 +129,7 @@ async fn pump(
                     return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
                 }
                 let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
-                if shared.hall.send(route).await.is_err() {
+                if shared.hall.mailbox.send(route).await.is_err() {
                     return;
                 }
             }
