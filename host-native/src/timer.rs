@@ -1,16 +1,20 @@
-//! Wake-ups at a gathering's deadline, to tens of microseconds.
+//! Wake-ups at a gathering's deadline, to a fraction of a millisecond.
 //!
 //! tokio's timer counts whole milliseconds: a deadline is rounded up to the
 //! next millisecond tick and the driver's park timeout is rounded up again,
 //! so a tokio timer fires about 1 ms late on average and up to 2 ms late at
 //! the tail. Dispersal is promised at the deadline, so gathering tasks are
-//! woken through this one thread instead: it sleeps on a condition variable
-//! until the earliest armed deadline (the kernel's high-resolution timer)
-//! and hands the due tasks' wakers to a dispatcher task, which wakes them
-//! from inside the runtime. Waking each task from this thread would cost a
-//! cross-thread wake-up (a lock and often a futex) per task; through the
-//! dispatcher, that is paid once per batch, which matters when tens of
-//! thousands fall due per second.
+//! woken by this one thread instead: it sleeps on a condition variable until
+//! the earliest armed deadline (the kernel's high-resolution timer) and wakes
+//! the tasks that are due. Deadlines that fall within [`GAP`] of the last
+//! wake-up are served together, so that tens of thousands falling due per
+//! second cost a few thousand wake-ups of this thread, not one each.
+//!
+//! The tasks are woken straight from this thread (into the runtime's shared
+//! queue). An earlier version handed them to a dispatcher task inside the
+//! runtime, to save cross-thread wake-ups; under bursts its own wake-up
+//! queued behind the thousands of tasks it had just woken, and deadlines
+//! waited for it by tens of milliseconds.
 //!
 //! A gathering arms at most one entry at a time and re-arms only when its
 //! deadline fired or moved earlier, as with any timer; an entry that is no
@@ -22,6 +26,10 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+
+/// Shortest time between two rounds of wake-ups: deadlines that fall within
+/// it are served together, adding at most this much to their lateness.
+pub const GAP: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// The wake-up thread of one server. Dropping it stops the thread.
 pub struct Timers {
@@ -39,10 +47,6 @@ struct State {
     /// Earliest first; the sequence number only breaks ties.
     due: BinaryHeap<Reverse<Entry>>,
     next: u64,
-    /// Wakers whose instant has come, for the dispatcher.
-    fired: Vec<Waker>,
-    /// The dispatcher, while it waits for `fired`.
-    dispatcher: Option<Waker>,
     stopped: bool,
 }
 
@@ -80,15 +84,13 @@ pub struct Timer {
 }
 
 impl Timers {
-    /// Starts the wake-up thread and its dispatcher task (on the current
-    /// tokio runtime).
+    /// Starts the wake-up thread.
     pub fn start() -> std::io::Result<Self> {
         let inner = Arc::new(Inner::default());
         let thread = inner.clone();
         std::thread::Builder::new()
             .name("gathering-timers".into())
             .spawn(move || thread.run())?;
-        tokio::spawn(inner.clone().dispatch());
         Ok(Timers { inner })
     }
 
@@ -121,15 +123,8 @@ impl Timers {
 
 impl Drop for Timers {
     fn drop(&mut self) {
-        let dispatcher = {
-            let mut state = self.inner.lock();
-            state.stopped = true;
-            state.dispatcher.take()
-        };
+        self.inner.lock().stopped = true;
         self.inner.changed.notify_one();
-        if let Some(dispatcher) = dispatcher {
-            dispatcher.wake();
-        }
     }
 }
 
@@ -140,30 +135,42 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The thread: sleeps until the earliest instant, moves what is due to
-    /// `fired` and wakes the dispatcher.
+    /// The thread: sleeps until the earliest instant (and at least `GAP`
+    /// after the last round), then wakes every task that is due.
     fn run(&self) {
         let mut state = self.lock();
+        // When the last round of wake-ups began.
+        let mut last: Option<Instant> = None;
+        let mut due = Vec::new();
         loop {
             if state.stopped {
                 return;
             }
             let now = Instant::now();
-            let mut fired = false;
-            while state.due.peek().is_some_and(|Reverse(e)| e.at <= now) {
-                if let Some(Reverse(entry)) = state.due.pop() {
-                    state.fired.push(entry.waker);
-                    fired = true;
+            let open = last.map(|t| t + GAP);
+            if open.is_none_or(|open| now >= open) {
+                while state.due.peek().is_some_and(|Reverse(e)| e.at <= now) {
+                    if let Some(Reverse(entry)) = state.due.pop() {
+                        due.push(entry.waker);
+                    }
+                }
+                if !due.is_empty() {
+                    last = Some(now);
+                    // Woken outside the lock, so that tasks arming meanwhile
+                    // do not wait for the whole round.
+                    drop(state);
+                    for waker in due.drain(..) {
+                        waker.wake();
+                    }
+                    state = self.lock();
+                    continue;
                 }
             }
-            if fired && let Some(dispatcher) = state.dispatcher.take() {
-                // Woken outside the lock.
-                drop(state);
-                dispatcher.wake();
-                state = self.lock();
-                continue;
-            }
-            state = match state.due.peek().map(|Reverse(e)| e.at) {
+            let next = state
+                .due
+                .peek()
+                .map(|Reverse(e)| open.map_or(e.at, |open| open.max(e.at)));
+            state = match next {
                 Some(at) => {
                     let wait = at.saturating_duration_since(now);
                     self.changed
@@ -176,31 +183,6 @@ impl Inner {
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
             };
-        }
-    }
-}
-
-impl Inner {
-    /// The dispatcher task: wakes the tasks whose instant has come, from a
-    /// runtime worker, until the timers are dropped.
-    async fn dispatch(self: Arc<Self>) {
-        loop {
-            let fired = std::future::poll_fn(|cx| {
-                let mut state = self.lock();
-                if state.stopped {
-                    return Poll::Ready(None);
-                }
-                if state.fired.is_empty() {
-                    state.dispatcher = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(std::mem::take(&mut state.fired)))
-            })
-            .await;
-            let Some(fired) = fired else { return };
-            for waker in fired {
-                waker.wake();
-            }
         }
     }
 }

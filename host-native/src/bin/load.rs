@@ -188,6 +188,26 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// CPU time this process has used, seconds (user + system).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, in clock ticks of 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn wait_until(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -422,7 +442,7 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize, spread: f64) {
             "\n== scale: idle gatherings without connections (spawned with `touch` over >= {spread} s), {cycles} cycles each, each size in a fresh process"
         );
         println!(
-            "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
+            "{:>9} {:>6} {:>11} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12} {:>10}",
             "gatherings",
             "cycle",
             "spawned/s",
@@ -431,7 +451,8 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize, spread: f64) {
             "p50 ms",
             "p99 ms",
             "max ms",
-            "RSS after"
+            "RSS after",
+            "cpu us/d"
         );
     }
     if sizes.len() > 1 {
@@ -477,15 +498,22 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize, spread: f64) {
             let live = server.live().max(1) as u64;
             let held = rss();
             let per = held.saturating_sub(before) as f64 / live as f64;
+            // CPU per dispersal: from the first one on (nothing else runs).
+            wait_until("first dispersal", idle + Duration::from_secs(600), || {
+                server.live() < live as i64
+            })
+            .await;
+            let cpu_before = cpu_secs();
             wait_until("dispersal", idle + Duration::from_secs(600), || {
                 server.live() == 0
             })
             .await;
+            let cpu_per = (cpu_secs() - cpu_before) / live as f64;
             let l = sorted(server.take_lateness());
             // Let the allocator settle before reading what is left.
             tokio::time::sleep(Duration::from_millis(500)).await;
             println!(
-                "{:>9} {:>6} {:>11.0} {:>10.0} {:>12.1} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
+                "{:>9} {:>6} {:>11.0} {:>10.0} {:>12.1} {:>10.3} {:>10.3} {:>10.3} {:>12.1} {:>10.1}",
                 n,
                 cycle,
                 n as f64 / spawn_secs,
@@ -494,7 +522,8 @@ async fn scale(smoke: bool, sizes: &[usize], cycles: usize, spread: f64) {
                 quantile(&l, 0.5) * 1e3,
                 quantile(&l, 0.99) * 1e3,
                 quantile(&l, 1.0) * 1e3,
-                rss() as f64 / 1048576.0
+                rss() as f64 / 1048576.0,
+                cpu_per * 1e6
             );
         }
         server.stop().await;
