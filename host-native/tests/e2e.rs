@@ -342,3 +342,44 @@ async fn many_gatherings_dispersing_at_once_leave_none_live() {
     }
     server.shutdown().await;
 }
+
+/// Joins sent around the idle deadline, some of them while the gathering is
+/// dispersing: each must reach a gathering holding the persisted state,
+/// whether it reached the old one or its successor. (On this machine about
+/// three in four arrive at or after the dispersal.)
+#[tokio::test]
+async fn joins_racing_dispersal_reach_a_gathering_with_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_millis(300);
+    let server = gathering_native::start(config(dir.path(), idle))
+        .await
+        .unwrap();
+    let url = url(&server);
+    let mut joins = Vec::new();
+    for i in 0..40u64 {
+        let g = id(&format!("race{i}"));
+        let mut ada: Client = within(Client::connect(&url, &g, Encoding::Postcard))
+            .await
+            .unwrap();
+        within(ada.op(register("Ada"))).await.unwrap();
+        within(ada.close()).await;
+        // The departure was the last activity, at about `left`; a joiner
+        // arrives within a few milliseconds either side of the deadline.
+        let left = Instant::now();
+        let url = url.clone();
+        joins.push(tokio::spawn(async move {
+            let offset = Duration::from_micros(500 * (i % 12));
+            tokio::time::sleep_until((left + idle - Duration::from_millis(3) + offset).into())
+                .await;
+            let mut bob: Client = within(Client::connect(&url, &g, Encoding::Json))
+                .await
+                .unwrap();
+            let (seq, state) = within(bob.fetch()).await.unwrap();
+            (seq, state.players.contains_key("Ada"))
+        }));
+    }
+    for join in joins {
+        assert_eq!(join.await.unwrap(), (1, true));
+    }
+    server.shutdown().await;
+}
