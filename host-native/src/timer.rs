@@ -7,8 +7,8 @@
 //! woken by this one thread instead: it sleeps on a condition variable until
 //! the earliest armed deadline (the kernel's high-resolution timer) and wakes
 //! the tasks that are due. Deadlines that fall within [`GAP`] of the last
-//! wake-up are served together, so that tens of thousands falling due per
-//! second cost a few thousand wake-ups of this thread, not one each.
+//! round of wake-ups are served together, so that tens of thousands falling
+//! due per second cost at most 10,000 wake-ups of this thread, not one each.
 //!
 //! The tasks are woken straight from this thread (into the runtime's shared
 //! queue). An earlier version handed them to a dispatcher task inside the
@@ -28,8 +28,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 /// Shortest time between two rounds of wake-ups: deadlines that fall within
-/// it are served together, adding at most this much to their lateness.
-pub const GAP: std::time::Duration = std::time::Duration::from_micros(200);
+/// it are served together, adding at most this much to their lateness
+/// (50 us cost a third more CPU per dispersal at a million; 200 us doubled
+/// the p99 of 10,000 falling due in a second; see BENCHMARKS.md).
+pub const GAP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The wake-up thread of one server. Dropping it stops the thread.
 pub struct Timers {
