@@ -1,9 +1,10 @@
 //! The gathering server (warp + tokio) and its Rust client.
 //!
 //! The server drives the sans-IO state machines of `gathering-core`: one task
-//! per gathering with one timer (woken by a high-resolution timer thread), a hall task that routes every connection's
-//! traffic, a group-commit writer over an embedded redb store, and a warp
-//! front end. [`client::Client`] speaks the same protocol from Rust.
+//! per gathering with one timer (woken by a high-resolution timer thread); a
+//! hall whose state sits behind a lock, fed connections' traffic by its task
+//! and driven directly by gatherings for their dispersal; a group-commit
+//! writer over an embedded redb store; and a warp front end. [`client::Client`] speaks the same protocol from Rust.
 
 pub mod client;
 pub mod clock;
