@@ -251,6 +251,8 @@ impl HallState {
                 }
             }
             HallAction::Verdict(id, verdict) => {
+                // `request_dispersal` takes the answer to its own request;
+                // any other verdict the core gives goes by mail, as before.
                 if let Some(mailbox) = self.mailboxes.get(&id) {
                     let _ = mailbox.unbounded_send(Mail::Verdict(verdict));
                 }
