@@ -6,6 +6,7 @@
 //! and driven directly by gatherings for their dispersal; a group-commit
 //! writer over an embedded redb store; and a warp front end. [`client::Client`] speaks the same protocol from Rust.
 
+pub mod allocator;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -8,6 +8,7 @@ use gathering_native::{ServerConfig, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    gathering_native::allocator::tune();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
