@@ -8,8 +8,9 @@
 //! between two merges, and the merge that finally comes stalls the thread
 //! that triggered it for tens of milliseconds, with whatever lock it holds:
 //! a million gatherings falling due evenly over 10 s were dispersed with a
-//! p99 lateness of 8.5 to 50 ms, against 0.6 to 1.8 ms with fastbins off
-//! (BENCHMARKS.md, section 2). Without fastbins each free merges at once, a
+//! p99 lateness of 29.7 ms (max 62 ms) with glibc's defaults, and of 0.43
+//! to 1.76 ms over eleven cycles with fastbins off (BENCHMARKS.md, section
+//! 2). Without fastbins each free merges at once, a
 //! small constant cost, and small chunks are still cached per thread.
 
 /// Turns glibc's fastbins off (see the module's documentation). Call it

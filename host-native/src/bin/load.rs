@@ -46,7 +46,8 @@ struct Args {
     spread: Option<f64>,
     /// Where `scale` writes the lateness of every dispersal of its last
     /// cycle, in seconds, one per line in the order they happened (to see
-    /// their course over time).
+    /// their course over time); with several sizes, one file each, with
+    /// the size as its extension.
     #[arg(long, global = true)]
     lateness_out: Option<PathBuf>,
     #[command(subcommand)]
