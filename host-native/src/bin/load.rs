@@ -543,6 +543,7 @@ async fn scale(
             // touches at a time, by the thread's own sleep: tokio's timer
             // counts whole milliseconds, and a millisecond's worth of
             // touches at once would fall due as a burst.
+            //
             // The timers armed by the first touches fall due first, as
             // harmless wake-ups; a pause keeps them apart from the
             // dispersals measured.
