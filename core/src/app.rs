@@ -6,15 +6,51 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::ConnId;
 
-/// Application state hosted by a gathering.
+/// Application state hosted by a gathering: what an app author implements.
 ///
 /// Contract: [`App::apply`] either applies the op and returns `Ok`, or returns
 /// a [`Rejection`] and leaves the state exactly as it was. The whole state is
 /// the snapshot: it is persisted and restored through serde, so `Default` must
-/// be the state of a gathering that was never persisted.
-pub trait App: Default + Serialize + DeserializeOwned {
+/// be the state of a gathering that was never persisted. The state and the op
+/// travel as tagged JSON in text frames and as postcard in binary frames;
+/// declare an op enum with [`wire_enum!`](crate::wire_enum) to get both
+/// shapes from one definition.
+///
+/// ```
+/// use gathering_core::{App, ConnId, Rejection, wire_enum};
+/// use serde::{Deserialize, Serialize};
+///
+/// wire_enum! {
+///     /// What a client may ask of a [`Counter`].
+///     #[derive(Clone, Debug, PartialEq)]
+///     pub enum CounterOp {
+///         Add { by: u32 },
+///     }
+/// }
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// pub struct Counter { total: u32 }
+///
+/// impl App for Counter {
+///     const NAME: &'static str = "counter";
+///     type Op = CounterOp;
+///     fn apply(&mut self, _by: ConnId, op: &CounterOp) -> Result<(), Rejection> {
+///         let CounterOp::Add { by } = op;
+///         self.total = self.total.checked_add(*by)
+///             .ok_or_else(|| Rejection::new("overflow", "the counter is full"))?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait App: Default + Serialize + DeserializeOwned + 'static {
+    /// The application's storage namespace: stores keep each app's
+    /// gatherings apart under it, so two apps sharing a data directory never
+    /// read each other's snapshots. Stable for the life of the data, 1 to
+    /// 64 characters of `[a-z0-9_-]`.
+    const NAME: &'static str;
+
     /// One operation a client may ask for.
-    type Op: Serialize + DeserializeOwned;
+    type Op: Serialize + DeserializeOwned + 'static;
 
     /// Applies `op` on behalf of connection `by`.
     fn apply(&mut self, by: ConnId, op: &Self::Op) -> Result<(), Rejection>;

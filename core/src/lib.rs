@@ -8,18 +8,35 @@
 //! ([`Event::Tick`]`(now)`, [`Event::Message`]`(now, ..)`), outputs are drained
 //! one at a time ([`Gathering::poll_action`]), and the machine says when it
 //! next needs a tick ([`Gathering::next_deadline`]). Hosts supply the clock,
-//! the sockets and the storage.
+//! the sockets and the storage; `gathering-driver` is the run loop they
+//! share.
+//!
+//! An application is a type implementing [`App`], its op enum declared with
+//! [`wire_enum!`]. Two ship with the crate, each behind a feature of its
+//! name: `tournament`, the reference app, and `chat`, a room with a bounded
+//! history.
 //!
 //! # Run loop
 //! Every host drives a gathering the same way:
 //!
 //! ```
-//! use gathering_core::{Action, Config, Event, Gathering, GatheringId, Instant};
-//! use gathering_core::tournament::Tournament;
+//! use gathering_core::{Action, App, Config, ConnId, Event, Gathering, GatheringId, Instant, Rejection};
+//!
+//! // Any application: here a room that only counts its ops.
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct Tally(u64);
+//! impl App for Tally {
+//!     const NAME: &'static str = "tally";
+//!     type Op = ();
+//!     fn apply(&mut self, _by: ConnId, _op: &()) -> Result<(), Rejection> {
+//!         self.0 += 1;
+//!         Ok(())
+//!     }
+//! }
 //!
 //! let id = GatheringId::parse("spring-open").unwrap();
 //! let mut now = Instant::ZERO;
-//! let mut g: Gathering<Tournament> = Gathering::new(id, Config::default(), now);
+//! let mut g: Gathering<Tally> = Gathering::new(id, Config::default(), now);
 //! loop {
 //!     // 1. wait for the first of (timer at the deadline, mailbox); here the
 //!     //    timer always wins, so jump the clock straight to it.
@@ -40,12 +57,15 @@
 //! ```
 
 mod app;
+#[cfg(feature = "chat")]
+pub mod chat;
 pub mod clock;
 mod conn;
 mod gathering;
 mod hall;
 mod id;
 pub mod protocol;
+#[cfg(feature = "tournament")]
 pub mod tournament;
 mod wire;
 

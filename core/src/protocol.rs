@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::wire::wire_enum;
+use crate::wire_enum;
 
 /// Close code sent after a `dispersed` message for an idle or empty gathering.
 pub const CLOSE_DISPERSED: u16 = 4000;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::wire_enum;
+use crate::wire_enum;
 use crate::{App, ConnId, Rejection};
 
 /// Longest player name accepted, in characters.
@@ -163,6 +163,7 @@ fn check_name(name: &str) -> Result<(), Rejection> {
 }
 
 impl App for Tournament {
+    const NAME: &'static str = "tournament";
     type Op = TournamentOp;
 
     fn apply(&mut self, _by: ConnId, op: &TournamentOp) -> Result<(), Rejection> {

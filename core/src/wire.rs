@@ -8,8 +8,25 @@
 //! fields. Nested wire enums follow the same rule, so an op inside a message
 //! is tagged the same way as the message.
 
-/// Declares an enum of struct variants with the dual wire shape described in
-/// the module docs. Variants must use braces (`Name { field: Type }`).
+/// Declares an enum of struct variants that is tagged JSON for humans and
+/// compact postcard for machines: `{"type": "snake_case_name", ...fields}`
+/// in human-readable formats, the variant index and then the fields in
+/// compact ones. Variants must use braces (`Name { field: Type }`). The
+/// calling crate needs `serde` (with `derive`) among its dependencies.
+///
+/// ```
+/// gathering_core::wire_enum! {
+///     /// A chat room's one op.
+///     #[derive(Clone, Debug, PartialEq)]
+///     pub enum RoomOp {
+///         Say { text: String },
+///     }
+/// }
+/// let op = RoomOp::Say { text: "hi".into() };
+/// assert_eq!(serde_json::to_string(&op).unwrap(), r#"{"type":"say","text":"hi"}"#);
+/// assert_eq!(postcard::to_allocvec(&op).unwrap(), [0, 2, b'h', b'i']);
+/// ```
+#[macro_export]
 macro_rules! wire_enum {
     (
         $(#[$meta:meta])*
@@ -80,5 +97,3 @@ macro_rules! wire_enum {
         };
     };
 }
-
-pub(crate) use wire_enum;
