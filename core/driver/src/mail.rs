@@ -1,0 +1,90 @@
+//! What travels between connections, the hall, gatherings and storage.
+
+use gathering_core::{GatheringId, Inbound, Verdict};
+
+use crate::runtime::{Runtime, Stored};
+
+/// The sending end of a gathering's mailbox: unbounded (the hall must never
+/// wait on one gathering) and empty-cheap (most gatherings are idle).
+pub type Mailbox<C> = futures_channel::mpsc::UnboundedSender<Mail<C>>;
+
+/// Mail for a gathering's task, in the order it must be handled. `C` is the
+/// host's connection handle.
+#[derive(Debug)]
+pub enum Mail<C> {
+    /// Routed by the hall; a join carries the connection's handle.
+    Inbound(Inbound, Option<C>),
+    /// The hall's answer to a dispersal request asked by mail.
+    Verdict(Verdict),
+    /// The snapshot of op `seq` is durable.
+    Persisted(u64),
+    /// The last snapshot could not be written.
+    PersistFailed(String),
+    /// The host is shutting down.
+    Shutdown,
+}
+
+/// Mail for the hall's task: what connections send.
+#[derive(Debug)]
+pub enum HallMail<C> {
+    /// Traffic from a connection for gathering `id`; a join carries the
+    /// connection's handle (none for a join with nobody to write to).
+    Route(GatheringId, Inbound, Option<C>),
+    /// Begin a graceful shutdown: every gathering disperses with reason
+    /// `shutdown`, and the hall's task ends once all have.
+    Shutdown,
+}
+
+/// The answer a storage write owes its gathering: report it once.
+#[derive(Debug)]
+pub struct Durable<C> {
+    seq: u64,
+    reply: Mailbox<C>,
+}
+
+impl<C> Durable<C> {
+    pub(crate) fn new(seq: u64, reply: Mailbox<C>) -> Self {
+        Durable { seq, reply }
+    }
+
+    /// The op number the write makes durable.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Tells the gathering how the write went. A gathering that is gone
+    /// needs no answer.
+    pub fn report(self, result: Result<(), String>) {
+        let mail = match result {
+            Ok(()) => Mail::Persisted(self.seq),
+            Err(e) => Mail::PersistFailed(e),
+        };
+        let _ = self.reply.unbounded_send(mail);
+    }
+}
+
+/// A load the hall asked for: report its outcome once with
+/// [`Loading::finish`], which starts the gathering.
+pub struct Loading<R: Runtime> {
+    pub(crate) id: GatheringId,
+    pub(crate) rt: R,
+}
+
+impl<R: Runtime> std::fmt::Debug for Loading<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loading").field("id", &self.id).finish()
+    }
+}
+
+impl<R: Runtime> Loading<R> {
+    /// The gathering to load.
+    pub fn id(&self) -> &GatheringId {
+        &self.id
+    }
+
+    /// Hands the stored snapshot (`None`: never persisted) or the reason the
+    /// load failed to the hall; a loaded gathering starts at once.
+    pub fn finish(self, loaded: Result<Option<Stored>, String>) {
+        crate::hall::loaded(self.rt, self.id, loaded);
+    }
+}
