@@ -16,7 +16,7 @@
 /// Turns glibc's fastbins off (see the module's documentation). Call it
 /// first thing in `main`, before other threads start; a no-op on other
 /// allocators and platforms.
-pub fn tune() {
+pub(crate) fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable of the allocator, under its own
     // lock; M_MXFAST = 0 is a documented value.

@@ -8,7 +8,6 @@ use std::marker::PhantomData;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{self, Encoding, Frame};
-use gathering_core::tournament::Tournament;
 use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -114,7 +113,7 @@ pub enum Reply<O> {
 }
 
 /// One connection to one gathering, hosting application `A`.
-pub struct Client<A: App = Tournament> {
+pub struct Client<A: App> {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     encoding: Encoding,
     next_id: u64,

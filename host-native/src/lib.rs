@@ -1,25 +1,40 @@
-//! The gathering server (warp + tokio) and its Rust client.
+//! The gathering server (warp + tokio + redb) for any application, and a
+//! Rust client.
 //!
-//! The server drives the sans-IO state machines of `gathering-core`: one task
-//! per gathering with one timer (woken by a high-resolution timer thread); a
-//! hall whose state sits behind a lock, fed connections' traffic by its task
-//! and driven directly by gatherings for their dispersal; a group-commit
-//! writer over an embedded redb store; and a warp front end. [`client::Client`] speaks the same protocol from Rust.
+//! The server runs the shared driver of `gathering-driver` on tokio: one
+//! task per gathering woken by a high-resolution timer thread, the hall
+//! under a mutex, a group-commit writer over an embedded redb store, and a
+//! warp front (see `src/`: `front/`, `runtime/`, `storage/`). Start one
+//! with [`Server::builder`], mount its routes in a warp app of your own
+//! with [`Builder::build`] and [`Engine::routes`], or make a whole server
+//! binary with [`cli::main`]. [`client::Client`] speaks the same protocol
+//! from Rust; with `default-features = false, features = ["client"]` it
+//! builds without the server's dependencies.
 
-pub mod allocator;
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "client")]
 pub mod client;
-pub mod clock;
-pub mod config;
-pub mod gathering_task;
-pub mod hall_task;
-pub mod http;
+#[cfg(feature = "server")]
+mod front;
+#[cfg(feature = "server")]
 pub mod metrics;
-pub mod outbox;
-pub mod persist;
-pub mod server;
-pub mod store;
-pub mod timer;
-pub mod upgrade;
-pub mod ws;
+#[cfg(feature = "server")]
+mod runtime;
+#[cfg(feature = "server")]
+mod server;
+#[cfg(feature = "server")]
+mod storage;
 
-pub use server::{Detection, Running, ServerConfig, ServerError, Stopping, run, start};
+#[cfg(feature = "server")]
+pub use front::http::recover;
+#[cfg(feature = "server")]
+pub use gathering_driver::Stored;
+#[cfg(feature = "bench")]
+pub use runtime::Detection;
+#[cfg(feature = "server")]
+pub use runtime::NativeApp;
+#[cfg(feature = "server")]
+pub use server::{Builder, Dispersal, Engine, Running, Server, ServerError, Stopping};
+#[cfg(feature = "server")]
+pub use storage::{RedbStore, Store, StoreError, Write};

@@ -32,10 +32,6 @@ pub struct Metrics {
     pub storage_commits: Counter,
     /// Snapshots written.
     pub storage_writes: Counter,
-    /// Every dispersal's lateness in seconds, kept only when
-    /// `ServerConfig::record_lateness` is set (benchmarks want exact
-    /// percentiles, which the histogram's buckets cannot give).
-    pub lateness_samples: std::sync::Mutex<Vec<f64>>,
     registry: Registry,
 }
 
@@ -102,7 +98,6 @@ impl Default for Metrics {
             dispersal_lateness,
             storage_commits,
             storage_writes,
-            lateness_samples: std::sync::Mutex::new(Vec::new()),
             registry,
         }
     }

@@ -1,104 +1,253 @@
-//! Wiring: storage, the hall, the HTTP server, and graceful shutdown.
+//! Building and running a server for an application: storage, the hall,
+//! the HTTP front, and graceful shutdown.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use gathering_core::{Config, ConnId, Encoding, GatheringId, Inbound};
+use gathering_core::{Config, ConnId, DisperseReason, Encoding, GatheringId, Inbound};
+use gathering_driver::{HallMail, HallState, hall_task};
+use warp::{Filter, Rejection, Reply};
 
-use crate::clock::Clock;
-use crate::config::Args;
-use crate::gathering_task::Status;
-use crate::hall_task::{self, HallHandles, HallMail};
+use crate::front::outbox::Outbox;
+use crate::front::{Front, Registry};
 use crate::metrics::Metrics;
-use crate::persist::Persister;
-use crate::store::{RedbStore, Store};
-use crate::timer::Timers;
+#[cfg(feature = "bench")]
+use crate::runtime::Detection;
+use crate::runtime::clock::Clock;
+use crate::runtime::timer::Timers;
+use crate::runtime::{Native, NativeApp, Shared};
+use crate::storage::persist::Persister;
+use crate::storage::{RedbStore, Store};
 
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
 
-/// Everything a server needs to start.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Address to listen on (port 0 picks a free one).
-    pub listen: SocketAddr,
-    /// Directory of the embedded database.
-    pub data_dir: PathBuf,
-    /// Tunables of every gathering.
-    pub gathering: Config,
-    /// Largest frame accepted from a client, in bytes.
-    pub max_frame_bytes: usize,
-    /// Directory served at `/` (the demo page), or `None` for no page.
-    pub web_dir: Option<PathBuf>,
-    /// How stale gatherings are found. Only benchmarks change this.
-    pub detection: Detection,
-    /// Keep every dispersal's lateness in `Metrics::lateness_samples`
-    /// (benchmarks; unbounded, so off in a server).
-    pub record_lateness: bool,
+/// One dispersal, as [`Builder::on_dispersed`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispersal {
+    /// The gathering.
+    pub id: GatheringId,
+    /// Why it dispersed.
+    pub reason: DisperseReason,
+    /// How long after its deadline it was decided (zero for a shutdown).
+    pub late: Duration,
+    /// Its final op count.
+    pub seq: u64,
 }
 
-/// How a gathering task finds out that its gathering went stale.
+/// The server of application `A`; start one with [`Server::builder`].
 ///
-/// [`Detection::Exact`] is the product; the others exist so that
-/// benchmarks can measure it against the alternatives in the same host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Detection {
-    /// The core's contract: one timer, re-armed only when a deadline is
-    /// earlier than the armed one.
-    #[default]
-    Exact,
-    /// No idle or empty dispersal at all (the baseline): gatherings never
-    /// disperse on their own, and a retry due after the idle deadline waits
-    /// for the next mail.
-    Off,
-    /// Also reset a second timer to `now + idle_timeout` after every mail,
-    /// as hosts that re-arm per message do.
-    RearmPerMessage,
-}
+/// ```no_run
+/// # async fn run() -> Result<(), gathering_native::ServerError> {
+/// use gathering_core::tournament::Tournament;
+/// use gathering_native::Server;
+///
+/// let running = Server::<Tournament>::builder()
+///     .listen("127.0.0.1:8080".parse().unwrap())
+///     .data_dir("./data")
+///     .start()
+///     .await?;
+/// println!("listening on {}", running.addr);
+/// running.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server<A>(PhantomData<A>);
 
-impl From<Args> for ServerConfig {
-    fn from(a: Args) -> Self {
-        ServerConfig {
-            listen: a.listen,
-            data_dir: a.data_dir,
-            gathering: Config {
-                idle_timeout: a.idle_timeout,
-                empty_grace: a.empty_grace,
-                retry_interval: a.retry_interval,
-                max_retry_interval: a.retry_interval.saturating_mul(30),
-                ..Config::default()
-            },
-            max_frame_bytes: usize::try_from(a.max_frame_bytes).unwrap_or(usize::MAX),
-            web_dir: Some(a.web_dir),
+impl<A: NativeApp> Server<A> {
+    /// A builder with the embedded defaults: `127.0.0.1:8080`, data in
+    /// `./data`, [`Config::default`], 1 MiB frames, no page.
+    pub fn builder() -> Builder<A> {
+        Builder {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            gathering: Config::default(),
+            max_frame_bytes: 1 << 20,
+            web_dir: None,
+            store: None,
+            on_dispersed: None,
+            #[cfg(feature = "bench")]
             detection: Detection::Exact,
-            record_lateness: false,
+            app: PhantomData,
         }
     }
 }
 
-/// State shared by every task of one server.
-pub struct Shared {
-    /// The configuration.
-    pub config: ServerConfig,
-    /// The clock.
-    pub clock: Clock,
-    /// Wakes gathering tasks at their deadlines.
-    pub timers: Timers,
-    /// The hall: its task's mailbox and its state.
-    pub hall: HallHandles,
-    /// Storage, for loads.
-    pub store: Arc<dyn Store>,
-    /// The group-commit writer.
-    pub persister: Persister,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Live gatherings, for `GET /gatherings`; touched at spawn and dispersal only.
-    pub registry: Mutex<BTreeMap<GatheringId, Arc<Status>>>,
+/// How to start a [`Server`]; every setting has a default.
+pub struct Builder<A> {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    gathering: Config,
+    max_frame_bytes: usize,
+    web_dir: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
+    on_dispersed: Option<Arc<dyn Fn(&Dispersal) + Send + Sync>>,
+    #[cfg(feature = "bench")]
+    detection: Detection,
+    app: PhantomData<A>,
+}
+
+impl<A> fmt::Debug for Builder<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("gathering", &self.gathering)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("web_dir", &self.web_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: NativeApp> Builder<A> {
+    /// Address to listen on (port 0 picks a free one).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Directory of the embedded database (created if missing). The app's
+    /// gatherings are kept under its [`App::NAME`].
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Tunables of every gathering.
+    pub fn gathering(mut self, config: Config) -> Self {
+        self.gathering = config;
+        self
+    }
+
+    /// Largest frame accepted from a client, in bytes; larger ones close
+    /// the connection with 1009.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// A directory of static files served at `/` (a web page).
+    pub fn web_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.web_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps gatherings in `store` instead of the embedded redb database
+    /// in [`Builder::data_dir`].
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Calls `hook` after every dispersal (from the gathering's task: keep
+    /// it short).
+    pub fn on_dispersed(mut self, hook: impl Fn(&Dispersal) + Send + Sync + 'static) -> Self {
+        self.on_dispersed = Some(Arc::new(hook));
+        self
+    }
+
+    /// How stale gatherings are found (benchmarks only).
+    #[cfg(feature = "bench")]
+    pub fn detection(mut self, detection: Detection) -> Self {
+        self.detection = detection;
+        self
+    }
+
+    /// Opens storage and starts the hall, without listening: mount
+    /// [`Engine::routes`] in a warp server of your own.
+    pub fn build(self) -> Result<Engine, ServerError> {
+        let store: Arc<dyn Store> = match self.store {
+            Some(store) => store,
+            None => Arc::new(
+                RedbStore::open(&self.data_dir, A::NAME)
+                    .map_err(|e| ServerError::Store(e.to_string()))?,
+            ),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (persister, writer) =
+            Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
+        let timers = Timers::start().map_err(ServerError::Thread)?;
+        let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
+        let front = Arc::new(Front {
+            clock: Clock::default(),
+            metrics: metrics.clone(),
+            registry: Registry::default(),
+            hall: hall_tx,
+            max_frame_bytes: self.max_frame_bytes,
+            idle_timeout: self.gathering.idle_timeout,
+            next_conn: AtomicU64::new(1),
+        });
+        let (hall, settled) = HallState::new();
+        let native = Native::<A>(Arc::new(Shared {
+            config: self.gathering,
+            front: front.clone(),
+            timers,
+            hall: Mutex::new(hall),
+            store,
+            persister,
+            on_dispersed: self.on_dispersed,
+            #[cfg(feature = "bench")]
+            detection: self.detection,
+        }));
+        let hall = tokio::spawn(hall_task(native, hall_rx, settled));
+        let done = tokio::spawn(async move {
+            // The hall's task ends once a shutdown has completed; it held
+            // the last handle to the runtime but for the tasks that ended.
+            let _ = hall.await;
+            // The writer exits once every handle is gone and its queue is empty.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        });
+        Ok(Engine {
+            front,
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// Opens storage, binds, and starts serving in the background: the
+    /// engine's routes, then the page of [`Builder::web_dir`] if any.
+    pub async fn start(self) -> Result<Running, ServerError> {
+        let listen = self.listen;
+        let web_dir = self.web_dir.clone();
+        let data_dir = self.data_dir.clone();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ServerError::Bind(listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Bind(listen, e))?;
+        let engine = self.build()?;
+        let page = match web_dir {
+            Some(dir) => warp::get().and(warp::fs::dir(dir)).boxed(),
+            None => warp::any()
+                .and_then(|| async { Err::<warp::fs::File, _>(warp::reject::not_found()) })
+                .boxed(),
+        };
+        let routes = crate::front::http::routes(engine.front.clone())
+            .or(page)
+            .recover(crate::front::http::recover);
+        let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = http_stop_rx.await;
+                })
+                .run(),
+        );
+        tracing::info!(%addr, data_dir = %data_dir.display(), app = A::NAME, "listening");
+        Ok(Running {
+            addr,
+            metrics: engine.front.metrics.clone(),
+            engine,
+            http,
+            http_stop,
+        })
+    }
 }
 
 /// Why the server could not start.
@@ -124,23 +273,33 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// A running server.
-pub struct Running {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    /// Its metrics.
-    pub metrics: Arc<Metrics>,
-    hall: async_channel::Sender<HallMail>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
+/// A started hall with its storage, for any application: its routes serve
+/// WebSocket joins and the listing; [`Engine::shutdown`] ends it.
+pub struct Engine {
+    front: Arc<Front>,
+    done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Running {
-    /// Shuts down gracefully: stop accepting, disperse and persist every
-    /// gathering (clients get `dispersed` and close code 1001), flush storage.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.done.await;
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The engine's warp filter: `GET /gatherings/{id}` (WebSocket),
+    /// `/gatherings`, `/metrics`, `/healthz`. It rejects other requests, so
+    /// it composes with `.or`; finish with
+    /// `.recover(gathering_native::recover)` for its error answers.
+    pub fn routes(
+        &self,
+    ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + use<'_> {
+        crate::front::http::routes(self.front.clone())
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.front.metrics
     }
 
     /// Spawns gathering `id` if it is not live and counts as activity, as a
@@ -148,24 +307,57 @@ impl Running {
     /// gatherings ahead of a crowd, and for benchmarks that need many
     /// gatherings without sockets. Fails only once the server is stopping.
     pub async fn touch(&self, id: GatheringId) -> Result<(), Stopping> {
-        let conn = ConnId(crate::ws::NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        let conn = ConnId(self.front.next_conn.fetch_add(1, Ordering::Relaxed));
         let join = Inbound::Join {
             conn,
             encoding: Encoding::Json,
         };
-        self.hall
-            .send(HallMail::Route(id.clone(), join, None))
+        let hall = &self.front.hall;
+        hall.send(HallMail::Route(id.clone(), join, None::<Outbox>))
             .await
             .map_err(|_| Stopping)?;
-        self.hall
-            .send(HallMail::Route(id, Inbound::Leave { conn }, None))
+        hall.send(HallMail::Route(id, Inbound::Leave { conn }, None))
             .await
             .map_err(|_| Stopping)
     }
 
-    /// Waits until the server has stopped.
-    pub async fn stopped(self) {
-        let _ = self.done.await;
+    /// Disperses and persists every gathering (clients get `dispersed` and
+    /// close code 1001), then flushes storage. New joins are turned away
+    /// with 1001 meanwhile.
+    pub async fn shutdown(&self) {
+        let _ = self.front.hall.send(HallMail::Shutdown).await;
+        let done = self.done.lock().ok().and_then(|mut d| d.take());
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    engine: Engine,
+    http: tokio::task::JoinHandle<()>,
+    http_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Shuts down gracefully: stop accepting, disperse and persist every
+    /// gathering (clients get `dispersed` and close code 1001), flush storage.
+    pub async fn shutdown(self) {
+        // Stop accepting first, then disperse what is live.
+        let _ = self.http_stop.send(());
+        self.engine.shutdown().await;
+        let _ = self.http.await;
+        tracing::info!("shut down");
+    }
+
+    /// See [`Engine::touch`].
+    pub async fn touch(&self, id: GatheringId) -> Result<(), Stopping> {
+        self.engine.touch(id).await
     }
 }
 
@@ -180,74 +372,3 @@ impl fmt::Display for Stopping {
 }
 
 impl std::error::Error for Stopping {}
-
-/// Opens storage, binds, and starts serving in the background.
-pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| ServerError::Store(e.to_string()))?);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::Bind(config.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Bind(config.listen, e))?;
-    let metrics = Arc::new(Metrics::default());
-    let (persister, writer) =
-        Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
-    let timers = Timers::start().map_err(ServerError::Thread)?;
-    let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
-    let hall_tx_for_touch = hall_tx.clone();
-    let shared = Arc::new(Shared {
-        config,
-        clock: Clock::default(),
-        timers,
-        hall: HallHandles::new(hall_tx.clone()),
-        store,
-        persister,
-        metrics: metrics.clone(),
-        registry: Mutex::new(BTreeMap::new()),
-    });
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let hall = tokio::spawn(hall_task::run(hall_rx, shared.clone()));
-    let http = tokio::spawn(
-        warp::serve(crate::http::routes(shared.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = http_stop_rx.await;
-            })
-            .run(),
-    );
-    tracing::info!(%addr, data_dir = %shared.config.data_dir.display(), "listening");
-    let done = tokio::spawn(async move {
-        let _ = stop_rx.await;
-        // Stop accepting first, then disperse what is live.
-        let _ = http_stop.send(());
-        let _ = hall_tx.send(HallMail::Shutdown).await;
-        let _ = hall.await;
-        let _ = http.await;
-        drop(shared);
-        // The writer exits once every handle is gone and its queue is empty.
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        tracing::info!("shut down");
-    });
-    Ok(Running {
-        addr,
-        metrics,
-        hall: hall_tx_for_touch,
-        stop,
-        done,
-    })
-}
-
-/// Runs a server until `signal` completes, then shuts it down gracefully.
-pub async fn run(
-    config: ServerConfig,
-    signal: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
-    let running = start(config).await?;
-    signal.await;
-    tracing::info!("signal received");
-    running.shutdown().await;
-    Ok(())
-}

@@ -7,30 +7,29 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gathering_core::protocol::{CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_TOO_BIG};
+use gathering_core::tournament::Tournament;
 use gathering_core::tournament::TournamentOp;
 use gathering_core::{Config, DisperseReason, Encoding, GatheringId, ServerMsg};
-use gathering_native::client::{Client, ClientError, Incoming};
-use gathering_native::{Running, ServerConfig};
+use gathering_native::client::{ClientError, Incoming};
+use gathering_native::{Builder, Running, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const BOUND: Duration = Duration::from_secs(10);
 
-fn config(dir: &Path, idle: Duration) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        gathering: Config {
+type Client = gathering_native::client::Client<Tournament>;
+
+fn config(dir: &Path, idle: Duration) -> Builder<Tournament> {
+    Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .gathering(Config {
             idle_timeout: idle,
             retry_interval: Duration::from_millis(100),
             max_retry_interval: Duration::from_millis(400),
             ..Config::default()
-        },
-        max_frame_bytes: 4096,
-        web_dir: None,
-        detection: Default::default(),
-        record_lateness: false,
-    }
+        })
+        .max_frame_bytes(4096)
 }
 
 fn url(server: &Running) -> String {
@@ -74,7 +73,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 #[tokio::test]
 async fn ops_are_acked_and_forwarded_in_each_clients_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
         .await
         .unwrap();
     let g = id("spring-open");
@@ -127,7 +127,8 @@ async fn ops_are_acked_and_forwarded_in_each_clients_encoding() {
 #[tokio::test]
 async fn a_forward_is_retried_until_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
         .await
         .unwrap();
     let g = id("retry");
@@ -164,9 +165,7 @@ async fn a_forward_is_retried_until_acknowledged() {
 async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let idle = Duration::from_millis(400);
-    let server = gathering_native::start(config(dir.path(), idle))
-        .await
-        .unwrap();
+    let server = config(dir.path(), idle).start().await.unwrap();
     let g = id("short");
     let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
         .await
@@ -212,7 +211,8 @@ async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
 #[tokio::test]
 async fn restart_keeps_state_and_shutdown_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
         .await
         .unwrap();
     let g = id("durable");
@@ -230,7 +230,8 @@ async fn restart_keeps_state_and_shutdown_says_goodbye() {
     );
     within(stopping).await.unwrap();
 
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
         .await
         .unwrap();
     let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
@@ -244,7 +245,8 @@ async fn restart_keeps_state_and_shutdown_says_goodbye() {
 #[tokio::test]
 async fn bad_input_is_answered_and_contained() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(60)))
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
         .await
         .unwrap();
     let g = id("bad");
@@ -298,7 +300,8 @@ async fn bad_input_is_answered_and_contained() {
 #[tokio::test]
 async fn many_gatherings_dispersing_at_once_leave_none_live() {
     let dir = tempfile::tempdir().unwrap();
-    let server = gathering_native::start(config(dir.path(), Duration::from_secs(1)))
+    let server = config(dir.path(), Duration::from_secs(1))
+        .start()
         .await
         .unwrap();
     let mut clients = Vec::new();
@@ -351,9 +354,7 @@ async fn many_gatherings_dispersing_at_once_leave_none_live() {
 async fn joins_racing_dispersal_reach_a_gathering_with_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let idle = Duration::from_millis(300);
-    let server = gathering_native::start(config(dir.path(), idle))
-        .await
-        .unwrap();
+    let server = config(dir.path(), idle).start().await.unwrap();
     let url = url(&server);
     let mut joins = Vec::new();
     for i in 0..40u64 {

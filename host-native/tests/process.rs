@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use gathering_core::protocol::CLOSE_GOING_AWAY;
 use gathering_core::tournament::TournamentOp;
 use gathering_core::{DisperseReason, Encoding, GatheringId};
-use gathering_native::client::{Client, Incoming};
+use gathering_native::client::Incoming;
+
+type Client = gathering_native::client::Client<gathering_core::tournament::Tournament>;
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -65,9 +67,7 @@ async fn sigkill_under_load_loses_no_acknowledged_op() {
             } else {
                 Encoding::Postcard
             };
-            let Ok(mut client) =
-                Client::<gathering_core::tournament::Tournament>::connect(&url, &id(&g), enc).await
-            else {
+            let Ok(mut client) = Client::connect(&url, &id(&g), enc).await else {
                 return;
             };
             for i in 0..5_000 {

@@ -10,18 +10,27 @@
 //! gathering-load connections  # 10k idle gatherings with one connection each: server RSS
 //! gathering-load all --smoke  # everything, tiny: what CI runs
 //! ```
+//!
+//! `overhead` compares stale-detection strategies only when built with the
+//! `bench` feature (`--features bench`); without it, it measures the
+//! product's own (`exact`) alone.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../allocator.rs"]
+mod allocator;
+
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use gathering_core::protocol::{ClientMsg, encode};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{Config, Encoding, Frame, GatheringId};
+#[cfg(feature = "bench")]
+use gathering_native::Detection;
+use gathering_native::Running;
 use gathering_native::client::{Client, Reply};
-use gathering_native::{Detection, Running, ServerConfig, start};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
@@ -71,7 +80,7 @@ enum What {
 
 fn main() {
     // As the server does (see its main).
-    gathering_native::allocator::tune();
+    allocator::tune();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,12 +120,22 @@ fn main() {
     });
 }
 
+/// The product's detection, the only one in a build without `bench`.
+#[cfg(not(feature = "bench"))]
+#[derive(Clone, Copy)]
+enum Detection {
+    Exact,
+}
+
 /// A server on a free loopback port with its own temporary data directory,
 /// removed on drop.
 struct Server {
     running: Option<Running>,
     dir: PathBuf,
     url: String,
+    /// Every idle or empty dispersal's lateness, in seconds (the metrics'
+    /// histogram has buckets only; percentiles want every sample).
+    lateness: Arc<Mutex<Vec<f64>>>,
 }
 
 impl Server {
@@ -124,24 +143,31 @@ impl Server {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("gathering-load-{}-{n}", std::process::id()));
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.clone(),
-            gathering: Config {
+        let lateness = Arc::new(Mutex::new(Vec::new()));
+        let samples = lateness.clone();
+        let builder = gathering_native::Server::<Tournament>::builder()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .data_dir(&dir)
+            .gathering(Config {
                 idle_timeout: idle,
                 ..Config::default()
-            },
-            max_frame_bytes: 1 << 20,
-            web_dir: None,
-            detection,
-            record_lateness: true,
-        };
-        let running = start(config).await.expect("server starts");
+            })
+            .on_dispersed(move |d| {
+                if d.reason != gathering_core::DisperseReason::Shutdown {
+                    samples.lock().unwrap().push(d.late.as_secs_f64());
+                }
+            });
+        #[cfg(feature = "bench")]
+        let builder = builder.detection(detection);
+        #[cfg(not(feature = "bench"))]
+        let Detection::Exact = detection;
+        let running = builder.start().await.expect("server starts");
         let url = format!("ws://{}", running.addr);
         Server {
             running: Some(running),
             dir,
             url,
+            lateness,
         }
     }
 
@@ -154,7 +180,7 @@ impl Server {
     }
 
     fn take_lateness(&self) -> Vec<f64> {
-        std::mem::take(&mut *self.running().metrics.lateness_samples.lock().unwrap())
+        std::mem::take(&mut *self.lateness.lock().unwrap())
     }
 
     async fn stop(mut self) {
@@ -233,11 +259,14 @@ async fn wait_until(what: &str, bound: Duration, mut done: impl FnMut() -> bool)
 
 // ---------------------------------------------------------------- overhead
 
-const DETECTIONS: [(Detection, &str); 3] = [
+#[cfg(feature = "bench")]
+const DETECTIONS: &[(Detection, &str)] = &[
     (Detection::Off, "none"),
     (Detection::Exact, "exact"),
     (Detection::RearmPerMessage, "rearm"),
 ];
+#[cfg(not(feature = "bench"))]
+const DETECTIONS: &[(Detection, &str)] = &[(Detection::Exact, "exact")];
 
 /// Sends `n` postcard acks on one connection as fast as the socket takes
 /// them, then a fetch; returns messages per second once the fetch answers
@@ -303,7 +332,7 @@ async fn overhead(smoke: bool) {
         "{:<8} {:>10} {:>10} {:>10} {:>10}",
         "strategy", "p50 ms", "p99 ms", "max ms", "early"
     );
-    for (detection, name) in [DETECTIONS[1], DETECTIONS[2]] {
+    for &(detection, name) in DETECTIONS.iter().filter(|(_, name)| *name != "none") {
         let server = Server::start(idle, detection).await;
         let start = Instant::now();
         for i in 0..count {

@@ -4,16 +4,8 @@ use std::fmt;
 use std::path::Path;
 
 use gathering_core::GatheringId;
+pub use gathering_driver::Stored;
 use redb::{Database, ReadableDatabase, TableDefinition};
-
-/// A snapshot as stored: the number of the last op it holds, and the bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    /// Number of the last op in the snapshot.
-    pub seq: u64,
-    /// The application state, as the core encoded it.
-    pub snapshot: Vec<u8>,
-}
 
 /// One snapshot to write.
 #[derive(Clone, Debug)]
@@ -36,11 +28,13 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Where gatherings live between spawns.
+/// Where one application's gatherings live between spawns.
 ///
 /// Contract: [`Store::commit`] writes all of `writes` or none, and when it
 /// returns `Ok` they survive a crash of the process or the machine. Both
-/// methods block; the server calls them off its async threads.
+/// methods block; the server calls them off its async threads. A store
+/// serves one application (see [`RedbStore::open`]): gatherings of another
+/// app with the same id are not its business.
 pub trait Store: Send + Sync + 'static {
     /// The latest snapshot of `id`, or `None` if it was never persisted.
     fn load(&self, id: &GatheringId) -> Result<Option<Stored>, StoreError>;
@@ -49,12 +43,16 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
-const GATHERINGS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("gatherings");
+/// A table of one app's gatherings: id -> (seq, snapshot).
+type Table<'a> = TableDefinition<'a, &'static str, (u64, &'static [u8])>;
 
-/// The embedded store: one redb file, `gatherings.redb`, in the data directory.
+/// The embedded store: one redb file, `gatherings.redb`, in the data
+/// directory, with one table per application, named by [`gathering_core::App::NAME`],
+/// so apps sharing a data directory never read each other's snapshots.
 /// Every commit is fsynced before it returns.
 pub struct RedbStore {
     db: Database,
+    table: Table<'static>,
 }
 
 fn err(doing: &str, e: impl fmt::Display) -> StoreError {
@@ -62,8 +60,9 @@ fn err(doing: &str, e: impl fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (creating if needed) the store in directory `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the store in directory `dir`, for the
+    /// application named `app`.
+    pub fn open(dir: &Path, app: &'static str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             err(
                 &format!("cannot create data directory {}", dir.display()),
@@ -76,10 +75,11 @@ impl RedbStore {
         let tx = db
             .begin_write()
             .map_err(|e| err("cannot start a write", e))?;
-        tx.open_table(GATHERINGS)
-            .map_err(|e| err("cannot create the gatherings table", e))?;
+        let table = TableDefinition::new(app);
+        tx.open_table(table)
+            .map_err(|e| err(&format!("cannot create the table of {app}"), e))?;
         tx.commit().map_err(|e| err("cannot commit", e))?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, table })
     }
 }
 
@@ -90,7 +90,7 @@ impl Store for RedbStore {
             .begin_read()
             .map_err(|e| err("cannot start a read", e))?;
         let table = tx
-            .open_table(GATHERINGS)
+            .open_table(self.table)
             .map_err(|e| err("cannot open the gatherings table", e))?;
         let row = table
             .get(id.as_str())
@@ -111,7 +111,7 @@ impl Store for RedbStore {
             .map_err(|e| err("cannot start a write", e))?;
         {
             let mut table = tx
-                .open_table(GATHERINGS)
+                .open_table(self.table)
                 .map_err(|e| err("cannot open the gatherings table", e))?;
             for w in writes {
                 table
@@ -132,7 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = GatheringId::parse("a").unwrap();
         {
-            let store = RedbStore::open(dir.path()).unwrap();
+            let store = RedbStore::open(dir.path(), "one").unwrap();
             assert_eq!(store.load(&id).unwrap(), None);
             let stored = Stored {
                 seq: 3,
@@ -145,7 +145,11 @@ mod tests {
                 }])
                 .unwrap();
         }
-        let store = RedbStore::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path(), "one").unwrap();
         assert_eq!(store.load(&id).unwrap().unwrap().seq, 3);
+        drop(store);
+        // Another app in the same directory sees none of it.
+        let other = RedbStore::open(dir.path(), "two").unwrap();
+        assert_eq!(other.load(&id).unwrap(), None);
     }
 }

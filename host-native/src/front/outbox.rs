@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures_util::StreamExt;
 use gathering_core::{Delivery, Frame};
+use gathering_driver::Conn;
 
 /// Frames queued per connection before it counts as too slow.
 pub const CAPACITY: usize = 1024;
@@ -58,6 +59,16 @@ impl Queue {
         let next = self.rx.try_recv().ok()?;
         self.queued.fetch_sub(1, Ordering::Relaxed);
         Some(next)
+    }
+}
+
+impl Conn for Outbox {
+    fn send(&self, frame: Frame, delivery: Delivery) -> bool {
+        Outbox::send(self, frame, delivery)
+    }
+
+    fn close(&self, code: u16, reason: &'static str) {
+        Outbox::close(self, code, reason)
     }
 }
 

@@ -34,8 +34,9 @@ impl Clock {
             .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(365 * 24 * 3600))
     }
 
-    /// The tokio instant for `at`; instants too far away to represent become
+    /// The tokio instant for `at` (the benchmarks' tokio timers); instants too far away to represent become
     /// "in a year", which is as good as never for a timer that is re-armed.
+    #[cfg(feature = "bench")]
     pub fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.to_std(at))
     }

@@ -3,29 +3,25 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gathering_core::protocol::{CLOSE_POLICY, CLOSE_TOO_BIG};
 use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound};
+use gathering_driver::HallMail;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::upgrade::Socket;
-
-use crate::hall_task::HallMail;
-use crate::outbox::{Outbox, Outgoing, Queue};
-use crate::server::Shared;
+use super::Front;
+use super::outbox::{Outbox, Outgoing, Queue};
+use super::upgrade::Socket;
 
 /// How long one frame may take to reach the client before the connection is
 /// considered dead. The close frame gets a shorter bound: it is a courtesy.
 const SEND_BOUND: Duration = Duration::from_secs(10);
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
-
-/// Connection ids, unique for the life of the process.
-pub(crate) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded connection to gathering `id` until it closes.
 ///
@@ -39,10 +35,10 @@ pub fn serve(
     mut socket: Socket,
     id: GatheringId,
     encoding: Encoding,
-    shared: Arc<Shared>,
+    shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
     async move {
-        let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+        let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         shared.metrics.connections.inc();
         let (outbox, mut queue) = Outbox::new();
         // This task keeps a handle too, so that the queue ends (`None`) only
@@ -52,11 +48,10 @@ pub fn serve(
             Inbound::Join { conn, encoding },
             Some(outbox.clone()),
         );
-        if shared.hall.mailbox.send(join).await.is_ok() {
+        if shared.hall.send(join).await.is_ok() {
             pump(&mut socket, &mut queue, conn, &id, &shared).await;
             let _ = shared
                 .hall
-                .mailbox
                 .send(HallMail::Route(id, Inbound::Leave { conn }, None))
                 .await;
         }
@@ -75,9 +70,9 @@ async fn pump(
     queue: &mut Queue,
     conn: ConnId,
     id: &GatheringId,
-    shared: &Shared,
+    shared: &Front,
 ) {
-    let max = shared.config.max_frame_bytes;
+    let max = shared.max_frame_bytes;
     loop {
         // The branches' futures are dropped before a handler runs, so the
         // handlers may use the socket.
@@ -129,7 +124,7 @@ async fn pump(
                     return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
                 }
                 let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
-                if shared.hall.mailbox.send(route).await.is_err() {
+                if shared.hall.send(route).await.is_err() {
                     return;
                 }
             }

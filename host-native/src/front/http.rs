@@ -3,15 +3,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use gathering_core::{Encoding, GatheringId, IdError};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::server::Shared;
-use crate::{upgrade, ws};
+use super::{Front, upgrade, ws};
 
 #[derive(Debug)]
 struct BadId(IdError);
@@ -38,14 +36,13 @@ struct Listing {
     gatherings: Vec<Listed>,
 }
 
-/// All routes of the server.
+/// The engine's routes: `/gatherings/{id}`, `/gatherings`, `/metrics`
+/// and `/healthz`; rejects what it does not serve, so that other filters
+/// (a page, an app's own routes) can follow with `.or`.
 pub fn routes(
-    shared: Arc<Shared>,
-) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let with = {
-        let shared = shared.clone();
-        warp::any().map(move || shared.clone())
-    };
+    shared: Arc<Front>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let with = warp::any().map(move || shared.clone());
     let join = warp::path!("gatherings" / String)
         .and(warp::get())
         .and_then(|raw: String| async move {
@@ -71,10 +68,10 @@ pub fn routes(
             |id: GatheringId,
              encoding: Encoding,
              handshake: upgrade::Handshake,
-             shared: Arc<Shared>| {
+             shared: Arc<Front>| {
                 // Frames up to twice the limit are read and refused with 1009;
                 // larger ones are cut off by the WebSocket layer itself.
-                let max = shared.config.max_frame_bytes.saturating_mul(2);
+                let max = shared.max_frame_bytes.saturating_mul(2);
                 handshake.accept(max, move |socket| ws::serve(socket, id, encoding, shared))
             },
         );
@@ -82,7 +79,7 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(with.clone())
-        .map(|query: HashMap<String, String>, shared: Arc<Shared>| {
+        .map(|query: HashMap<String, String>, shared: Arc<Front>| {
             let limit = query
                 .get("limit")
                 .and_then(|l| l.parse::<usize>().ok())
@@ -92,7 +89,7 @@ pub fn routes(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with)
-        .map(|shared: Arc<Shared>| {
+        .map(|shared: Arc<Front>| {
             warp::reply::with_header(
                 shared.metrics.render(),
                 "content-type",
@@ -100,49 +97,29 @@ pub fn routes(
             )
         });
     let health = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
-    let page = match shared.config.web_dir.clone() {
-        Some(dir) => warp::get().and(warp::fs::dir(dir)).boxed(),
-        None => warp::any()
-            .and_then(|| async { Err::<warp::fs::File, _>(warp::reject::not_found()) })
-            .boxed(),
-    };
-    join.or(list)
-        .or(metrics)
-        .or(health)
-        .or(page)
-        .recover(recover)
+    join.or(list).or(metrics).or(health)
 }
 
-fn listing(shared: &Shared, limit: usize) -> Listing {
-    let now = shared.clock.now().as_nanos();
-    let secs = |nanos: u64| nanos as f64 / 1e9;
-    let Ok(registry) = shared.registry.lock() else {
-        return Listing {
-            total: 0,
-            gatherings: Vec::new(),
-        };
-    };
-    let gatherings = registry
-        .iter()
-        .take(limit)
-        .map(|(id, s)| {
-            let last = s.last_activity.load(Ordering::Relaxed);
-            let deadline = s.idle_deadline.load(Ordering::Relaxed);
-            Listed {
-                id: id.to_string(),
-                connections: s.connections.load(Ordering::Relaxed),
-                idle_seconds: secs(now.saturating_sub(last)),
-                seconds_left: secs(deadline.saturating_sub(now)),
-            }
+fn listing(shared: &Front, limit: usize) -> Listing {
+    let now = shared.clock.now();
+    let (total, live) = shared.registry.list(limit);
+    let gatherings = live
+        .into_iter()
+        .map(|(id, s)| Listed {
+            id: id.to_string(),
+            connections: s.connections(),
+            idle_seconds: now.saturating_since(s.last_activity()).as_secs_f64(),
+            seconds_left: s
+                .idle_deadline(shared.idle_timeout)
+                .saturating_since(now)
+                .as_secs_f64(),
         })
         .collect();
-    Listing {
-        total: registry.len(),
-        gatherings,
-    }
+    Listing { total, gatherings }
 }
 
-async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
+/// Answers every rejection with a status and a message a client can act on.
+pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
     let (status, message) = if let Some(BadId(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(BadQuery(e)) = rejection.find() {

@@ -4,28 +4,26 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::gathering_task::{Mail, Mailbox};
+use gathering_driver::Durable;
+
+use crate::front::outbox::Outbox;
 use crate::metrics::Metrics;
-use crate::store::{Store, Write};
+use crate::storage::{Store, Write};
 
 /// Most snapshots in one commit; bounds the latency of the first in a batch.
 const MAX_BATCH: usize = 4096;
 
 struct Job {
     write: Write,
-    reply: Mailbox,
+    durable: Durable<Outbox>,
 }
 
 /// Handle to the writer thread. Dropping every handle lets the thread finish
 /// the jobs it has and exit.
 #[derive(Clone)]
-pub struct Persister {
+pub(crate) struct Persister {
     jobs: async_channel::Sender<Job>,
 }
-
-/// The writer thread is gone; the snapshot was not written.
-#[derive(Debug)]
-pub struct PersisterGone;
 
 impl Persister {
     /// Starts the writer thread over `store`.
@@ -40,12 +38,13 @@ impl Persister {
         Ok((Persister { jobs }, thread))
     }
 
-    /// Queues `write`; the outcome arrives on `reply` as
-    /// [`Mail::Persisted`] or [`Mail::PersistFailed`].
-    pub fn submit(&self, write: Write, reply: Mailbox) -> Result<(), PersisterGone> {
-        self.jobs
-            .try_send(Job { write, reply })
-            .map_err(|_| PersisterGone)
+    /// Queues `write`; its outcome is reported through `durable`.
+    pub fn submit(&self, write: Write, durable: Durable<Outbox>) {
+        if let Err(e) = self.jobs.try_send(Job { write, durable }) {
+            e.into_inner()
+                .durable
+                .report(Err("the storage writer has stopped".into()));
+        }
     }
 }
 
@@ -55,7 +54,7 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
         let mut replies = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            replies.push((job.write.stored.seq, job.reply));
+            replies.push(job.durable);
             writes.push(job.write);
             if writes.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -67,13 +66,8 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = writes.len(), "storage commit failed; gatherings will retry");
         }
-        for (seq, reply) in replies {
-            let mail = match &result {
-                Ok(()) => Mail::Persisted(seq),
-                Err(e) => Mail::PersistFailed(e.to_string()),
-            };
-            // A gathering that is gone needs no answer.
-            let _ = reply.unbounded_send(mail);
+        for durable in replies {
+            durable.report(result.clone().map_err(|e| e.to_string()));
         }
     }
 }

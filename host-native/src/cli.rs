@@ -1,0 +1,151 @@
+//! The server's command line, for any application: `gathering-server` is
+//! [`main`] with the tournament, and a user's own server binary is the same
+//! call with their app.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use gathering_core::Config;
+use tracing_subscriber::EnvFilter;
+
+use crate::runtime::NativeApp;
+use crate::server::{Builder, Server};
+
+/// The gathering server: live per-room state over WebSockets, dispersed when idle.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "GATHERING_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded database (created if missing).
+    #[arg(long, env = "GATHERING_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Disperse a gathering that processed no message for this long (e.g. 24h, 90s).
+    #[arg(long, env = "GATHERING_IDLE_TIMEOUT", default_value = "24h", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Also disperse a gathering left without connections for this long (off by default).
+    #[arg(long, env = "GATHERING_EMPTY_GRACE", value_parser = positive_duration)]
+    pub empty_grace: Option<Duration>,
+
+    /// First wait before re-sending an unacknowledged forward; it doubles after each re-send, up to 30 times this.
+    #[arg(long, env = "GATHERING_RETRY_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub retry_interval: Duration,
+
+    /// Largest frame accepted from a client, in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "GATHERING_MAX_FRAME_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
+    pub max_frame_bytes: u64,
+
+    /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
+    #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
+    pub web_dir: PathBuf,
+}
+
+/// The demo page in this source tree: right for `cargo run`, overridable
+/// with `--web-dir` for an installed server.
+pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-wasm/www");
+
+impl Args {
+    /// The builder these arguments describe, for app `A`.
+    pub fn builder<A: NativeApp>(&self) -> Builder<A> {
+        Server::<A>::builder()
+            .listen(self.listen)
+            .data_dir(&self.data_dir)
+            .gathering(Config {
+                idle_timeout: self.idle_timeout,
+                empty_grace: self.empty_grace,
+                retry_interval: self.retry_interval,
+                max_retry_interval: self.retry_interval.saturating_mul(30),
+                ..Config::default()
+            })
+            .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
+            .web_dir(&self.web_dir)
+    }
+}
+
+/// A whole server binary for app `A`, named `name` in its `--help`: parses
+/// the command line (every flag of `gathering-server`, each also settable
+/// by its `GATHERING_*` variable), logs to stdout (`RUST_LOG`, default
+/// `info`), serves until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     gathering_native::cli::main::<gathering_core::tournament::Tournament>("my-server")
+/// }
+/// ```
+pub fn main<A: NativeApp>(name: &'static str) -> ExitCode {
+    let matches = Args::command().name(name).bin_name(name).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async {
+        let running = args.builder::<A>().start().await?;
+        shutdown_signal().await;
+        tracing::info!("signal received");
+        running.shutdown().await;
+        Ok::<_, crate::ServerError>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (write durations like 24h, 90s or 300ms)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}

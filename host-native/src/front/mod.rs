@@ -1,0 +1,70 @@
+//! The HTTP and WebSocket front: routes, the upgrade, one task per
+//! connection and its outbox. It knows the hall only by its mailbox, so it
+//! is the same for every application.
+
+pub(crate) mod http;
+pub(crate) mod outbox;
+mod upgrade;
+mod ws;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use gathering_core::{Duration, GatheringId};
+use gathering_driver::{HallMail, Status};
+
+use crate::metrics::Metrics;
+use crate::runtime::clock::Clock;
+use outbox::Outbox;
+
+/// What the front of one server shares with its connections' tasks.
+pub(crate) struct Front {
+    /// The clock.
+    pub clock: Clock,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live gatherings, for `GET /gatherings`.
+    pub registry: Registry,
+    /// The hall task's mailbox: bounded, so that readers feel backpressure.
+    pub hall: async_channel::Sender<HallMail<Outbox>>,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// The gatherings' idle timeout, for the listing's countdown.
+    pub idle_timeout: Duration,
+    /// Connection ids, unique for the life of the server.
+    pub next_conn: AtomicU64,
+}
+
+/// Live gatherings by id with what each publishes; touched at spawn and
+/// dispersal only.
+#[derive(Default)]
+pub(crate) struct Registry(Mutex<BTreeMap<GatheringId, Arc<Status>>>);
+
+impl Registry {
+    pub fn insert(&self, id: GatheringId, status: Arc<Status>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, status);
+        }
+    }
+
+    pub fn remove(&self, id: &GatheringId) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+
+    /// The number of live gatherings and the first `limit` of them by id.
+    pub fn list(&self, limit: usize) -> (usize, Vec<(GatheringId, Arc<Status>)>) {
+        match self.0.lock() {
+            Ok(map) => (
+                map.len(),
+                map.iter()
+                    .take(limit)
+                    .map(|(id, s)| (id.clone(), s.clone()))
+                    .collect(),
+            ),
+            Err(_) => (0, Vec::new()),
+        }
+    }
+}
