@@ -1,13 +1,16 @@
-//! The in-browser gathering host: the same `gathering-core` state machines
-//! as the server, driven by the page's event loop, with connections in the
-//! page and storage in IndexedDB.
+//! The in-browser gathering host: the shared driver of `gathering-driver`
+//! on the page's event loop, with connections in the page and storage in
+//! IndexedDB, for any application.
 //!
-//! From JavaScript (after `wasm-bindgen --target web`):
+//! [`Host<A>`] is the host in Rust; [`export_host!`] exports it to
+//! JavaScript as a class for one app. This crate exports two:
+//! `TournamentHost` (the demo page's) and `ChatHost`. From JavaScript
+//! (after `wasm-bindgen --target web`):
 //!
 //! ```js
-//! import init, { Host } from "./pkg/gathering_wasm.js";
+//! import init, { TournamentHost } from "./pkg/gathering_wasm.js";
 //! await init();
-//! const host = await Host.open({ idleTimeoutMs: 60_000 });
+//! const host = await TournamentHost.open({ idleTimeoutMs: 60_000 });
 //! const conn = host.join("spring-open");
 //! conn.onmessage = (event) => console.log(JSON.parse(event.data));
 //! conn.onclose = (code, reason) => console.log("closed", code, reason);
@@ -18,48 +21,55 @@
 //! strings, postcard in `Uint8Array`s.
 
 mod clock;
-mod gathering_task;
-mod hall_task;
 mod options;
 mod peer;
-mod shared;
+mod runtime;
 pub mod storage;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use gathering_core::chat::Chat;
 use gathering_core::protocol::CLOSE_TOO_BIG;
-use gathering_core::{Encoding, Frame, GatheringId, Inbound};
+use gathering_core::tournament::Tournament;
+use gathering_core::{App, ConnId, Encoding, Frame, GatheringId, Inbound};
+use gathering_driver::{HallMail, HallState, hall_task};
 use js_sys::{Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
 pub use options::Options;
 
-use crate::clock::{Clock, to_millis_f64};
-use crate::hall_task::HallMail;
-use crate::peer::Peer;
-use crate::shared::Shared;
+use crate::clock::Clock;
+use crate::peer::{Peer, PeerRef};
+use crate::runtime::{Shared, Wasm};
 use crate::storage::{IndexedDb, Storage};
 
-/// A hall and its gatherings, running in this page.
+/// A hall and its gatherings of application `A`, running in this page.
 ///
 /// Contract: every gathering it spawns is loaded from its storage, persists
 /// each op before acknowledging it, disperses after `idleTimeoutMs` without
 /// client activity (telling each connection `dispersed`, then closing it with
 /// 4000), and is respawned from what it persisted when someone joins again.
 /// `shutdown()` disperses everything (reason `shutdown`, code 1001) and
-/// resolves when all of it is persisted.
-#[wasm_bindgen]
-#[derive(Debug)]
-pub struct Host {
-    shared: Rc<Shared>,
+/// resolves when all of it is persisted. Export it to JavaScript with
+/// [`export_host!`].
+pub struct Host<A: App> {
+    rt: Wasm<A>,
     stopped: async_channel::Receiver<()>,
+    next_conn: std::cell::Cell<u64>,
 }
 
-#[wasm_bindgen]
-impl Host {
+impl<A: App> std::fmt::Debug for Host<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("app", &A::NAME).finish()
+    }
+}
+
+impl<A: App> Host<A> {
     /// Opens a host with `options` (see [`Options`]); rejects with a message
     /// naming the problem (bad option, IndexedDB unavailable).
-    pub async fn open(options: JsValue) -> Result<Host, JsError> {
+    pub async fn open(options: JsValue) -> Result<Self, JsError> {
         let options = Options::from_js(&options).map_err(|e| JsError::new(&e))?;
         let clock =
             Clock::new().ok_or_else(|| JsError::new("this page has no performance.now() clock"))?;
@@ -71,37 +81,51 @@ impl Host {
             ),
             None => Storage::Memory(Rc::default()),
         };
-        let (hall_tx, hall_rx) = async_channel::unbounded();
-        let shared = Rc::new(Shared::new(
+        let (mailbox, hall_rx) = async_channel::unbounded();
+        let (hall, settled) = HallState::new();
+        let rt = Wasm(Rc::new(Shared {
             clock,
-            options.config,
-            options.max_frame_bytes,
+            config: options.config,
+            max_frame_bytes: options.max_frame_bytes,
             storage,
-            hall_tx,
-        ));
-        let (stopped_tx, stopped) = async_channel::bounded(1);
-        wasm_bindgen_futures::spawn_local(hall_task::run(hall_rx, shared.clone(), stopped_tx));
-        Ok(Host { shared, stopped })
+            mailbox,
+            hall: RefCell::new(hall),
+            registry: RefCell::new(BTreeMap::new()),
+            on_dispersed: options.on_dispersed,
+        }));
+        let (stopped_tx, stopped) = async_channel::bounded::<()>(1);
+        let hall = hall_task(rt.clone(), hall_rx, settled);
+        wasm_bindgen_futures::spawn_local(async move {
+            hall.await;
+            // How `shutdown()` learns that everything is persisted.
+            drop(stopped_tx);
+        });
+        Ok(Host {
+            rt,
+            stopped,
+            next_conn: std::cell::Cell::new(1),
+        })
     }
 
     /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`),
-    /// spawning or respawning it as needed. Throws on a bad id or after
+    /// spawning or respawning it as needed. Fails on a bad id or after
     /// `shutdown()`.
     pub fn join(&self, id: &str) -> Result<Connection, JsError> {
         let id = GatheringId::parse(id).map_err(|e| JsError::new(&e.to_string()))?;
-        let conn = self.shared.new_conn();
-        let peer = Rc::new(Peer::new(conn, id.clone()));
+        let conn = ConnId(self.next_conn.replace(self.next_conn.get().wrapping_add(1)));
+        let shared = &self.rt.0;
+        let peer = Rc::new(Peer::new(conn, id.clone(), shared.mailbox.clone()));
         let join = Inbound::Join {
             conn,
             encoding: Encoding::Json,
         };
-        self.shared
-            .hall
-            .try_send(HallMail::Route(id, join, Some(peer.clone())))
+        shared
+            .mailbox
+            .try_send(HallMail::Route(id, join, Some(PeerRef(peer.clone()))))
             .map_err(|_| JsError::new("this host has shut down; open a new one"))?;
         Ok(Connection {
             peer,
-            shared: self.shared.clone(),
+            max_frame_bytes: shared.max_frame_bytes,
         })
     }
 
@@ -109,51 +133,99 @@ impl Host {
     /// idleMs, dispersesInMs}]`, where `dispersesInMs` counts down to the
     /// idle dispersal if nothing happens meanwhile.
     pub fn gatherings(&self) -> Array {
-        let now = self.shared.clock.now();
+        let shared = &self.rt.0;
+        let now = shared.clock.now();
         let list = Array::new();
-        for (id, status) in self.shared.registry.borrow().iter() {
+        for (id, status) in shared.registry.borrow().iter() {
             let entry = Object::new();
             let set = |k: &str, v: JsValue| {
                 let _ = Reflect::set(&entry, &k.into(), &v);
             };
             set("id", id.as_str().into());
-            set("connections", (status.connections.get() as f64).into());
-            set("seq", (status.seq.get() as f64).into());
-            let idle = now.saturating_since(status.last_activity.get());
+            set("connections", status.connections().into());
+            set("seq", (status.seq() as f64).into());
+            let idle = now.saturating_since(status.last_activity());
             set("idleMs", (idle.as_secs_f64() * 1e3).into());
-            let left = status.idle_deadline.get().saturating_since(now);
+            let deadline = status.idle_deadline(shared.config.idle_timeout);
+            let left = deadline.saturating_since(now);
             set("dispersesInMs", (left.as_secs_f64() * 1e3).into());
             list.push(&entry);
         }
         list
     }
 
-    /// Milliseconds from each idle or empty dispersal's deadline to the
-    /// moment it was decided, since the last call (for benchmarks).
-    #[wasm_bindgen(js_name = takeLateness)]
-    pub fn take_lateness(&self) -> Vec<f64> {
-        std::mem::take(&mut *self.shared.lateness.borrow_mut())
-    }
-
     /// The page clock in milliseconds, as the host reads it.
     pub fn now(&self) -> f64 {
-        to_millis_f64(self.shared.clock.now())
+        self.rt.now_ms()
     }
 
     /// Disperses every gathering (reason `shutdown`), persisting each; the
     /// promise resolves once all are persisted and the database is closed.
     pub fn shutdown(&self) -> js_sys::Promise {
-        let shared = self.shared.clone();
+        let rt = self.rt.clone();
         let stopped = self.stopped.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let _ = shared.hall.send(HallMail::Shutdown).await;
-            // Resolves with an error when the hall task drops its sender.
+            let _ = rt.0.mailbox.send(HallMail::Shutdown).await;
+            // Resolves with an error when the hall's task drops its sender.
             let _ = stopped.recv().await;
-            shared.storage.close();
+            rt.0.storage.close();
             Ok(JsValue::UNDEFINED)
         })
     }
 }
+
+/// Exports [`Host`] of an application to JavaScript as class `$name`, with
+/// `static async open(options)`, `join(id)`, `gatherings()`, `now()` and
+/// `shutdown()` (see [`Host`]). The calling crate needs `wasm-bindgen`.
+///
+/// ```ignore
+/// gathering_wasm::export_host!(ChatHost, gathering_core::chat::Chat);
+/// ```
+#[macro_export]
+macro_rules! export_host {
+    ($name:ident, $app:ty) => {
+        #[doc = concat!("The in-page host of `", stringify!($app), "`: see `gathering_wasm::Host`.")]
+        #[::wasm_bindgen::prelude::wasm_bindgen]
+        #[derive(Debug)]
+        pub struct $name($crate::Host<$app>);
+
+        #[::wasm_bindgen::prelude::wasm_bindgen]
+        impl $name {
+            /// Opens a host with `options`; rejects with a message naming the problem.
+            pub async fn open(
+                options: ::wasm_bindgen::JsValue,
+            ) -> ::std::result::Result<$name, ::wasm_bindgen::JsError> {
+                $crate::Host::<$app>::open(options).await.map($name)
+            }
+
+            /// A new connection to gathering `id`; throws on a bad id or after `shutdown()`.
+            pub fn join(
+                &self,
+                id: &str,
+            ) -> ::std::result::Result<$crate::Connection, ::wasm_bindgen::JsError> {
+                self.0.join(id)
+            }
+
+            /// The live gatherings, sorted by id.
+            pub fn gatherings(&self) -> ::js_sys::Array {
+                self.0.gatherings()
+            }
+
+            /// The page clock in milliseconds, as the host reads it.
+            pub fn now(&self) -> f64 {
+                self.0.now()
+            }
+
+            /// Disperses and persists every gathering; resolves when done.
+            pub fn shutdown(&self) -> ::js_sys::Promise {
+                self.0.shutdown()
+            }
+        }
+    };
+}
+
+export_host!(TournamentHost, Tournament);
+export_host!(ChatHost, Chat);
 
 /// One in-page connection to a gathering, with a WebSocket-like API.
 ///
@@ -165,7 +237,7 @@ impl Host {
 #[derive(Debug)]
 pub struct Connection {
     peer: Rc<Peer>,
-    shared: Rc<Shared>,
+    max_frame_bytes: usize,
 }
 
 #[wasm_bindgen]
@@ -224,39 +296,20 @@ impl Connection {
                 "send takes a JSON string or a Uint8Array of postcard",
             ));
         };
-        if frame.len() > self.shared.max_frame_bytes {
-            self.close_with(CLOSE_TOO_BIG, "frame too large");
+        if frame.len() > self.max_frame_bytes {
+            self.peer.close(CLOSE_TOO_BIG, "frame too large");
             return Ok(());
         }
         let conn = self.peer.conn;
-        self.route(Inbound::Frame { conn, frame });
+        if !self.peer.route(Inbound::Frame { conn, frame }) {
+            // The host shut down under this connection.
+            self.peer.close(1001, "host shut down");
+        }
         Ok(())
     }
 
     /// Closes the connection (code 1000); `onclose` is called at once.
     pub fn close(&self) {
-        self.close_with(1000, "closed by the page");
-    }
-}
-
-impl Connection {
-    fn close_with(&self, code: u16, reason: &str) {
-        if self.peer.close(code, reason) {
-            let conn = self.peer.conn;
-            self.route(Inbound::Leave { conn });
-        }
-    }
-
-    fn route(&self, inbound: Inbound) {
-        let id = self.peer.gathering.clone();
-        if self
-            .shared
-            .hall
-            .try_send(HallMail::Route(id, inbound, None))
-            .is_err()
-        {
-            // The host shut down under this connection.
-            self.peer.close(1001, "host shut down");
-        }
+        self.peer.close(1000, "closed by the page");
     }
 }

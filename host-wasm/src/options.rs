@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gathering_core::Config;
-use js_sys::Reflect;
-use wasm_bindgen::JsValue;
+use js_sys::{Function, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
 
 /// Default IndexedDB database name.
 pub const DEFAULT_DATABASE: &str = "gathering";
@@ -13,10 +13,12 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Host options, as `Host.open({...})` takes them (every field optional):
 /// `idleTimeoutMs` (default 24 h), `emptyGraceMs` (default off),
-/// `retryIntervalMs` (default 1000), `maxFrameBytes` (default 1 MiB) and
+/// `retryIntervalMs` (default 1000), `maxFrameBytes` (default 1 MiB),
 /// `database` (IndexedDB name, default `"gathering"`; `null` keeps
-/// gatherings in memory only).
-#[derive(Clone, Debug, PartialEq)]
+/// gatherings in memory only) and `onDispersed` (called with `{id, reason,
+/// lateMs}` after each dispersal; `lateMs` is how long after its deadline an
+/// idle or empty one was decided).
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Core tunables.
     pub config: Config,
@@ -24,6 +26,8 @@ pub struct Options {
     pub max_frame_bytes: usize,
     /// IndexedDB database, or `None` for memory.
     pub database: Option<String>,
+    /// Called after each dispersal.
+    pub on_dispersed: Option<Function>,
 }
 
 impl Options {
@@ -34,6 +38,7 @@ impl Options {
             config: Config::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             database: Some(DEFAULT_DATABASE.to_owned()),
+            on_dispersed: None,
         };
         if value.is_undefined() || value.is_null() {
             return Ok(options);
@@ -68,6 +73,14 @@ impl Options {
             options.database = Some(name);
         } else if !database.is_undefined() {
             return Err("database must be a string, or null for memory only".into());
+        }
+        let on_dispersed = field(value, "onDispersed")?;
+        if !(on_dispersed.is_undefined() || on_dispersed.is_null()) {
+            options.on_dispersed = Some(
+                on_dispersed
+                    .dyn_into::<Function>()
+                    .map_err(|_| "onDispersed must be a function".to_owned())?,
+            );
         }
         Ok(options)
     }

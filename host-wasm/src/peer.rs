@@ -1,8 +1,10 @@
 //! The in-page end of a connection: what a gathering writes to.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
-use gathering_core::{ConnId, Frame, GatheringId};
+use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound};
+use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
 
@@ -19,17 +21,24 @@ pub struct Peer {
     pub conn: ConnId,
     /// The gathering it joined.
     pub gathering: GatheringId,
+    /// The hall's mailbox, which hears of the connection's close.
+    hall: async_channel::Sender<HallMail<PeerRef>>,
     onmessage: RefCell<Option<Function>>,
     onclose: RefCell<Option<Function>>,
     closed: Cell<bool>,
 }
 
 impl Peer {
-    /// A new, open connection.
-    pub fn new(conn: ConnId, gathering: GatheringId) -> Self {
+    /// A new, open connection to `gathering`, whose close is routed to `hall`.
+    pub fn new(
+        conn: ConnId,
+        gathering: GatheringId,
+        hall: async_channel::Sender<HallMail<PeerRef>>,
+    ) -> Self {
         Peer {
             conn,
             gathering,
+            hall,
             onmessage: RefCell::new(None),
             onclose: RefCell::new(None),
             closed: Cell::new(false),
@@ -83,17 +92,46 @@ impl Peer {
         }
     }
 
-    /// Marks the connection closed and tells the page, once. Returns whether
-    /// this call closed it.
+    /// Marks the connection closed, tells the page and, as when a socket
+    /// closes, the hall; once. Returns whether this call closed it.
     pub fn close(&self, code: u16, reason: &str) -> bool {
         if self.closed.replace(true) {
             return false;
         }
+        let leave = Inbound::Leave { conn: self.conn };
+        // A host that shut down has nobody left to tell.
+        let _ = self
+            .hall
+            .try_send(HallMail::Route(self.gathering.clone(), leave, None));
         if let Some(handler) = self.onclose()
             && let Err(e) = handler.call2(&JsValue::NULL, &code.into(), &reason.into())
         {
             web_sys::console::error_2(&"gathering: onclose threw".into(), &e);
         }
         true
+    }
+
+    /// Sends a frame from the page to its gathering, through the hall.
+    /// Returns `false` if the host has shut down.
+    pub fn route(&self, inbound: Inbound) -> bool {
+        let route = HallMail::Route(self.gathering.clone(), inbound, None);
+        self.hall.try_send(route).is_ok()
+    }
+}
+
+/// A gathering's handle on an in-page connection.
+#[derive(Clone, Debug)]
+pub struct PeerRef(pub Rc<Peer>);
+
+impl Conn for PeerRef {
+    /// No socket buffer in a page: a frame reaches its handler at once, so
+    /// both deliveries are the same call.
+    fn send(&self, frame: Frame, _delivery: Delivery) -> bool {
+        self.0.deliver(&frame);
+        !self.0.is_closed()
+    }
+
+    fn close(&self, code: u16, reason: &'static str) {
+        self.0.close(code, reason);
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The same idea as the server's `Store` trait, made async for the browser:
 //! load one gathering's latest snapshot, write one durably. A snapshot is
-//! stored as one postcard-encoded `(seq, state)` value keyed by gathering id,
-//! so a sequence number survives exactly (a JS number would not past 2^53).
+//! stored as one postcard-encoded `(seq, state)` value keyed by
+//! `{app}/{gathering id}` (ids hold no `/`), so two apps in one database
+//! never read each other's, and a sequence number survives exactly (a JS
+//! number would not past 2^53).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,6 +14,7 @@ use std::rc::Rc;
 
 use async_channel::Sender;
 use gathering_core::GatheringId;
+pub use gathering_driver::Stored;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
@@ -21,15 +24,6 @@ use web_sys::{IdbDatabase, IdbFactory, IdbObjectStore, IdbOpenDbRequest, IdbRequ
 const STORE: &str = "gatherings";
 /// Schema version of the database.
 const VERSION: u32 = 1;
-
-/// A snapshot as stored: the number of the last op it holds, and the bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    /// Number of the last op in the snapshot.
-    pub seq: u64,
-    /// The application state, as the core encoded it.
-    pub snapshot: Vec<u8>,
-}
 
 /// A storage failure, saying what was being done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,24 +46,35 @@ pub enum Storage {
     /// IndexedDB: survives a page reload.
     IndexedDb(IndexedDb),
     /// A map in memory: gone with the page (for pages that must not persist).
-    Memory(Rc<RefCell<BTreeMap<GatheringId, Stored>>>),
+    Memory(Rc<RefCell<BTreeMap<String, Stored>>>),
+}
+
+/// The record key of gathering `id` of application `app`.
+fn key(app: &str, id: &GatheringId) -> String {
+    format!("{app}/{id}")
 }
 
 impl Storage {
-    /// The latest snapshot of `id`, or `None` if it was never saved.
-    pub async fn load(&self, id: &GatheringId) -> Result<Option<Stored>, StorageError> {
+    /// The latest snapshot of `id` of application `app`, or `None` if it
+    /// was never saved.
+    pub async fn load(&self, app: &str, id: &GatheringId) -> Result<Option<Stored>, StorageError> {
         match self {
-            Storage::IndexedDb(db) => db.load(id).await,
-            Storage::Memory(map) => Ok(map.borrow().get(id).cloned()),
+            Storage::IndexedDb(db) => db.load(&key(app, id)).await,
+            Storage::Memory(map) => Ok(map.borrow().get(&key(app, id)).cloned()),
         }
     }
 
-    /// Writes the snapshot of `id` durably.
-    pub async fn save(&self, id: &GatheringId, stored: Stored) -> Result<(), StorageError> {
+    /// Writes the snapshot of `id` of application `app` durably.
+    pub async fn save(
+        &self,
+        app: &str,
+        id: &GatheringId,
+        stored: &Stored,
+    ) -> Result<(), StorageError> {
         match self {
-            Storage::IndexedDb(db) => db.save(id, &stored).await,
+            Storage::IndexedDb(db) => db.save(&key(app, id), stored).await,
             Storage::Memory(map) => {
-                map.borrow_mut().insert(id.clone(), stored);
+                map.borrow_mut().insert(key(app, id), stored.clone());
                 Ok(())
             }
         }
@@ -126,11 +131,11 @@ impl IndexedDb {
         Ok(IndexedDb { db })
     }
 
-    async fn load(&self, id: &GatheringId) -> Result<Option<Stored>, StorageError> {
-        let doing = || format!("loading gathering {id} from IndexedDB");
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StorageError> {
+        let doing = || format!("loading gathering {key} from IndexedDB");
         let store = self.store("readonly").map_err(|e| js_error(&doing(), &e))?;
         let request = store
-            .get(&JsValue::from_str(id.as_str()))
+            .get(&JsValue::from_str(key))
             .map_err(|e| js_error(&doing(), &e))?;
         let value = finished(&request)
             .await
@@ -147,8 +152,8 @@ impl IndexedDb {
         Ok(Some(Stored { seq, snapshot }))
     }
 
-    async fn save(&self, id: &GatheringId, stored: &Stored) -> Result<(), StorageError> {
-        let doing = || format!("saving gathering {id} to IndexedDB");
+    async fn save(&self, key: &str, stored: &Stored) -> Result<(), StorageError> {
+        let doing = || format!("saving gathering {key} to IndexedDB");
         let bytes = postcard::to_allocvec(&(stored.seq, &stored.snapshot))
             .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
         let store = self
@@ -156,7 +161,7 @@ impl IndexedDb {
             .map_err(|e| js_error(&doing(), &e))?;
         let value = Uint8Array::from(bytes.as_slice());
         let request = store
-            .put_with_key(&value, &JsValue::from_str(id.as_str()))
+            .put_with_key(&value, &JsValue::from_str(key))
             .map_err(|e| js_error(&doing(), &e))?;
         // The write is durable when its transaction completes, not when the
         // request succeeds.

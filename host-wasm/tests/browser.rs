@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use futures_timer::Delay;
 use futures_util::future::{Either, select};
-use gathering_wasm::{Connection, Host};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use gathering_wasm::{ChatHost, Connection, TournamentHost as Host};
 use js_sys::{Function, Object, Reflect};
 use serde_json::{Value, json};
 use wasm_bindgen::JsCast;
@@ -33,7 +36,10 @@ struct Client {
 
 impl Client {
     fn join(host: &Host, id: &str) -> Client {
-        let conn = host.join(id).map_err(JsValue::from).unwrap();
+        Client::with(host.join(id).map_err(JsValue::from).unwrap())
+    }
+
+    fn with(conn: Connection) -> Client {
         let (tx, events) = async_channel::unbounded();
         let on_message = {
             let tx = tx.clone();
@@ -103,6 +109,26 @@ async fn open(options: Value) -> Host {
     Host::open(options).await.map_err(JsValue::from).unwrap()
 }
 
+/// Lateness in ms of every idle or empty dispersal, as `onDispersed` reports.
+type Lateness = Rc<RefCell<Vec<f64>>>;
+
+/// A host whose `onDispersed` handler records each dispersal's lateness.
+async fn open_observed(options: Value) -> (Host, Lateness) {
+    let options = js_sys::JSON::parse(&options.to_string()).unwrap();
+    let lateness = Lateness::default();
+    let seen = lateness.clone();
+    let handler = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+        let reason = Reflect::get(&event, &"reason".into()).unwrap();
+        if reason != "shutdown" {
+            let late = Reflect::get(&event, &"lateMs".into()).unwrap();
+            seen.borrow_mut().push(late.as_f64().unwrap());
+        }
+    });
+    Reflect::set(&options, &"onDispersed".into(), &handler.into_js_value()).unwrap();
+    let host = Host::open(options).await.map_err(JsValue::from).unwrap();
+    (host, lateness)
+}
+
 fn register(name: &str) -> Value {
     json!({"type": "register_player", "name": name})
 }
@@ -153,7 +179,7 @@ async fn ops_are_acked_and_forwarded_until_acknowledged() {
 
 #[wasm_bindgen_test]
 async fn an_idle_gathering_disperses_once_with_code_4000() {
-    let host = open(json!({"database": null, "idleTimeoutMs": 300})).await;
+    let (host, lateness) = open_observed(json!({"database": null, "idleTimeoutMs": 300})).await;
     let started = host.now();
     let ada = Client::join(&host, "quiet");
     let bob = Client::join(&host, "quiet");
@@ -176,7 +202,7 @@ async fn an_idle_gathering_disperses_once_with_code_4000() {
         // Exactly once: nothing follows, no retry of the forward either.
         assert!(client.event(Duration::from_millis(300)).await.is_none());
     }
-    let lateness = host.take_lateness();
+    let lateness = lateness.borrow().clone();
     assert_eq!(lateness.len(), 1);
     assert!(lateness[0] >= 0.0 && lateness[0] < 1000.0, "{lateness:?}");
     assert!(host.now() - started < 4000.0);
@@ -274,7 +300,7 @@ async fn bad_input_gets_an_error_and_the_connection_carries_on() {
 
 #[wasm_bindgen_test]
 async fn an_empty_gathering_disperses_after_its_grace() {
-    let host = open(json!({"database": null, "emptyGraceMs": 150})).await;
+    let (host, lateness) = open_observed(json!({"database": null, "emptyGraceMs": 150})).await;
     let ada = Client::join(&host, "left-behind");
     ada.op(1, register("Ada")).await;
     ada.conn.close();
@@ -285,6 +311,70 @@ async fn an_empty_gathering_disperses_after_its_grace() {
         waited += 1;
     }
     assert_eq!(host.gatherings().length(), 0, "still live after 5 s");
-    assert_eq!(host.take_lateness().len(), 1);
+    assert_eq!(lateness.borrow().len(), 1);
     shutdown(&host).await;
+}
+
+/// The second app, exported with `export_host!`: ops, forwards,
+/// `invalid_text`, idle dispersal, and a respawn from IndexedDB, which it
+/// shares with the tournament without reading its records.
+#[wasm_bindgen_test]
+async fn a_chat_host_runs_the_chat_protocol() {
+    let db = fresh_db("chat");
+    let options =
+        js_sys::JSON::parse(&json!({"database": db, "idleTimeoutMs": 300}).to_string()).unwrap();
+    let host = ChatHost::open(options)
+        .await
+        .map_err(JsValue::from)
+        .unwrap();
+    let join = |id: &str| Client::with(host.join(id).map_err(JsValue::from).unwrap());
+    let ada = join("lobby");
+    let bob = join("lobby");
+    let say = |text: &str| json!({"type": "say", "text": text});
+
+    assert_eq!(
+        ada.op(1, say("hello")).await,
+        json!({"type": "ack", "id": 1, "seq": 1})
+    );
+    let forward = bob.message().await;
+    assert_eq!(
+        (forward["type"].clone(), forward["op"].clone()),
+        (json!("forward"), say("hello"))
+    );
+    bob.send(json!({"type": "ack", "seq": 1}));
+    for bad in [String::new(), "x".repeat(1001)] {
+        let err = ada.op(2, say(&bad)).await;
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["code"], "invalid_text");
+    }
+    let state = bob.state().await;
+    assert_eq!(state["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(state["messages"][0]["text"], "hello");
+    assert!(
+        state["messages"][0]["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("conn-")
+    );
+
+    for client in [&ada, &bob] {
+        let mut msg = client.message().await;
+        while msg["type"] == "forward" {
+            msg = client.message().await;
+        }
+        assert_eq!(msg, json!({"type": "dispersed", "reason": "idle"}));
+        assert_eq!(client.closed().await.0, 4000);
+    }
+    let carol = join("lobby");
+    assert_eq!(carol.state().await["messages"][0]["text"], "hello");
+    drop(carol);
+    let closed = ChatHost::shutdown(&host);
+    wasm_bindgen_futures::JsFuture::from(closed).await.unwrap();
+
+    // The tournament in the same database sees a gathering of that id as new.
+    let tournament = open(json!({"database": db})).await;
+    let t = Client::join(&tournament, "lobby");
+    let state = t.state().await;
+    assert_eq!(state["players"], json!({}), "{state}");
+    shutdown(&tournament).await;
 }

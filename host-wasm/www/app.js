@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
 let wasm = null;       // the gathering_wasm module, once loaded
-let host = null;       // the in-page Host, opened on first offline join
+let host = null;       // the in-page TournamentHost, opened on first offline join
 let hostIdleMs = null; // the idle timeout `host` was opened with
 let conn = null;       // the current connection
 let nextId = 1;        // request ids
@@ -55,7 +55,7 @@ async function connect(id) {
   const idleMs = Math.max(1, Number($("idle").value) || 60) * 1000;
   if (!host || hostIdleMs !== idleMs) {
     if (host) await host.shutdown();
-    host = await wasm.Host.open({ idleTimeoutMs: idleMs });
+    host = await wasm.TournamentHost.open({ idleTimeoutMs: idleMs });
     hostIdleMs = idleMs;
   }
   return host.join(id);

@@ -45,7 +45,7 @@ try {
 
     // One writer with `window` ops in flight, one follower acking forwards.
     async function opsPerSecond(database, round) {
-      const host = await wasm.Host.open({ database });
+      const host = await wasm.TournamentHost.open({ database });
       const id = `bench-${round}-${Math.random().toString(36).slice(2)}`;
       const writer = host.join(id);
       const follower = host.join(id);
@@ -93,7 +93,9 @@ try {
 
     // Lateness: gatherings touched (join + close) over `spreadMs`, falling
     // due over the same spread `idleMs` later.
-    const host = await wasm.Host.open({ database: null, idleTimeoutMs: sizes.idleMs });
+    const late = [];
+    const onDispersed = ({ reason, lateMs }) => { if (reason !== "shutdown") late.push(lateMs); };
+    const host = await wasm.TournamentHost.open({ database: null, idleTimeoutMs: sizes.idleMs, onDispersed });
     const t0 = performance.now();
     for (let i = 0; i < sizes.gatherings; i++) {
       const wait = t0 + (sizes.spreadMs * i) / sizes.gatherings - performance.now();
@@ -102,7 +104,6 @@ try {
       c.close();
     }
     while (host.gatherings().length > 0) await new Promise((r) => setTimeout(r, 20));
-    const late = Array.from(host.takeLateness());
     await host.shutdown();
     out.lateness = { count: late.length, p50: q(late, 0.5), p99: q(late, 0.99), max: q(late, 1) };
     return out;

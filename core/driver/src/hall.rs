@@ -11,7 +11,6 @@
 //! load.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use futures_util::future::{Either, select};
 use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_INTERNAL};
@@ -255,12 +254,12 @@ pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Option<S
 /// The hall's task: feeds connections' mail to the hall until a shutdown
 /// has completed (every gathering dispersed), then closes its mailbox so
 /// that later sends fail at once.
-pub fn hall_task<R: Runtime>(
+pub async fn hall_task<R: Runtime>(
     rt: R,
     mailbox: async_channel::Receiver<HallMail<R::Conn>>,
     settled: Settled,
-) -> impl Future<Output = ()> {
-    async move {
+) {
+    {
         loop {
             let mail = {
                 let next = std::pin::pin!(mailbox.recv());
