@@ -2,7 +2,6 @@
 //! [`main`] with the tournament, and a user's own server binary is the same
 //! call with their app.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,8 +115,8 @@ pub fn main<A: NativeApp>(name: &'static str) -> ExitCode {
 }
 
 /// Completes on SIGINT or SIGTERM.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
+async fn shutdown_signal() {
+    {
         let ctrl_c = async {
             if tokio::signal::ctrl_c().await.is_err() {
                 std::future::pending::<()>().await;

@@ -27,6 +27,9 @@ use crate::storage::{RedbStore, Store};
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
 
+/// What [`Builder::on_dispersed`] calls.
+pub(crate) type DispersalHook = Arc<dyn Fn(&Dispersal) + Send + Sync>;
+
 /// One dispersal, as [`Builder::on_dispersed`] sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dispersal {
@@ -86,7 +89,7 @@ pub struct Builder<A> {
     max_frame_bytes: usize,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
-    on_dispersed: Option<Arc<dyn Fn(&Dispersal) + Send + Sync>>,
+    on_dispersed: Option<DispersalHook>,
     #[cfg(feature = "bench")]
     detection: Detection,
     app: PhantomData<A>,

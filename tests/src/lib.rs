@@ -1,8 +1,10 @@
 //! Test support for gathering: a deterministic simulation of the whole system
-//! on a fake clock ([`sim::Sim`]), shared by the property and scenario tests.
+//! on a fake clock ([`sim::Sim`]), shared by the property and scenario tests,
+//! and the real driver under a fake runtime ([`driven::Driven`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod driven;
 pub mod sim;
 
 /// The proptest configuration every property uses: `cases` cases from a fixed

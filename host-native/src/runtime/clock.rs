@@ -28,7 +28,7 @@ impl Clock {
 
     /// The OS instant for `at`; instants too far away to represent become
     /// "in a year".
-    pub fn to_std(&self, at: Instant) -> std::time::Instant {
+    pub fn to_std(self, at: Instant) -> std::time::Instant {
         self.base
             .checked_add(Duration::from_nanos(at.as_nanos()))
             .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(365 * 24 * 3600))
@@ -37,7 +37,7 @@ impl Clock {
     /// The tokio instant for `at` (the benchmarks' tokio timers); instants too far away to represent become
     /// "in a year", which is as good as never for a timer that is re-armed.
     #[cfg(feature = "bench")]
-    pub fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
+    pub fn to_tokio(self, at: Instant) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.to_std(at))
     }
 }

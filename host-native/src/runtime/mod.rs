@@ -19,7 +19,7 @@ pub use detection::Detection;
 use crate::front::Front;
 use crate::front::outbox::Outbox;
 use crate::metrics::ReasonLabel;
-use crate::server::Dispersal;
+use crate::server::{Dispersal, DispersalHook};
 use crate::storage::persist::Persister;
 use crate::storage::{Store, Write};
 use clock::Clock;
@@ -46,7 +46,7 @@ pub(crate) struct Shared<A: NativeApp> {
     /// The group-commit writer.
     pub persister: Persister,
     /// Called after every dispersal.
-    pub on_dispersed: Option<Arc<dyn Fn(&Dispersal) + Send + Sync>>,
+    pub on_dispersed: Option<DispersalHook>,
     /// How stale gatherings are found (benchmarks only).
     #[cfg(feature = "bench")]
     pub detection: Detection,
