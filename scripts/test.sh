@@ -17,13 +17,29 @@ export PATH="$HOME/.cargo/bin:$PATH"
 step "format and lints (unwrap/expect/panic are denied outside tests)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The benchmarks' detection strategies, which no server build contains.
+cargo clippy -p gathering-native --features bench --all-targets --locked -- -D warnings
 cargo clippy -p gathering-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
-step "core is sans-IO: builds for wasm32 and depends on no runtime"
+step "core is sans-IO: builds for wasm32 and depends on no runtime; the driver on none either"
 cargo build -p gathering-core --target wasm32-unknown-unknown --locked
 if cargo tree -p gathering-core -e normal --prefix none \
   | grep -E '^(tokio|async-std|smol|futures|async-channel|futures-timer|wasm-bindgen|warp) ' ; then
   echo "gathering-core must not depend on a runtime" >&2
+  exit 1
+fi
+cargo build -p gathering-driver --target wasm32-unknown-unknown --locked
+if cargo tree -p gathering-driver -e normal --prefix none \
+  | grep -E '^(tokio|async-std|smol|futures-timer|wasm-bindgen|warp) ' ; then
+  echo "gathering-driver must not depend on a runtime" >&2
+  exit 1
+fi
+
+step "the Rust client builds alone, without the server's dependencies"
+cargo build -p gathering-native --no-default-features --features client --locked
+if cargo tree -p gathering-native --no-default-features --features client -e normal --prefix none \
+  | grep -E '^(warp|redb|prometheus-client|clap|gathering-driver) ' ; then
+  echo "the client must not pull in the server" >&2
   exit 1
 fi
 

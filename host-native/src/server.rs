@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use gathering_core::{Config, ConnId, DisperseReason, Encoding, GatheringId, Inbound};
 use gathering_driver::{HallMail, HallState, hall_task};
-use warp::{Filter, Rejection, Reply};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
 
 use crate::front::outbox::Outbox;
 use crate::front::{Front, Registry};
@@ -294,10 +296,11 @@ impl Engine {
     /// `/gatherings`, `/metrics`, `/healthz`. It rejects other requests, so
     /// it composes with `.or`; finish with
     /// `.recover(gathering_native::recover)` for its error answers.
-    pub fn routes(
-        &self,
-    ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + use<'_> {
+    /// Boxed once, so that it owns what it serves and outlives `&self`.
+    pub fn routes(&self) -> BoxedFilter<(Response,)> {
         crate::front::http::routes(self.front.clone())
+            .map(Reply::into_response)
+            .boxed()
     }
 
     /// Its metrics.

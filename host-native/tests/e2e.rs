@@ -384,3 +384,40 @@ async fn joins_racing_dispersal_reach_a_gathering_with_the_state() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_engine_mounts_in_a_warp_app_of_ones_own() {
+    use warp::Filter;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = config(dir.path(), Duration::from_secs(60)).build().unwrap();
+    let hello = warp::path!("hello").map(|| "hi");
+    let routes = engine.routes().or(hello).recover(gathering_native::recover);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(warp::serve(routes).incoming(listener).run());
+    assert_eq!(get(addr, "/hello").await, (200, "hi".into()));
+    let (status, body) = get(addr, "/nope").await;
+    assert_eq!(status, 404, "{body}");
+    let url = format!("ws://{addr}");
+    let mut ada: Client = within(Client::connect(&url, &id("mounted"), Encoding::Json))
+        .await
+        .unwrap();
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
+    let (status, body) = get(addr, "/gatherings").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""id":"mounted""#), "{body}");
+    // The engine's shutdown says goodbye to its clients, as a server's does.
+    let (_, ()) = tokio::join!(
+        async {
+            assert_eq!(
+                within(ada.next()).await,
+                Ok(Incoming::Dispersed {
+                    reason: DisperseReason::Shutdown,
+                    code: Some(CLOSE_GOING_AWAY)
+                })
+            );
+        },
+        within(engine.shutdown())
+    );
+    server.abort();
+}

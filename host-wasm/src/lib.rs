@@ -176,7 +176,9 @@ impl<A: App> Host<A> {
 
 /// Exports [`Host`] of an application to JavaScript as class `$name`, with
 /// `static async open(options)`, `join(id)`, `gatherings()`, `now()` and
-/// `shutdown()` (see [`Host`]). The calling crate needs `wasm-bindgen`.
+/// `shutdown()` (see [`Host`]); connections are this crate's exported
+/// `Connection` class. The calling crate needs no wasm-bindgen dependency
+/// of its own: the macro uses this crate's.
 ///
 /// ```ignore
 /// gathering_wasm::export_host!(ChatHost, gathering_core::chat::Chat);
@@ -185,16 +187,20 @@ impl<A: App> Host<A> {
 macro_rules! export_host {
     ($name:ident, $app:ty) => {
         #[doc = concat!("The in-page host of `", stringify!($app), "`: see `gathering_wasm::Host`.")]
-        #[::wasm_bindgen::prelude::wasm_bindgen]
+        #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
+                    wasm_bindgen = $crate::__private::wasm_bindgen
+                )]
         #[derive(Debug)]
         pub struct $name($crate::Host<$app>);
 
-        #[::wasm_bindgen::prelude::wasm_bindgen]
+        #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
+                    wasm_bindgen = $crate::__private::wasm_bindgen
+                )]
         impl $name {
             /// Opens a host with `options`; rejects with a message naming the problem.
             pub async fn open(
-                options: ::wasm_bindgen::JsValue,
-            ) -> ::std::result::Result<$name, ::wasm_bindgen::JsError> {
+                options: $crate::__private::wasm_bindgen::JsValue,
+            ) -> ::std::result::Result<$name, $crate::__private::wasm_bindgen::JsError> {
                 $crate::Host::<$app>::open(options).await.map($name)
             }
 
@@ -202,12 +208,13 @@ macro_rules! export_host {
             pub fn join(
                 &self,
                 id: &str,
-            ) -> ::std::result::Result<$crate::Connection, ::wasm_bindgen::JsError> {
+            ) -> ::std::result::Result<$crate::Connection, $crate::__private::wasm_bindgen::JsError>
+            {
                 self.0.join(id)
             }
 
             /// The live gatherings, sorted by id.
-            pub fn gatherings(&self) -> ::js_sys::Array {
+            pub fn gatherings(&self) -> $crate::__private::js_sys::Array {
                 self.0.gatherings()
             }
 
@@ -217,11 +224,20 @@ macro_rules! export_host {
             }
 
             /// Disperses and persists every gathering; resolves when done.
-            pub fn shutdown(&self) -> ::js_sys::Promise {
+            pub fn shutdown(&self) -> $crate::__private::js_sys::Promise {
                 self.0.shutdown()
             }
         }
     };
+}
+
+/// What [`export_host!`] expands to needs, so that its caller needs none
+/// of it among its own dependencies.
+#[doc(hidden)]
+pub mod __private {
+    pub use js_sys;
+    pub use wasm_bindgen;
+    pub use wasm_bindgen_futures;
 }
 
 export_host!(TournamentHost, Tournament);

@@ -126,12 +126,15 @@ impl Conn for FakeConn {
         let g = c.gathering.clone().expect("joined");
         let durable = w.store.borrow().get(&g).map_or(0, |s| s.seq);
         match msg {
-            ServerMsg::Ack { seq, .. } => {
+            ServerMsg::Ack { id, seq } => {
                 assert!(
                     seq <= durable,
                     "op {seq} of {g} acked before durable ({durable})"
                 );
                 w.stats.borrow_mut().acks += 1;
+                if let Some((g, name)) = w.requests.borrow_mut().remove(&id) {
+                    w.acked.borrow_mut().entry(g).or_default().insert(name);
+                }
             }
             ServerMsg::Forward { seq, .. } => {
                 assert!(seq <= durable, "op {seq} of {g} forwarded before durable");
@@ -240,16 +243,18 @@ impl Runtime for Fake {
                     w.stats.borrow_mut().respawns += 1;
                 }
             }
-            Observed::DisperseRequested { id, reason, .. } => {
-                if reason == DisperseReason::Idle {
-                    let last = w
-                        .activity
-                        .borrow()
-                        .get(id)
-                        .copied()
-                        .unwrap_or(Instant::ZERO);
-                    w.asked.borrow_mut().insert(id.clone(), (self.now(), last));
-                }
+            Observed::DisperseRequested {
+                id,
+                reason: DisperseReason::Idle,
+                ..
+            } => {
+                let last = w
+                    .activity
+                    .borrow()
+                    .get(id)
+                    .copied()
+                    .unwrap_or(Instant::ZERO);
+                w.asked.borrow_mut().insert(id.clone(), (self.now(), last));
             }
             Observed::Dispersed {
                 id, reason, late, ..

@@ -27,3 +27,43 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
         ..Config::default()
     }
 }
+
+/// Gathering configurations the property tests draw from: idle timeouts of
+/// 1 to 5 s, an empty grace or none, retry intervals of 50 to 500 ms
+/// backing off 2 to 6 times, and 2 to 8 forwards unacknowledged at most.
+pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Config> {
+    use gathering_core::{Config, Duration};
+    use proptest::prelude::*;
+    (
+        1_000u64..5_000,
+        prop::option::of(300u64..3_000),
+        50u64..500,
+        2u64..6,
+        2usize..8,
+    )
+        .prop_map(|(idle, grace, retry, factor, max_unacked)| Config {
+            idle_timeout: Duration::from_millis(idle),
+            empty_grace: grace.map(Duration::from_millis),
+            retry_interval: Duration::from_millis(retry),
+            max_retry_interval: Duration::from_millis(retry * factor),
+            max_unacked,
+        })
+}
+
+/// The configuration of the racing properties: dispersal as close to
+/// traffic as it gets (300 ms idle, 200 ms grace, 100 ms retries).
+pub fn racing_config() -> gathering_core::Config {
+    use gathering_core::{Config, Duration};
+    Config {
+        idle_timeout: Duration::from_millis(300),
+        empty_grace: Some(Duration::from_millis(200)),
+        retry_interval: Duration::from_millis(100),
+        max_retry_interval: Duration::from_millis(400),
+        max_unacked: 4,
+    }
+}
+
+/// The `i`-th of `items`, wrapping; `None` if there are none.
+pub fn pick<T: Copy>(items: &[T], i: usize) -> Option<T> {
+    (!items.is_empty()).then(|| items[i % items.len()])
+}

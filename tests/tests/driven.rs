@@ -8,7 +8,7 @@
 
 use gathering_core::{Config, Duration, Encoding, GatheringId};
 use gathering_tests::driven::{Driven, Stats};
-use gathering_tests::proptest_config;
+use gathering_tests::{configs, pick, proptest_config, racing_config};
 use proptest::prelude::*;
 
 const IDS: [&str; 3] = ["g0", "g1", "g2"];
@@ -42,27 +42,6 @@ fn step() -> impl Strategy<Value = Step> {
         4 => prop::bool::weighted(0.15).prop_map(|fail| Step::Store { fail }),
         3 => (0u64..4_000).prop_map(|ms| Step::Advance { ms }),
     ]
-}
-
-fn config() -> impl Strategy<Value = Config> {
-    (
-        1_000u64..5_000,
-        prop::option::of(300u64..3_000),
-        50u64..500,
-        2u64..6,
-        2usize..8,
-    )
-        .prop_map(|(idle, grace, retry, factor, max_unacked)| Config {
-            idle_timeout: Duration::from_millis(idle),
-            empty_grace: grace.map(Duration::from_millis),
-            retry_interval: Duration::from_millis(retry),
-            max_retry_interval: Duration::from_millis(retry * factor),
-            max_unacked,
-        })
-}
-
-fn pick<T: Copy>(items: &[T], i: usize) -> Option<T> {
-    (!items.is_empty()).then(|| items[i % items.len()])
 }
 
 fn run(config: Config, steps: &[Step], shutdown: bool) -> Stats {
@@ -103,8 +82,7 @@ fn run(config: Config, steps: &[Step], shutdown: bool) -> Stats {
         d.run_until_all_dispersed();
     }
     d.check_final(shutdown);
-    let stats = d.world.stats.borrow().clone();
-    stats
+    d.world.stats.borrow().clone()
 }
 
 proptest! {
@@ -113,7 +91,7 @@ proptest! {
     /// Every invariant holds in every interleaving, ending in dispersal.
     #[test]
     fn the_driver_loses_nothing_and_disperses_exactly(
-        config in config(),
+        config in configs(),
         steps in prop::collection::vec(step(), 1..120),
     ) {
         run(config, &steps, false);
@@ -130,13 +108,7 @@ proptest! {
         steps in prop::collection::vec(step(), 1..80),
         shutdown in any::<bool>(),
     ) {
-        let config = Config {
-            idle_timeout: Duration::from_millis(300),
-            empty_grace: Some(Duration::from_millis(200)),
-            retry_interval: Duration::from_millis(100),
-            max_retry_interval: Duration::from_millis(400),
-            max_unacked: 4,
-        };
+        let config = racing_config();
         let steps: Vec<Step> = steps
             .into_iter()
             .map(|s| match s {
@@ -156,7 +128,7 @@ fn generated_runs_exercise_the_driver() {
     let mut runner = TestRunner::new(proptest_config(1));
     let mut total = Stats::default();
     for i in 0..300 {
-        let config = config().new_tree(&mut runner).unwrap().current();
+        let config = configs().new_tree(&mut runner).unwrap().current();
         let steps = prop::collection::vec(step(), 1..120)
             .new_tree(&mut runner)
             .unwrap()

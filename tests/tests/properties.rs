@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
 use gathering_core::{Config, Duration, Encoding, GatheringId};
-use gathering_tests::{proptest_config, sim::Sim};
+use gathering_tests::sim::Sim;
+use gathering_tests::{configs, pick, proptest_config, racing_config};
 use proptest::prelude::*;
 
 const IDS: [&str; 3] = ["g0", "g1", "g2"];
@@ -40,27 +41,6 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u64..4_000).prop_map(|ms| Step::Advance { ms }),
         1 => (0..IDS.len()).prop_map(|g| Step::TickEarly { g }),
     ]
-}
-
-fn config() -> impl Strategy<Value = Config> {
-    (
-        1_000u64..5_000,
-        prop::option::of(300u64..3_000),
-        50u64..500,
-        2u64..6,
-        2usize..8,
-    )
-        .prop_map(|(idle, grace, retry, factor, max_unacked)| Config {
-            idle_timeout: Duration::from_millis(idle),
-            empty_grace: grace.map(Duration::from_millis),
-            retry_interval: Duration::from_millis(retry),
-            max_retry_interval: Duration::from_millis(retry * factor),
-            max_unacked,
-        })
-}
-
-fn pick<T: Copy>(items: &[T], i: usize) -> Option<T> {
-    (!items.is_empty()).then(|| items[i % items.len()])
 }
 
 fn run(config: Config, steps: &[Step]) -> Sim {
@@ -106,7 +86,7 @@ proptest! {
     /// Every invariant holds in every interleaving.
     #[test]
     fn nothing_is_lost_and_dispersal_is_exact(
-        config in config(),
+        config in configs(),
         steps in prop::collection::vec(step(), 1..120),
     ) {
         run(config, &steps);
@@ -122,13 +102,7 @@ proptest! {
     fn dispersal_races_new_traffic(
         steps in prop::collection::vec(step(), 1..80),
     ) {
-        let config = Config {
-            idle_timeout: Duration::from_millis(300),
-            empty_grace: Some(Duration::from_millis(200)),
-            retry_interval: Duration::from_millis(100),
-            max_retry_interval: Duration::from_millis(400),
-            max_unacked: 4,
-        };
+        let config = racing_config();
         let steps: Vec<Step> = steps
             .into_iter()
             .map(|s| match s {
@@ -149,7 +123,7 @@ fn generated_runs_exercise_the_races() {
     let mut runner = TestRunner::new(proptest_config(1));
     let mut total = gathering_tests::sim::Stats::default();
     for _ in 0..300 {
-        let config = config().new_tree(&mut runner).unwrap().current();
+        let config = configs().new_tree(&mut runner).unwrap().current();
         let steps = prop::collection::vec(step(), 1..120)
             .new_tree(&mut runner)
             .unwrap()

@@ -89,12 +89,13 @@ impl<R: Runtime> GatheringLoop<R> {
     /// gathering, so nothing that can be read from the task is copied into
     /// locals.
     #[allow(clippy::manual_async_fn)] // deliberately not one: see above
-    pub fn run(self) -> impl Future<Output = ()> {
+    pub fn run(mut self) -> impl Future<Output = ()> {
         async move {
-            let GatheringLoop {
-                mut task,
-                mut mailbox,
-            } = self;
+            // Borrowed in place, not moved out: a `let` that destructured
+            // `self` would give the future a second copy of the whole task
+            // (the captured `self` keeps its slot).
+            let task = &mut self.task;
+            let mailbox = &mut self.mailbox;
             let mut timer = R::Timer::default();
             let mut armed: Option<Deadline> = None;
             // Wake-ups in a row that were served from the mailbox alone.
@@ -158,7 +159,7 @@ impl<R: Runtime> GatheringLoop<R> {
                 task.carry_out();
                 task.publish();
             }
-            task.finish(mailbox);
+            self.task.finish(self.mailbox);
         }
     }
 }

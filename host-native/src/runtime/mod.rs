@@ -80,33 +80,25 @@ impl<A: NativeApp> Runtime for Native<A> {
         self.clock().now()
     }
 
-    #[cfg(not(feature = "bench"))]
     fn poll_timer(
         &self,
         timer: &mut Self::Timer,
         deadline: Deadline,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        self.0
-            .timers
-            .poll(timer, self.clock().to_std(deadline.at), cx)
-    }
-
-    #[cfg(feature = "bench")]
-    fn poll_timer(
-        &self,
-        timer: &mut Self::Timer,
-        deadline: Deadline,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        detection::poll(
+        #[cfg(feature = "bench")]
+        return detection::poll(
             self.0.detection,
             &self.0.timers,
             self.clock(),
             timer,
             deadline,
             cx,
-        )
+        );
+        #[cfg(not(feature = "bench"))]
+        self.0
+            .timers
+            .poll(timer, self.clock().to_std(deadline.at), cx)
     }
 
     fn config(&self) -> &Config {
