@@ -1,4 +1,4 @@
-//! The options object of `Host.open`, read and checked.
+//! The options object of a host's `open` (`TournamentHost.open`, ...), read and checked.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ pub const DEFAULT_DATABASE: &str = "gathering";
 /// Default largest frame, as on the server.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 
-/// Host options, as `Host.open({...})` takes them (every field optional):
+/// Host options, as `open({...})` takes them (every field optional):
 /// `idleTimeoutMs` (default 24 h), `emptyGraceMs` (default off),
 /// `retryIntervalMs` (default 1000), `maxFrameBytes` (default 1 MiB),
 /// `database` (IndexedDB name, default `"gathering"`; `null` keeps
@@ -44,7 +44,7 @@ impl Options {
             return Ok(options);
         }
         if !value.is_object() {
-            return Err("Host.open takes an options object, e.g. {idleTimeoutMs: 60000}".into());
+            return Err("open takes an options object, e.g. {idleTimeoutMs: 60000}".into());
         }
         if let Some(d) = millis(value, "idleTimeoutMs")? {
             options.config.idle_timeout = d;
