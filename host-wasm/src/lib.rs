@@ -188,14 +188,14 @@ macro_rules! export_host {
     ($name:ident, $app:ty) => {
         #[doc = concat!("The in-page host of `", stringify!($app), "`: see `gathering_wasm::Host`.")]
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-                    wasm_bindgen = $crate::__private::wasm_bindgen
-                )]
+                            wasm_bindgen = $crate::__private::wasm_bindgen
+                        )]
         #[derive(Debug)]
         pub struct $name($crate::Host<$app>);
 
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-                    wasm_bindgen = $crate::__private::wasm_bindgen
-                )]
+                            wasm_bindgen = $crate::__private::wasm_bindgen
+                        )]
         impl $name {
             /// Opens a host with `options`; rejects with a message naming the problem.
             pub async fn open(
