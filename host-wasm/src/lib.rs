@@ -183,19 +183,26 @@ impl<A: App> Host<A> {
 /// ```ignore
 /// gathering_wasm::export_host!(ChatHost, gathering_core::chat::Chat);
 /// ```
+// Skipped by rustfmt: it indents the attributes' arguments further on
+// every run.
+#[rustfmt::skip]
 #[macro_export]
 macro_rules! export_host {
     ($name:ident, $app:ty) => {
         #[doc = concat!("The in-page host of `", stringify!($app), "`: see `gathering_wasm::Host`.")]
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-                            wasm_bindgen = $crate::__private::wasm_bindgen
-                        )]
+            wasm_bindgen = $crate::__private::wasm_bindgen
+        )]
         #[derive(Debug)]
         pub struct $name($crate::Host<$app>);
 
+        // The futures path is for `open`; wasm-bindgen's expansion also
+        // binds it where no method needs it.
+        #[allow(unused_variables)]
         #[$crate::__private::wasm_bindgen::prelude::wasm_bindgen(
-                            wasm_bindgen = $crate::__private::wasm_bindgen
-                        )]
+            wasm_bindgen = $crate::__private::wasm_bindgen,
+            wasm_bindgen_futures = $crate::__private::wasm_bindgen_futures
+        )]
         impl $name {
             /// Opens a host with `options`; rejects with a message naming the problem.
             pub async fn open(
