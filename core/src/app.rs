@@ -9,8 +9,12 @@ use crate::ConnId;
 /// Application state hosted by a gathering: what an app author implements.
 ///
 /// Contract: [`App::apply`] either applies the op and returns `Ok`, or returns
-/// a [`Rejection`] and leaves the state exactly as it was. The whole state is
-/// the snapshot: it is persisted and restored through serde, so `Default` must
+/// a [`Rejection`] and leaves the state exactly as it was, and it is **a
+/// deterministic function of the state, the op and its sender**: no clock,
+/// no randomness, no outside input. Durability relies on it: what is
+/// written is the log of accepted ops, and a gathering is loaded by
+/// applying them again to its last snapshot. The whole state is the
+/// snapshot: it is persisted and restored through serde, so `Default` must
 /// be the state of a gathering that was never persisted. The state and the op
 /// travel as tagged JSON in text frames and as postcard in binary frames;
 /// declare an op enum with [`wire_enum!`](crate::wire_enum) to get both

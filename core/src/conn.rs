@@ -12,12 +12,22 @@ use crate::protocol::{Encoding, Frame};
 pub(crate) struct Conn {
     /// The encoding of the last frame the client sent; replies use it.
     pub encoding: Encoding,
-    /// Forwards sent but not yet acknowledged, in sequence order.
-    pub unacked: VecDeque<(u64, Frame)>,
-    /// When the unacknowledged forwards are next re-sent.
+    /// Forwards sent but not yet acknowledged, in sequence order, each
+    /// with when it was last sent.
+    pub unacked: VecDeque<Unacked>,
+    /// When the oldest-sent unacknowledged forward has waited `backoff`.
     pub retry_at: Option<Instant>,
-    /// The wait before the next re-send after `retry_at`.
+    /// How long a forward waits unacknowledged before it is re-sent.
     pub backoff: Duration,
+}
+
+/// A forward sent and not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct Unacked {
+    pub seq: u64,
+    pub frame: Frame,
+    /// When it was last sent.
+    pub sent: Instant,
 }
 
 impl Conn {
@@ -33,34 +43,50 @@ impl Conn {
     /// Records a forward sent at `now`; returns when this connection next
     /// needs a retry, so the gathering can lower its retry bound.
     pub fn sent(&mut self, now: Instant, seq: u64, frame: Frame) -> Instant {
-        self.unacked.push_back((seq, frame));
+        self.unacked.push_back(Unacked {
+            seq,
+            frame,
+            sent: now,
+        });
         *self.retry_at.get_or_insert(now + self.backoff)
     }
 
     /// Acknowledges every forward up to and including `seq`. Progress resets
-    /// the backoff; the pending retry time stays, so an ack never postpones
-    /// the re-send of what is still missing.
+    /// the backoff, and the next retry falls when the oldest-sent forward
+    /// still unacknowledged has itself waited that long: a forward is
+    /// re-sent only for its own age, never because an older one was late.
     pub fn ack(&mut self, seq: u64, retry_interval: Duration) {
         let before = self.unacked.len();
-        while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
+        while self.unacked.front().is_some_and(|u| u.seq <= seq) {
             self.unacked.pop_front();
         }
         if self.unacked.len() < before {
             self.backoff = retry_interval;
-        }
-        if self.unacked.is_empty() {
-            self.retry_at = None;
+            self.retry_at = self.oldest_sent().map(|sent| sent + self.backoff);
         }
     }
 
-    /// If a retry is due at `now`, returns the frames to re-send and schedules
-    /// the next retry with doubled backoff (capped at `max`).
-    pub fn due(&mut self, now: Instant, max: Duration) -> Option<impl Iterator<Item = &Frame>> {
+    /// When the forward sent longest ago was sent.
+    fn oldest_sent(&self) -> Option<Instant> {
+        self.unacked.iter().map(|u| u.sent).min()
+    }
+
+    /// If a retry is due at `now`, returns the frames that have waited
+    /// `backoff` unacknowledged (marking them sent now), doubles the
+    /// backoff (capped at `max`), and schedules the next retry by age.
+    pub fn due(&mut self, now: Instant, max: Duration) -> Option<Vec<Frame>> {
         match self.retry_at {
             Some(at) if at <= now => {
+                let mut frames = Vec::new();
+                for u in self.unacked.iter_mut() {
+                    if u.sent + self.backoff <= now {
+                        u.sent = now;
+                        frames.push(u.frame.clone());
+                    }
+                }
                 self.backoff = self.backoff.saturating_mul(2).min(max);
-                self.retry_at = Some(now + self.backoff);
-                Some(self.unacked.iter().map(|(_, f)| f))
+                self.retry_at = self.oldest_sent().map(|sent| sent + self.backoff);
+                Some(frames)
             }
             _ => None,
         }

@@ -6,9 +6,16 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::clock::{Duration, Instant};
+use crate::commit::{self, Commit, Loaded, LogEntry};
 use crate::conn::{Conn, ConnMap};
 use crate::protocol::{self, CLOSE_POLICY, ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId, GatheringId};
+
+/// Ops logged between two snapshots, by default: a load replays at most
+/// this many (see BENCHMARKS.md for what that costs a spawn).
+pub const DEFAULT_SNAPSHOT_OPS: u64 = 1024;
+/// Bytes logged between two snapshots, by default.
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 1 << 20;
 
 /// Tunables of a gathering. `Default` gives the production values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +32,12 @@ pub struct Config {
     /// A connection with this many unacknowledged forwards is closed
     /// ([`CLOSE_POLICY`]) rather than buffered without bound.
     pub max_unacked: usize,
+    /// A commit carries a snapshot instead of log entries once this many
+    /// ops were logged since the last snapshot (bounds the log a load
+    /// replays).
+    pub snapshot_ops: u64,
+    /// ... or once the log since the last snapshot holds this many bytes.
+    pub snapshot_bytes: u64,
 }
 
 impl Default for Config {
@@ -35,6 +48,8 @@ impl Default for Config {
             retry_interval: Duration::from_secs(1),
             max_retry_interval: Duration::from_secs(30),
             max_unacked: 1024,
+            snapshot_ops: DEFAULT_SNAPSHOT_OPS,
+            snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
         }
     }
 }
@@ -90,7 +105,7 @@ pub enum Event {
     Message(Instant, Inbound),
     /// The host's timer fired (or the host just wants to check).
     Tick(Instant),
-    /// The snapshot of op `seq` (see [`Action::Persist`]) is durable.
+    /// The commit of op `seq` (see [`Action::Persist`]) is durable.
     Persisted(Instant, u64),
     /// The last [`Action::Persist`] failed; it is retried after the retry interval.
     PersistFailed(Instant),
@@ -132,15 +147,11 @@ pub enum Action {
         /// Close reason text (short, for people).
         reason: &'static str,
     },
-    /// Store this snapshot durably, then answer with [`Event::Persisted`]
-    /// (or [`Event::PersistFailed`]). At most one is outstanding at a time;
-    /// ops accepted meanwhile are batched into the next.
-    Persist {
-        /// The number of the last op the snapshot contains.
-        seq: u64,
-        /// The application state, postcard-encoded.
-        snapshot: Vec<u8>,
-    },
+    /// Write this commit durably (see [`Commit`] for what a store must
+    /// do), then answer with [`Event::Persisted`] of its `seq` (or
+    /// [`Event::PersistFailed`]). At most one is outstanding at a time; ops
+    /// accepted meanwhile are batched into the next.
+    Persist(Commit),
     /// Ask the hall for permission to disperse; forward the hall's
     /// [`Verdict`] back as [`Event::Verdict`].
     Disperse {
@@ -221,7 +232,7 @@ impl fmt::Display for RestoreError {
 
 impl std::error::Error for RestoreError {}
 
-/// An op accepted and applied, waiting for its snapshot to be durable before
+/// An op accepted and applied, waiting for its commit to be durable before
 /// it is acknowledged and forwarded.
 #[derive(Debug)]
 struct Accepted<O> {
@@ -229,6 +240,15 @@ struct Accepted<O> {
     origin: ConnId,
     id: u64,
     op: O,
+}
+
+/// The commit a gathering waits for.
+#[derive(Clone, Copy, Debug)]
+struct Persisting {
+    /// The last op it makes durable.
+    seq: u64,
+    /// What the log since the last snapshot holds once it is durable.
+    logged: (u64, u64),
 }
 
 /// One live room: application state, the connections following it, and the
@@ -249,8 +269,8 @@ struct Accepted<O> {
 /// **A gathering never disperses while a message it has been sent is
 /// unprocessed**: it asks the hall ([`Action::Disperse`]) with the count of
 /// messages it processed, and closes only on [`Verdict::Granted`], after its
-/// final snapshot is durable. **An op is acknowledged and forwarded only once
-/// the snapshot that holds it is durable.**
+/// final state is durable. **An op is acknowledged and forwarded only once
+/// the commit that holds it is durable.**
 pub struct Gathering<A: App> {
     id: GatheringId,
     config: Config,
@@ -260,8 +280,10 @@ pub struct Gathering<A: App> {
     seq: u64,
     /// Number of the last op known durable.
     durable: u64,
-    /// The seq of the outstanding persist, if any.
-    persisting: Option<u64>,
+    /// The outstanding commit, if any.
+    persisting: Option<Persisting>,
+    /// Ops and bytes durable in the log since the last durable snapshot.
+    logged: (u64, u64),
     /// After a failed persist, when to try again.
     flush_at: Option<Instant>,
     /// Time of the last client activity: the whole idle bookkeeping.
@@ -299,21 +321,49 @@ impl<A: App> Gathering<A> {
         Self::with_state(id, config, now, A::default(), 0)
     }
 
-    /// A gathering loaded from a snapshot written for [`Action::Persist`].
+    /// A gathering loaded from what its commits ([`Action::Persist`]) left:
+    /// the latest snapshot, then every log entry after it applied again in
+    /// order (which the [`App`] contract makes give the same state).
     pub fn restore(
         id: GatheringId,
         config: Config,
         now: Instant,
-        seq: u64,
-        snapshot: &[u8],
+        loaded: &Loaded,
     ) -> Result<Self, RestoreError> {
-        match postcard::from_bytes(snapshot) {
-            Ok(app) => Ok(Self::with_state(id, config, now, app, seq)),
-            Err(e) => Err(RestoreError {
-                id,
-                message: e.to_string(),
-            }),
+        let fail = |message: String| RestoreError {
+            id: id.clone(),
+            message,
+        };
+        let (mut app, mut seq) = match &loaded.snapshot {
+            Some(snapshot) => match postcard::from_bytes::<A>(&snapshot.bytes) {
+                Ok(app) => (app, snapshot.seq),
+                Err(e) => return Err(fail(format!("snapshot of op {}: {e}", snapshot.seq))),
+            },
+            None => (A::default(), 0),
+        };
+        let mut logged = (0u64, 0u64);
+        for entry in &loaded.log {
+            // Entries a snapshot covers are deleted with it; one left over
+            // (a store that deletes lazily) changes nothing.
+            if entry.seq <= seq {
+                continue;
+            }
+            if entry.seq != seq + 1 {
+                return Err(fail(format!(
+                    "the log jumps from op {seq} to op {}",
+                    entry.seq
+                )));
+            }
+            let (by, op) = commit::decode_entry::<A::Op>(&entry.bytes)
+                .map_err(|e| fail(format!("log entry of op {}: {e}", entry.seq)))?;
+            app.apply(by, &op)
+                .map_err(|r| fail(format!("log entry of op {} does not apply: {r}", entry.seq)))?;
+            seq = entry.seq;
+            logged = (logged.0 + 1, logged.1 + entry.bytes.len() as u64);
         }
+        let mut gathering = Self::with_state(id, config, now, app, seq);
+        gathering.logged = logged;
+        Ok(gathering)
     }
 
     fn with_state(id: GatheringId, config: Config, now: Instant, app: A, seq: u64) -> Self {
@@ -325,6 +375,7 @@ impl<A: App> Gathering<A> {
             seq,
             durable: seq,
             persisting: None,
+            logged: (0, 0),
             flush_at: None,
             // Spawning is activity: something was routed here to cause it.
             last_activity: now,
@@ -426,7 +477,7 @@ impl<A: App> Gathering<A> {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
-        // Snapshots are taken lazily, once the host has drained everything
+        // Commits are made lazily, once the host has drained everything
         // else: ops handled before the host asks are batched into one write.
         let wants_persist = self.seq > self.durable
             && self.persisting.is_none()
@@ -435,13 +486,10 @@ impl<A: App> Gathering<A> {
         if !wants_persist {
             return None;
         }
-        match postcard::to_allocvec(&self.app) {
-            Ok(snapshot) => {
-                self.persisting = Some(self.seq);
-                Some(Action::Persist {
-                    seq: self.seq,
-                    snapshot,
-                })
+        match self.commit() {
+            Ok((commit, persisting)) => {
+                self.persisting = Some(persisting);
+                Some(Action::Persist(commit))
             }
             // Not expected for well-formed state; retry later like a failed write.
             Err(_) => {
@@ -449,6 +497,47 @@ impl<A: App> Gathering<A> {
                 None
             }
         }
+    }
+
+    /// The commit of every op not yet durable: their log entries, or a
+    /// snapshot once the log since the last one passes its bound, or when
+    /// closing (a successor then loads without replaying).
+    fn commit(&self) -> Result<(Commit, Persisting), postcard::Error> {
+        // Everything awaiting is what is not durable: it is released (and
+        // forgotten) as soon as it is.
+        let mut log = Vec::with_capacity(self.awaiting.len());
+        let mut bytes = 0u64;
+        for a in &self.awaiting {
+            let entry = commit::encode_entry(a.origin, &a.op)?;
+            bytes += entry.len() as u64;
+            log.push(LogEntry {
+                seq: a.seq,
+                bytes: entry,
+            });
+        }
+        let ops = self.logged.0 + log.len() as u64;
+        let bytes = self.logged.1 + bytes;
+        let compact = ops >= self.config.snapshot_ops
+            || bytes >= self.config.snapshot_bytes
+            || matches!(self.phase, Phase::Closing(_));
+        let persisting = Persisting {
+            seq: self.seq,
+            logged: if compact { (0, 0) } else { (ops, bytes) },
+        };
+        let commit = if compact {
+            Commit {
+                seq: self.seq,
+                log: Vec::new(),
+                snapshot: Some(postcard::to_allocvec(&self.app)?),
+            }
+        } else {
+            Commit {
+                seq: self.seq,
+                log,
+                snapshot: None,
+            }
+        };
+        Ok((commit, persisting))
     }
 
     /// The soonest instant at which the gathering must be ticked, with why;
@@ -602,11 +691,12 @@ impl<A: App> Gathering<A> {
         let mut next: Option<Instant> = None;
         for (conn, c) in self.conns.iter_mut() {
             if let Some(frames) = c.due(now, max) {
-                self.actions.extend(frames.map(|frame| Action::Send {
-                    conn,
-                    frame: frame.clone(),
-                    delivery: Delivery::Retried,
-                }));
+                self.actions
+                    .extend(frames.into_iter().map(|frame| Action::Send {
+                        conn,
+                        frame,
+                        delivery: Delivery::Retried,
+                    }));
             }
             if let Some(at) = c.retry_at {
                 next = Some(next.map_or(at, |n| n.min(at)));
@@ -649,7 +739,10 @@ impl<A: App> Gathering<A> {
     }
 
     fn on_persisted(&mut self, now: Instant, seq: u64) {
-        if self.persisting.is_some_and(|p| p <= seq) {
+        if let Some(p) = self.persisting
+            && p.seq <= seq
+        {
+            self.logged = p.logged;
             self.persisting = None;
         }
         self.durable = self.durable.max(seq.min(self.seq));

@@ -60,6 +60,7 @@ mod app;
 #[cfg(feature = "chat")]
 pub mod chat;
 pub mod clock;
+pub mod commit;
 mod conn;
 mod gathering;
 mod hall;
@@ -71,10 +72,11 @@ mod wire;
 
 pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
+pub use commit::{Commit, Loaded, LogEntry, Snapshot};
 pub use conn::ConnMap;
 pub use gathering::{
-    Action, Config, Deadline, Delivery, Event, Gathering, Inbound, Phase, RestoreError, Verdict,
-    Why,
+    Action, Config, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, Deadline, Delivery, Event,
+    Gathering, Inbound, Phase, RestoreError, Verdict, Why,
 };
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
 pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};

@@ -42,6 +42,15 @@ pub struct Args {
     #[arg(long, env = "GATHERING_MAX_FRAME_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
     pub max_frame_bytes: u64,
 
+    /// Write a gathering's whole state (and drop its op log) once this many
+    /// ops were logged since its last snapshot; bounds what a spawn replays.
+    #[arg(long, env = "GATHERING_SNAPSHOT_OPS", default_value_t = gathering_core::DEFAULT_SNAPSHOT_OPS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_ops: u64,
+
+    /// ... or once its op log since the last snapshot holds this many bytes.
+    #[arg(long, env = "GATHERING_SNAPSHOT_BYTES", default_value_t = gathering_core::DEFAULT_SNAPSHOT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_bytes: u64,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -62,6 +71,8 @@ impl Args {
                 empty_grace: self.empty_grace,
                 retry_interval: self.retry_interval,
                 max_retry_interval: self.retry_interval.saturating_mul(30),
+                snapshot_ops: self.snapshot_ops,
+                snapshot_bytes: self.snapshot_bytes,
                 ..Config::default()
             })
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))

@@ -28,8 +28,6 @@ mod storage;
 
 #[cfg(feature = "server")]
 pub use front::http::recover;
-#[cfg(feature = "server")]
-pub use gathering_driver::Stored;
 #[cfg(feature = "bench")]
 pub use runtime::Detection;
 #[cfg(feature = "server")]

@@ -30,8 +30,14 @@ pub struct Metrics {
     pub dispersal_lateness: Histogram,
     /// Storage commits (each holds one or more snapshots).
     pub storage_commits: Counter,
-    /// Snapshots written.
+    /// Gatherings' commits written (several per storage commit).
     pub storage_writes: Counter,
+    /// Bytes of log entries and snapshots written.
+    pub storage_bytes: Counter,
+    /// Ops logged.
+    pub storage_logged: Counter,
+    /// Snapshots written.
+    pub storage_snapshots: Counter,
     registry: Registry,
 }
 
@@ -48,6 +54,9 @@ impl Default for Metrics {
         );
         let storage_commits = Counter::default();
         let storage_writes = Counter::default();
+        let storage_bytes = Counter::default();
+        let storage_logged = Counter::default();
+        let storage_snapshots = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "gatherings_live",
@@ -86,8 +95,19 @@ impl Default for Metrics {
         );
         registry.register(
             "storage_writes",
-            "Snapshots written to storage",
+            "Gatherings' commits written to storage",
             storage_writes.clone(),
+        );
+        registry.register(
+            "storage_bytes",
+            "Bytes of log entries and snapshots written",
+            storage_bytes.clone(),
+        );
+        registry.register("storage_logged", "Ops logged", storage_logged.clone());
+        registry.register(
+            "storage_snapshots",
+            "Snapshots written",
+            storage_snapshots.clone(),
         );
         Metrics {
             gatherings_live,
@@ -98,6 +118,9 @@ impl Default for Metrics {
             dispersal_lateness,
             storage_commits,
             storage_writes,
+            storage_bytes,
+            storage_logged,
+            storage_snapshots,
             registry,
         }
     }

@@ -14,6 +14,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Host options, as `open({...})` takes them (every field optional):
 /// `idleTimeoutMs` (default 24 h), `emptyGraceMs` (default off),
 /// `retryIntervalMs` (default 1000), `maxFrameBytes` (default 1 MiB),
+/// `snapshotOps` (ops logged between two snapshots, default 1024),
 /// `database` (IndexedDB name, default `"gathering"`; `null` keeps
 /// gatherings in memory only) and `onDispersed` (called with `{id, reason,
 /// lateMs}` after each dispersal; `lateMs` is how long after its deadline an
@@ -62,6 +63,12 @@ impl Options {
                 ));
             }
             options.max_frame_bytes = n as usize;
+        }
+        if let Some(n) = number(value, "snapshotOps")? {
+            if n < 1.0 {
+                return Err(format!("snapshotOps must be at least 1, got {n}"));
+            }
+            options.config.snapshot_ops = n as u64;
         }
         let database = field(value, "database")?;
         if database.is_null() {

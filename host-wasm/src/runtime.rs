@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures_timer::Delay;
 use futures_util::FutureExt;
-use gathering_core::{App, Config, Deadline, GatheringId, Instant};
+use gathering_core::{App, Commit, Config, Deadline, GatheringId, Instant};
 use gathering_driver::{
-    Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, Status, Stored,
+    Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, Status,
 };
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
@@ -108,11 +108,11 @@ impl<A: App> Runtime for Wasm<A> {
         });
     }
 
-    fn persist(&self, id: &GatheringId, stored: Stored, durable: Durable<PeerRef>) {
+    fn persist(&self, id: &GatheringId, commit: Commit, durable: Durable<PeerRef>) {
         let storage = self.0.storage.clone();
         let id = id.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let saved = storage.save(A::NAME, &id, &stored).await;
+            let saved = storage.save(A::NAME, &id, commit).await;
             durable.report(saved.map_err(|e| e.to_string()));
         });
     }

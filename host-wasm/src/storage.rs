@@ -1,11 +1,15 @@
 //! Where in-page gatherings live between spawns: IndexedDB, or memory.
 //!
-//! The same idea as the server's `Store` trait, made async for the browser:
-//! load one gathering's latest snapshot, write one durably. A snapshot is
-//! stored as one postcard-encoded `(seq, state)` value keyed by
+//! The same shape as the server's store, made async for the browser: a
+//! gathering's latest snapshot and the log of ops after it; a commit
+//! appends log entries, or writes a snapshot and deletes the entries it
+//! covers, in one transaction. A snapshot is one postcard-encoded
+//! `(seq, state)` value in the `gatherings` object store, keyed
 //! `{app}/{gathering id}` (ids hold no `/`), so two apps in one database
-//! never read each other's, and a sequence number survives exactly (a JS
-//! number would not past 2^53).
+//! never read each other's; a log entry is a postcard `(seq, entry)` value
+//! in the `log` store, keyed `{app}/{id}/{seq as 16 hex digits}`, so that
+//! keys sort by seq and a sequence number survives exactly (a JS number
+//! would not past 2^53).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,17 +17,18 @@ use std::fmt;
 use std::rc::Rc;
 
 use async_channel::Sender;
-use gathering_core::GatheringId;
-pub use gathering_driver::Stored;
+use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{IdbDatabase, IdbFactory, IdbObjectStore, IdbOpenDbRequest, IdbRequest};
+use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest, IdbRequest, IdbTransaction};
 
-/// The object store that holds one record per gathering.
+/// The object store of snapshots, one record per gathering.
 const STORE: &str = "gatherings";
-/// Schema version of the database.
-const VERSION: u32 = 1;
+/// The object store of log entries.
+const LOG: &str = "log";
+/// Schema version of the database (2 added the log).
+const VERSION: u32 = 2;
 
 /// A storage failure, saying what was being done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +51,7 @@ pub enum Storage {
     /// IndexedDB: survives a page reload.
     IndexedDb(IndexedDb),
     /// A map in memory: gone with the page (for pages that must not persist).
-    Memory(Rc<RefCell<BTreeMap<String, Stored>>>),
+    Memory(Rc<RefCell<BTreeMap<String, Loaded>>>),
 }
 
 /// The record key of gathering `id` of application `app`.
@@ -57,24 +62,29 @@ fn key(app: &str, id: &GatheringId) -> String {
 impl Storage {
     /// The latest snapshot of `id` of application `app`, or `None` if it
     /// was never saved.
-    pub async fn load(&self, app: &str, id: &GatheringId) -> Result<Option<Stored>, StorageError> {
+    pub async fn load(&self, app: &str, id: &GatheringId) -> Result<Loaded, StorageError> {
         match self {
             Storage::IndexedDb(db) => db.load(&key(app, id)).await,
-            Storage::Memory(map) => Ok(map.borrow().get(&key(app, id)).cloned()),
+            Storage::Memory(map) => {
+                Ok(map.borrow().get(&key(app, id)).cloned().unwrap_or_default())
+            }
         }
     }
 
-    /// Writes the snapshot of `id` of application `app` durably.
+    /// Writes `commit` of gathering `id` of application `app` durably.
     pub async fn save(
         &self,
         app: &str,
         id: &GatheringId,
-        stored: &Stored,
+        commit: Commit,
     ) -> Result<(), StorageError> {
         match self {
-            Storage::IndexedDb(db) => db.save(&key(app, id), stored).await,
+            Storage::IndexedDb(db) => db.save(&key(app, id), &commit).await,
             Storage::Memory(map) => {
-                map.borrow_mut().insert(key(app, id), stored.clone());
+                map.borrow_mut()
+                    .entry(key(app, id))
+                    .or_default()
+                    .apply(commit);
                 Ok(())
             }
         }
@@ -115,10 +125,12 @@ impl IndexedDb {
         let upgrade = Closure::<dyn FnMut(JsValue)>::new({
             let request = request.clone();
             move |_event: JsValue| {
-                if let Ok(db) = request.result().and_then(|r| r.dyn_into::<IdbDatabase>())
-                    && !db.object_store_names().contains(STORE)
-                {
-                    let _ = db.create_object_store(STORE);
+                if let Ok(db) = request.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
+                    for name in [STORE, LOG] {
+                        if !db.object_store_names().contains(name) {
+                            let _ = db.create_object_store(name);
+                        }
+                    }
                 }
             }
         });
@@ -131,56 +143,81 @@ impl IndexedDb {
         Ok(IndexedDb { db })
     }
 
-    async fn load(&self, key: &str) -> Result<Option<Stored>, StorageError> {
+    async fn load(&self, key: &str) -> Result<Loaded, StorageError> {
         let doing = || format!("loading gathering {key} from IndexedDB");
-        let store = self.store("readonly").map_err(|e| js_error(&doing(), &e))?;
-        let request = store
-            .get(&JsValue::from_str(key))
-            .map_err(|e| js_error(&doing(), &e))?;
-        let value = finished(&request)
-            .await
-            .map_err(|e| js_error(&doing(), &e))?;
-        if value.is_undefined() {
-            return Ok(None);
+        let fail = |e: JsValue| js_error(&doing(), &e);
+        let tx = self.transaction("readonly").map_err(fail)?;
+        let request = tx
+            .object_store(STORE)
+            .and_then(|store| store.get(&JsValue::from_str(key)))
+            .map_err(fail)?;
+        let value = finished(&request).await.map_err(fail)?;
+        let snapshot = if value.is_undefined() {
+            None
+        } else {
+            let (seq, bytes) =
+                record(&value).map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+            Some(Snapshot { seq, bytes })
+        };
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let range = entries(key, after.saturating_add(1), u64::MAX).map_err(fail)?;
+        let request = tx
+            .object_store(LOG)
+            .and_then(|log| log.get_all_with_key(&range))
+            .map_err(fail)?;
+        let values = finished(&request).await.map_err(fail)?;
+        let mut log = Vec::new();
+        for value in js_sys::Array::from(&values).iter() {
+            let (seq, bytes) =
+                record(&value).map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+            log.push(LogEntry { seq, bytes });
         }
-        let bytes = value
-            .dyn_into::<Uint8Array>()
-            .map_err(|_| StorageError(format!("{}: the record is not bytes", doing())))?
-            .to_vec();
-        let (seq, snapshot): (u64, Vec<u8>) = postcard::from_bytes(&bytes)
-            .map_err(|e| StorageError(format!("{}: the record is unreadable: {e}", doing())))?;
-        Ok(Some(Stored { seq, snapshot }))
+        Ok(Loaded { snapshot, log })
     }
 
-    async fn save(&self, key: &str, stored: &Stored) -> Result<(), StorageError> {
+    async fn save(&self, key: &str, commit: &Commit) -> Result<(), StorageError> {
         let doing = || format!("saving gathering {key} to IndexedDB");
-        let bytes = postcard::to_allocvec(&(stored.seq, &stored.snapshot))
-            .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
-        let store = self
-            .store("readwrite")
-            .map_err(|e| js_error(&doing(), &e))?;
-        let value = Uint8Array::from(bytes.as_slice());
-        let request = store
-            .put_with_key(&value, &JsValue::from_str(key))
-            .map_err(|e| js_error(&doing(), &e))?;
-        // The write is durable when its transaction completes, not when the
-        // request succeeds.
-        committed(&request)
-            .await
-            .map_err(|e| js_error(&doing(), &e))
+        let fail = |e: JsValue| js_error(&doing(), &e);
+        let tx = self.transaction("readwrite").map_err(fail)?;
+        match &commit.snapshot {
+            Some(bytes) => {
+                let value = bytes_of(commit.seq, bytes)
+                    .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                tx.object_store(STORE)
+                    .and_then(|store| store.put_with_key(&value, &JsValue::from_str(key)))
+                    .map_err(fail)?;
+                // The entries the snapshot covers go in the same transaction.
+                let covered = entries(key, 0, commit.seq).map_err(fail)?;
+                tx.object_store(LOG)
+                    .and_then(|log| log.delete(&covered))
+                    .map_err(fail)?;
+            }
+            None => {
+                let log = tx.object_store(LOG).map_err(fail)?;
+                for entry in &commit.log {
+                    let value = bytes_of(entry.seq, &entry.bytes)
+                        .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                    log.put_with_key(&value, &JsValue::from_str(&entry_key(key, entry.seq)))
+                        .map_err(fail)?;
+                }
+            }
+        }
+        // The write is durable when its transaction completes, not when its
+        // requests succeed.
+        committed(&tx).await.map_err(fail)
     }
 
-    /// The object store in a new transaction of `mode`. Writes ask for
+    /// A new transaction of `mode` over both object stores. Writes ask for
     /// `durability: "strict"` (flushed to disk before `complete`), which
     /// web-sys only offers behind an unstable flag, hence the direct call.
-    fn store(&self, mode: &str) -> Result<IdbObjectStore, JsValue> {
+    fn transaction(&self, mode: &str) -> Result<IdbTransaction, JsValue> {
         let transaction: Function = Reflect::get(&self.db, &"transaction".into())?.dyn_into()?;
         let options = Object::new();
         Reflect::set(&options, &"durability".into(), &"strict".into())?;
-        let tx: web_sys::IdbTransaction = transaction
-            .call3(&self.db, &STORE.into(), &mode.into(), &options)?
-            .dyn_into()?;
-        tx.object_store(STORE)
+        let stores = js_sys::Array::of2(&STORE.into(), &LOG.into());
+        transaction
+            .call3(&self.db, &stores, &mode.into(), &options)?
+            .dyn_into()
     }
 }
 
@@ -200,11 +237,36 @@ async fn finished(request: &IdbRequest) -> Result<JsValue, JsValue> {
     }
 }
 
-/// Waits for the transaction of `request` to complete (or to fail).
-async fn committed(request: &IdbRequest) -> Result<(), JsValue> {
-    let Some(tx) = request.transaction() else {
-        return finished(request).await.map(drop);
-    };
+/// The key of log entry `seq` of the gathering keyed `key`.
+fn entry_key(key: &str, seq: u64) -> String {
+    format!("{key}/{seq:016x}")
+}
+
+/// The keys of log entries `from..=to` of the gathering keyed `key`.
+fn entries(key: &str, from: u64, to: u64) -> Result<IdbKeyRange, JsValue> {
+    IdbKeyRange::bound(
+        &JsValue::from_str(&entry_key(key, from)),
+        &JsValue::from_str(&entry_key(key, to)),
+    )
+}
+
+/// A `(seq, bytes)` record as stored.
+fn bytes_of(seq: u64, bytes: &[u8]) -> Result<Uint8Array, postcard::Error> {
+    let encoded = postcard::to_allocvec(&(seq, bytes))?;
+    Ok(Uint8Array::from(encoded.as_slice()))
+}
+
+/// Reads a `(seq, bytes)` record.
+fn record(value: &JsValue) -> Result<(u64, Vec<u8>), String> {
+    let bytes = value
+        .dyn_ref::<Uint8Array>()
+        .ok_or("the record is not bytes")?
+        .to_vec();
+    postcard::from_bytes(&bytes).map_err(|e| format!("the record is unreadable: {e}"))
+}
+
+/// Waits for `tx` to complete (or to fail).
+async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
     let (sender, rx) = async_channel::bounded::<()>(1);
     let done = signal(&sender);
     tx.set_oncomplete(Some(done.as_ref().unchecked_ref()));

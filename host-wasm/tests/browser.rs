@@ -378,3 +378,27 @@ async fn a_chat_host_runs_the_chat_protocol() {
     assert_eq!(state["players"], json!({}), "{state}");
     shutdown(&tournament).await;
 }
+
+/// The op log in IndexedDB: ops logged one by one, compacted into a
+/// snapshot every three, and a new host loads the snapshot and replays the
+/// entries after it.
+#[wasm_bindgen_test]
+async fn the_op_log_and_its_snapshots_survive_in_indexeddb() {
+    let db = fresh_db("log");
+    let host = open(json!({"database": db, "snapshotOps": 3})).await;
+    let ada = Client::join(&host, "logged");
+    for i in 1..=7 {
+        let ack = ada.op(i, register(&format!("p{i}"))).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    shutdown(&host).await;
+    let again = open(json!({"database": db, "snapshotOps": 3})).await;
+    let bob = Client::join(&again, "logged");
+    let state = bob.state().await;
+    assert_eq!(state["players"].as_object().unwrap().len(), 7, "{state}");
+    assert_eq!(
+        bob.op(8, register("p8")).await,
+        json!({"type": "ack", "id": 8, "seq": 8})
+    );
+    shutdown(&again).await;
+}

@@ -14,12 +14,11 @@ use futures_util::task::LocalSpawnExt;
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
-    ClientMsg, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding, Frame,
-    GatheringId, Inbound, Instant, ServerMsg,
+    ClientMsg, Commit, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding,
+    Frame, Gathering, GatheringId, Inbound, Instant, Loaded, ServerMsg,
 };
 use gathering_driver::{
-    Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, Stored,
-    hall_task,
+    Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, hall_task,
 };
 
 type Server = ServerMsg<TournamentOp, Tournament>;
@@ -53,9 +52,9 @@ pub struct World {
     /// decodes), recorded when it reaches the hall.
     in_flight: RefCell<VecDeque<(HallMail<FakeConn>, bool)>>,
     /// Durable storage.
-    pub store: RefCell<BTreeMap<GatheringId, Stored>>,
+    pub store: RefCell<BTreeMap<GatheringId, Loaded>>,
     loads: RefCell<VecDeque<Loading<Fake>>>,
-    writes: RefCell<VecDeque<(GatheringId, Stored, Durable<FakeConn>)>>,
+    writes: RefCell<VecDeque<(GatheringId, Commit, Durable<FakeConn>)>>,
     timers: RefCell<Vec<(Instant, Waker)>>,
     spawner: LocalSpawner,
     /// Every client ever connected.
@@ -124,7 +123,7 @@ impl Conn for FakeConn {
         assert_eq!(frame.encoding(), c.encoding, "answered in another encoding");
         let msg: Server = protocol::decode(&frame).expect("the server's frames decode");
         let g = c.gathering.clone().expect("joined");
-        let durable = w.store.borrow().get(&g).map_or(0, |s| s.seq);
+        let durable = w.store.borrow().get(&g).map_or(0, Loaded::seq);
         match msg {
             ServerMsg::Ack { id, seq } => {
                 assert!(
@@ -220,11 +219,11 @@ impl Runtime for Fake {
         self.0.loads.borrow_mut().push_back(loading);
     }
 
-    fn persist(&self, id: &GatheringId, stored: Stored, durable: Durable<FakeConn>) {
+    fn persist(&self, id: &GatheringId, commit: Commit, durable: Durable<FakeConn>) {
         self.0
             .writes
             .borrow_mut()
-            .push_back((id.clone(), stored, durable));
+            .push_back((id.clone(), commit, durable));
     }
 
     fn spawn(&self, task: GatheringLoop<Fake>) {
@@ -491,7 +490,7 @@ impl Driven {
             return false;
         };
         let stored = self.world.store.borrow().get(loading.id()).cloned();
-        loading.finish(Ok(stored));
+        loading.finish(Ok(stored.unwrap_or_default()));
         self.run();
         true
     }
@@ -499,7 +498,7 @@ impl Driven {
     /// The oldest pending write finishes, or fails. Returns whether there
     /// was one.
     pub fn step_write(&mut self, fail: bool) -> bool {
-        let Some((id, stored, durable)) = self.world.writes.borrow_mut().pop_front() else {
+        let Some((id, commit, durable)) = self.world.writes.borrow_mut().pop_front() else {
             return false;
         };
         if fail {
@@ -507,11 +506,21 @@ impl Driven {
             durable.report(Err("injected failure".into()));
         } else {
             let mut store = self.world.store.borrow_mut();
-            if let Some(before) = store.get(&id) {
-                assert!(stored.seq >= before.seq, "storage of {id} went backwards");
+            let kept = store.entry(id.clone()).or_default();
+            assert!(commit.seq >= kept.seq(), "storage of {id} went backwards");
+            assert_eq!(durable.seq(), commit.seq);
+            if commit.snapshot.is_some() {
+                assert!(
+                    commit.log.is_empty(),
+                    "a snapshot commit carries log entries"
+                );
+            } else {
+                // Log entries continue the log exactly.
+                for (next, entry) in (kept.seq() + 1..).zip(&commit.log) {
+                    assert_eq!(entry.seq, next, "the log of {id} skips or repeats");
+                }
             }
-            assert_eq!(durable.seq(), stored.seq);
-            store.insert(id, stored);
+            kept.apply(commit);
             drop(store);
             durable.report(Ok(()));
         }
@@ -609,8 +618,11 @@ impl Driven {
             let stored = store
                 .get(id)
                 .expect("a gathering that took ops was persisted");
-            let state: Tournament =
-                postcard::from_bytes(&stored.snapshot).expect("snapshot decodes");
+            let config = self.world.config.clone();
+            let restored =
+                Gathering::<Tournament>::restore(id.clone(), config, Instant::ZERO, stored)
+                    .expect("what was stored restores");
+            let state = restored.app();
             for name in names {
                 assert!(
                     state.players.contains_key(name),

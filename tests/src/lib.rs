@@ -30,7 +30,8 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
 
 /// Gathering configurations the property tests draw from: idle timeouts of
 /// 1 to 5 s, an empty grace or none, retry intervals of 50 to 500 ms
-/// backing off 2 to 6 times, and 2 to 8 forwards unacknowledged at most.
+/// backing off 2 to 6 times, 2 to 8 forwards unacknowledged at most, and a
+/// snapshot every 1 to 8 ops or 8 to 512 bytes of log.
 pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Config> {
     use gathering_core::{Config, Duration};
     use proptest::prelude::*;
@@ -40,14 +41,20 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
         50u64..500,
         2u64..6,
         2usize..8,
+        (1u64..8, 8u64..512),
     )
-        .prop_map(|(idle, grace, retry, factor, max_unacked)| Config {
-            idle_timeout: Duration::from_millis(idle),
-            empty_grace: grace.map(Duration::from_millis),
-            retry_interval: Duration::from_millis(retry),
-            max_retry_interval: Duration::from_millis(retry * factor),
-            max_unacked,
-        })
+        .prop_map(
+            |(idle, grace, retry, factor, max_unacked, (snapshot_ops, snapshot_bytes))| Config {
+                idle_timeout: Duration::from_millis(idle),
+                empty_grace: grace.map(Duration::from_millis),
+                retry_interval: Duration::from_millis(retry),
+                max_retry_interval: Duration::from_millis(retry * factor),
+                max_unacked,
+                // Small, so that runs compact their logs often.
+                snapshot_ops,
+                snapshot_bytes,
+            },
+        )
 }
 
 /// The configuration of the racing properties: dispersal as close to
@@ -60,6 +67,8 @@ pub fn racing_config() -> gathering_core::Config {
         retry_interval: Duration::from_millis(100),
         max_retry_interval: Duration::from_millis(400),
         max_unacked: 4,
+        snapshot_ops: 3,
+        snapshot_bytes: 1 << 20,
     }
 }
 

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
-    Action, ClientMsg, Config, ConnId, Delivery, DisperseReason, Duration, Encoding, Event, Frame,
-    Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Phase, ServerMsg,
-    Verdict,
+    Action, ClientMsg, Commit, Config, ConnId, Delivery, DisperseReason, Duration, Encoding, Event,
+    Frame, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded, Phase,
+    ServerMsg, Verdict,
 };
 
 type Server = ServerMsg<TournamentOp, Tournament>;
@@ -34,8 +34,7 @@ enum Mail {
 struct Write {
     id: GatheringId,
     generation: u64,
-    seq: u64,
-    snapshot: Vec<u8>,
+    commit: Commit,
 }
 
 /// One spawned gathering instance with its mailbox and what the checker
@@ -94,8 +93,8 @@ pub struct Sim {
     hall_inbox: VecDeque<HallEvent>,
     slots: BTreeMap<GatheringId, Slot>,
     next_generation: u64,
-    /// Durable storage: id -> (seq, snapshot).
-    pub storage: BTreeMap<GatheringId, (u64, Vec<u8>)>,
+    /// Durable storage: what each gathering's commits left.
+    pub storage: BTreeMap<GatheringId, Loaded>,
     writes: VecDeque<Write>,
     /// Every client ever connected.
     pub clients: BTreeMap<ConnId, Client>,
@@ -389,16 +388,19 @@ impl Sim {
             slot.inbox.push_back(Mail::PersistFailed);
             return true;
         }
-        if let Some((stored, _)) = self.storage.get(&write.id) {
+        if let Some(stored) = self.storage.get(&write.id) {
             assert!(
-                write.seq >= *stored,
+                write.commit.seq >= stored.seq(),
                 "storage went backwards for {}",
                 write.id
             );
         }
+        let seq = write.commit.seq;
         self.storage
-            .insert(write.id.clone(), (write.seq, write.snapshot));
-        slot.inbox.push_back(Mail::Persisted(write.seq));
+            .entry(write.id.clone())
+            .or_default()
+            .apply(write.commit);
+        slot.inbox.push_back(Mail::Persisted(seq));
         true
     }
 
@@ -515,32 +517,21 @@ impl Sim {
 
     /// The durable state of `id`.
     pub fn stored_state(&self, id: &GatheringId) -> Tournament {
-        match self.storage.get(id) {
-            Some((seq, bytes)) => Gathering::<Tournament>::restore(
-                id.clone(),
-                self.config.clone(),
-                self.now,
-                *seq,
-                bytes,
-            )
-            .expect("stored snapshots restore")
+        let loaded = self.storage.get(id).cloned().unwrap_or_default();
+        Gathering::<Tournament>::restore(id.clone(), self.config.clone(), self.now, &loaded)
+            .expect("stored state restores")
             .app()
-            .clone(),
-            None => Tournament::default(),
-        }
+            .clone()
     }
 
     fn on_hall_action(&mut self, action: HallAction) {
         match action {
             HallAction::Spawn(id) => {
                 assert!(!self.slots.contains_key(&id), "{id} spawned twice");
-                let gathering: Gathering<Tournament> = match self.storage.get(&id) {
-                    Some((seq, bytes)) => {
-                        Gathering::restore(id.clone(), self.config.clone(), self.now, *seq, bytes)
-                            .expect("stored snapshots restore")
-                    }
-                    None => Gathering::new(id.clone(), self.config.clone(), self.now),
-                };
+                let loaded = self.storage.get(&id).cloned().unwrap_or_default();
+                let gathering: Gathering<Tournament> =
+                    Gathering::restore(id.clone(), self.config.clone(), self.now, &loaded)
+                        .expect("stored state restores");
                 // Every acknowledged op is in the state the successor starts from.
                 if let Some(acked) = self.acked.get(&id) {
                     for name in acked {
@@ -650,11 +641,10 @@ impl Sim {
                 self.hall_inbox
                     .push_back(HallEvent::Route(id.clone(), Inbound::Leave { conn: *conn }));
             }
-            Action::Persist { seq, snapshot } => self.writes.push_back(Write {
+            Action::Persist(commit) => self.writes.push_back(Write {
                 id: id.clone(),
                 generation,
-                seq: *seq,
-                snapshot: snapshot.clone(),
+                commit: commit.clone(),
             }),
             Action::Disperse {
                 reason, processed, ..
@@ -709,7 +699,7 @@ impl Sim {
                 for (conn, c) in closed {
                     assert!(c.closed || c.left, "{id} dispersed without closing {conn}");
                 }
-                let stored = self.storage.get(id).map(|(s, _)| *s).unwrap_or(0);
+                let stored = self.storage.get(id).map_or(0, Loaded::seq);
                 assert_eq!(
                     stored,
                     slot.gathering.seq(),

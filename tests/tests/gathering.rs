@@ -6,8 +6,9 @@
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_POLICY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
-    Action, ClientMsg, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding,
-    Event, Frame, Gathering, GatheringId, Inbound, Instant, Phase, ServerMsg, Verdict, Why,
+    Action, ClientMsg, Commit, Config, ConnId, Deadline, Delivery, DisperseReason, Duration,
+    Encoding, Event, Frame, Gathering, GatheringId, Inbound, Instant, Loaded, LogEntry, Phase,
+    ServerMsg, Snapshot, Verdict, Why,
 };
 
 type Server = ServerMsg<TournamentOp, Tournament>;
@@ -81,7 +82,7 @@ fn sends(actions: &[Action]) -> Vec<(u64, Server, Delivery)> {
 
 fn persist(actions: &[Action]) -> Option<u64> {
     actions.iter().find_map(|a| match a {
-        Action::Persist { seq, .. } => Some(*seq),
+        Action::Persist(commit) => Some(commit.seq),
         _ => None,
     })
 }
@@ -546,19 +547,234 @@ fn shutdown_closes_with_going_away_after_the_final_persist() {
     );
 }
 
+/// Drains `g`, hands every commit to `store` as a store would and answers
+/// it; returns the commits.
+fn commit_all(g: &mut Gathering<Tournament>, store: &mut Loaded, now: Instant) -> Vec<Commit> {
+    let mut commits = Vec::new();
+    loop {
+        let actions = drain(g);
+        let mut any = false;
+        for a in actions {
+            if let Action::Persist(commit) = a {
+                any = true;
+                store.apply(commit.clone());
+                g.handle(Event::Persisted(now, commit.seq));
+                commits.push(commit);
+            }
+        }
+        if !any {
+            return commits;
+        }
+    }
+}
+
 #[test]
-fn restore_round_trips_and_refuses_garbage() {
-    let mut g = gathering(Config::default());
-    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
-    let Some(Action::Persist { seq, snapshot }) = g.poll_action() else {
-        panic!()
+fn commits_carry_ops_not_state_and_snapshot_at_the_bound() {
+    let config = Config {
+        snapshot_ops: 4,
+        ..Config::default()
     };
+    let mut g = gathering(config.clone());
+    join(&mut g, T0, 1);
+    let mut store = Loaded::default();
+    let mut commits = Vec::new();
+    for i in 1..=10 {
+        send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
+        commits.extend(commit_all(&mut g, &mut store, T0));
+    }
+    // One op each; every fourth the log since the last snapshot reaches
+    // the bound and the commit is a snapshot instead.
+    let shape: Vec<(u64, usize, bool)> = commits
+        .iter()
+        .map(|c| (c.seq, c.log.len(), c.snapshot.is_some()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, 1, false),
+            (2, 1, false),
+            (3, 1, false),
+            (4, 0, true),
+            (5, 1, false),
+            (6, 1, false),
+            (7, 1, false),
+            (8, 0, true),
+            (9, 1, false),
+            (10, 1, false)
+        ]
+    );
+    // A log commit costs its op, whatever the state holds.
+    assert!(commits[8].bytes() < 16, "{}", commits[8].bytes());
+    // The store keeps the snapshot of op 8 and the two entries after it.
+    assert_eq!(store.snapshot.as_ref().map(|s| s.seq), Some(8));
+    assert_eq!(store.log.iter().map(|e| e.seq).collect::<Vec<_>>(), [9, 10]);
     let id = GatheringId::parse("t").unwrap();
-    let back: Gathering<Tournament> =
-        Gathering::restore(id.clone(), Config::default(), T0, seq, &snapshot).unwrap();
+    let back: Gathering<Tournament> = Gathering::restore(id, config, T0, &store).unwrap();
     assert_eq!(back.app(), g.app());
-    assert_eq!(back.seq(), 1);
-    let err =
-        Gathering::<Tournament>::restore(id, Config::default(), T0, 1, &[0xff, 0xff]).unwrap_err();
-    assert!(err.to_string().contains("unreadable"), "{err}");
+    assert_eq!(back.seq(), 10);
+    assert_eq!(back.app().players.len(), 10);
+}
+
+#[test]
+fn a_restored_gathering_snapshots_after_the_rest_of_its_bound() {
+    let config = Config {
+        snapshot_ops: 3,
+        ..Config::default()
+    };
+    let mut g = gathering(config.clone());
+    join(&mut g, T0, 1);
+    let mut store = Loaded::default();
+    for i in 1..=2 {
+        send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
+        commit_all(&mut g, &mut store, T0);
+    }
+    let id = GatheringId::parse("t").unwrap();
+    let mut back: Gathering<Tournament> = Gathering::restore(id, config, T0, &store).unwrap();
+    join(&mut back, T0, 2);
+    send(&mut back, T0, 2, register(3, "p3"), Encoding::Json);
+    let commits = commit_all(&mut back, &mut store, T0);
+    // Two logged before the restart count towards the bound.
+    assert_eq!(commits.len(), 1);
+    assert!(commits[0].snapshot.is_some());
+}
+
+#[test]
+fn restore_refuses_garbage_gaps_and_entries_that_do_not_apply() {
+    let id = GatheringId::parse("t").unwrap();
+    let restore = |loaded: &Loaded| {
+        Gathering::<Tournament>::restore(id.clone(), Config::default(), T0, loaded)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let garbage = Loaded {
+        snapshot: Some(Snapshot {
+            seq: 1,
+            bytes: vec![0xff, 0xff],
+        }),
+        log: Vec::new(),
+    };
+    assert!(
+        restore(&garbage).contains("snapshot of op 1"),
+        "{}",
+        restore(&garbage)
+    );
+    let op = |seq, name: &str| LogEntry {
+        seq,
+        bytes: gathering_core::commit::encode_entry(
+            ConnId(1),
+            &TournamentOp::RegisterPlayer { name: name.into() },
+        )
+        .unwrap(),
+    };
+    let gap = Loaded {
+        snapshot: None,
+        log: vec![op(1, "a"), op(3, "b")],
+    };
+    assert!(
+        restore(&gap).contains("jumps from op 1 to op 3"),
+        "{}",
+        restore(&gap)
+    );
+    let twice = Loaded {
+        snapshot: None,
+        log: vec![op(1, "a"), op(2, "a")],
+    };
+    assert!(
+        restore(&twice).contains("op 2 does not apply"),
+        "{}",
+        restore(&twice)
+    );
+    // Entries a snapshot covers are skipped, not applied twice.
+    let mut with_snapshot = Gathering::<Tournament>::new(id.clone(), Config::default(), T0);
+    send(&mut with_snapshot, T0, 1, register(1, "a"), Encoding::Json);
+    let snapshot = Snapshot {
+        seq: 1,
+        bytes: postcard::to_allocvec(with_snapshot.app()).unwrap(),
+    };
+    let covered = Loaded {
+        snapshot: Some(snapshot),
+        log: vec![op(1, "a"), op(2, "b")],
+    };
+    let back = Gathering::<Tournament>::restore(id, Config::default(), T0, &covered).unwrap();
+    assert_eq!(back.seq(), 2);
+}
+
+#[test]
+fn dispersal_writes_nothing_when_all_is_durable_and_a_snapshot_otherwise() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    let mut store = Loaded::default();
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    commit_all(&mut g, &mut store, T0);
+    g.handle(Event::Shutdown(T0));
+    let actions = drain(&mut g);
+    // Told and closed at once: no commit to wait for.
+    assert!(persist(&actions).is_none(), "{actions:?}");
+    assert!(actions.contains(&Action::Dispersed {
+        reason: DisperseReason::Shutdown
+    }));
+
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    g.handle(Event::Shutdown(T0));
+    let Some(Action::Persist(commit)) = drain(&mut g)
+        .into_iter()
+        .find(|a| matches!(a, Action::Persist(_)))
+    else {
+        panic!("the op not yet durable is written")
+    };
+    // Closing compacts: the successor loads without replaying.
+    assert!(commit.snapshot.is_some() && commit.log.is_empty());
+}
+
+#[test]
+fn a_forward_is_resent_for_its_own_age_only() {
+    let config = Config {
+        retry_interval: secs(1),
+        max_retry_interval: secs(8),
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    let mut store = Loaded::default();
+    let forwards_to_2 = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        conn: ConnId(2),
+                        delivery: Delivery::Retried,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // Op 1 forwarded at T0, op 2 at T0 + 900 ms.
+    send(&mut g, T0, 1, register(1, "a"), Encoding::Json);
+    commit_all(&mut g, &mut store, T0);
+    let later = T0 + Duration::from_millis(900);
+    send(&mut g, later, 1, register(2, "b"), Encoding::Json);
+    commit_all(&mut g, &mut store, later);
+    // Op 1 acknowledged at T0 + 950 ms: the retry now falls when op 2 has
+    // waited its interval, not at T0 + 1 s.
+    let acked = T0 + Duration::from_millis(950);
+    send(&mut g, acked, 2, ClientMsg::Ack { seq: 1 }, Encoding::Json);
+    drain(&mut g);
+    // The gathering's retry bound is a lower bound: ticked then, nothing
+    // is re-sent, and the bound becomes exact.
+    g.handle(Event::Tick(T0 + secs(1)));
+    assert_eq!(
+        forwards_to_2(&drain(&mut g)),
+        0,
+        "re-sent before its own interval"
+    );
+    assert_eq!(g.next_deadline().map(|d| d.at), Some(later + secs(1)));
+    g.handle(Event::Tick(later + secs(1)));
+    assert_eq!(forwards_to_2(&drain(&mut g)), 1);
 }

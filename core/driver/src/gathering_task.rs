@@ -11,7 +11,7 @@ use gathering_core::{
 };
 
 use crate::mail::{Durable, Mail, Mailbox};
-use crate::runtime::{Conn, Observed, Runtime, Stored};
+use crate::runtime::{Conn, Observed, Runtime};
 use crate::status::Status;
 
 /// Most mails handled before actions are carried out; ops among them share
@@ -223,10 +223,9 @@ impl<R: Runtime> Task<R> {
                         handle.close(code, reason);
                     }
                 }
-                Action::Persist { seq, snapshot } => {
-                    let durable = Durable::new(seq, self.me.clone());
-                    self.rt
-                        .persist(self.gathering.id(), Stored { seq, snapshot }, durable);
+                Action::Persist(commit) => {
+                    let durable = Durable::new(commit.seq, self.me.clone());
+                    self.rt.persist(self.gathering.id(), commit, durable);
                 }
                 Action::Disperse {
                     reason,

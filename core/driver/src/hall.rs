@@ -15,12 +15,13 @@ use std::collections::HashMap;
 use futures_util::future::{Either, select};
 use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_INTERNAL};
 use gathering_core::{
-    ConnId, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, RejectReason, Verdict,
+    ConnId, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Loaded, RejectReason,
+    Verdict,
 };
 
 use crate::gathering_task;
 use crate::mail::{HallMail, Loading, Mail, Mailbox};
-use crate::runtime::{Conn, Observed, Runtime, Stored};
+use crate::runtime::{Conn, Observed, Runtime};
 
 /// What the hall knows, shared by the hall's task, gathering tasks and
 /// loads; the host keeps it behind its lock ([`Runtime::hall`]).
@@ -233,15 +234,11 @@ impl<R: Runtime> HallState<R> {
 
 /// A load finished: builds the gathering from what was stored, hands its
 /// task to the host and its mailbox to the hall.
-pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Option<Stored>, String>) {
+pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Loaded, String>) {
     let now = rt.now();
     let config = rt.config().clone();
-    let gathering = loaded.and_then(|stored| match stored {
-        Some(stored) => {
-            Gathering::<R::App>::restore(id.clone(), config, now, stored.seq, &stored.snapshot)
-                .map_err(|e| e.to_string())
-        }
-        None => Ok(Gathering::new(id.clone(), config, now)),
+    let gathering = loaded.and_then(|loaded| {
+        Gathering::<R::App>::restore(id.clone(), config, now, &loaded).map_err(|e| e.to_string())
     });
     let mailbox = gathering.map(|gathering| {
         let (task, mailbox) = gathering_task::new(gathering, &rt);

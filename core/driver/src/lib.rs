@@ -45,10 +45,10 @@
 //!
 //! use futures_executor::LocalPool;
 //! use futures_util::task::LocalSpawnExt;
-//! use gathering_core::{App, Config, ConnId, Deadline, Delivery, Encoding, Frame};
-//! use gathering_core::{GatheringId, Inbound, Instant, Rejection};
+//! use gathering_core::{App, Commit, Config, ConnId, Deadline, Delivery, Encoding, Frame};
+//! use gathering_core::{GatheringId, Inbound, Instant, Loaded, Rejection};
 //! use gathering_driver::{
-//!     Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Runtime, Stored, hall_task,
+//!     Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Runtime, hall_task,
 //! };
 //!
 //! #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -77,7 +77,7 @@
 //!     now: Cell<Instant>,
 //!     config: Config,
 //!     hall: RefCell<HallState<Host>>,
-//!     store: RefCell<BTreeMap<GatheringId, Stored>>,
+//!     store: RefCell<BTreeMap<GatheringId, Loaded>>,
 //!     spawner: futures_executor::LocalSpawner,
 //! }
 //! #[derive(Clone)]
@@ -96,11 +96,11 @@
 //!     fn hall(&self) -> RefMut<'_, HallState<Host>> { self.0.hall.borrow_mut() }
 //!     fn load(&self, loading: Loading<Host>) {
 //!         // Finished later, never from inside this call (the hall is locked).
-//!         let stored = self.0.store.borrow().get(loading.id()).cloned();
-//!         let _ = self.0.spawner.spawn_local(async move { loading.finish(Ok(stored)) });
+//!         let loaded = self.0.store.borrow().get(loading.id()).cloned().unwrap_or_default();
+//!         let _ = self.0.spawner.spawn_local(async move { loading.finish(Ok(loaded)) });
 //!     }
-//!     fn persist(&self, id: &GatheringId, stored: Stored, durable: Durable<Inbox>) {
-//!         self.0.store.borrow_mut().insert(id.clone(), stored);
+//!     fn persist(&self, id: &GatheringId, commit: Commit, durable: Durable<Inbox>) {
+//!         self.0.store.borrow_mut().entry(id.clone()).or_default().apply(commit);
 //!         durable.report(Ok(()));
 //!     }
 //!     fn spawn(&self, task: GatheringLoop<Host>) {
@@ -129,12 +129,16 @@
 //! pool.run_until_stalled();
 //!
 //! assert_eq!(inbox.0.borrow().as_slice(), [Frame::Text(r#"{"type":"ack","id":7,"seq":1}"#.into())]);
-//! assert_eq!(host.0.store.borrow()[&id].seq, 1);
+//! // What was written is the op, not the state.
+//! let stored = host.0.store.borrow()[&id].clone();
+//! assert_eq!((stored.seq(), stored.log.len(), stored.snapshot), (1, 1, None));
 //!
 //! // Shutdown: the gathering persists and disperses, then the hall's task ends.
 //! to_hall.try_send(HallMail::Shutdown).unwrap();
 //! pool.run();
 //! assert!(host.hall().finished());
+//! // Everything was durable already: the dispersal wrote nothing more.
+//! assert_eq!(host.0.store.borrow()[&id].log.len(), 1);
 //! ```
 
 mod gathering_task;
@@ -146,5 +150,5 @@ mod status;
 pub use gathering_task::GatheringLoop;
 pub use hall::{HallState, Settled, hall_task};
 pub use mail::{Durable, HallMail, Loading, Mail, Mailbox};
-pub use runtime::{Conn, Observed, Runtime, Stored};
+pub use runtime::{Conn, Observed, Runtime};
 pub use status::Status;

@@ -1,8 +1,8 @@
 //! What travels between connections, the hall, gatherings and storage.
 
-use gathering_core::{GatheringId, Inbound, Verdict};
+use gathering_core::{GatheringId, Inbound, Loaded, Verdict};
 
-use crate::runtime::{Runtime, Stored};
+use crate::runtime::Runtime;
 
 /// The sending end of a gathering's mailbox: unbounded (the hall must never
 /// wait on one gathering) and empty-cheap (most gatherings are idle).
@@ -16,9 +16,9 @@ pub enum Mail<C> {
     Inbound(Inbound, Option<C>),
     /// The hall's answer to a dispersal request asked by mail.
     Verdict(Verdict),
-    /// The snapshot of op `seq` is durable.
+    /// The commit of op `seq` is durable.
     Persisted(u64),
-    /// The last snapshot could not be written.
+    /// The last commit could not be written.
     PersistFailed(String),
     /// The host is shutting down.
     Shutdown,
@@ -82,9 +82,10 @@ impl<R: Runtime> Loading<R> {
         &self.id
     }
 
-    /// Hands the stored snapshot (`None`: never persisted) or the reason the
-    /// load failed to the hall; a loaded gathering starts at once.
-    pub fn finish(self, loaded: Result<Option<Stored>, String>) {
+    /// Hands what the store holds of the gathering (`Loaded::default()`:
+    /// never persisted) or the reason the load failed to the hall; a loaded
+    /// gathering starts at once.
+    pub fn finish(self, loaded: Result<Loaded, String>) {
         crate::hall::loaded(self.rt, self.id, loaded);
     }
 }

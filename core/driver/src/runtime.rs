@@ -6,22 +6,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use gathering_core::{
-    App, Config, Deadline, Delivery, DisperseReason, Duration, Frame, GatheringId, Instant,
+    App, Commit, Config, Deadline, Delivery, DisperseReason, Duration, Frame, GatheringId, Instant,
 };
 
 use crate::gathering_task::GatheringLoop;
 use crate::hall::HallState;
 use crate::mail::{Durable, Loading};
 use crate::status::Status;
-
-/// A gathering's snapshot as a store keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    /// Number of the last op it holds.
-    pub seq: u64,
-    /// The application state, as the core encoded it.
-    pub snapshot: Vec<u8>,
-}
 
 /// A connection as a gathering sees it: somewhere to write frames.
 ///
@@ -160,9 +151,9 @@ pub trait Runtime: Clone + 'static {
     /// [`Loading::finish`].
     fn load(&self, loading: Loading<Self>);
 
-    /// Writes `stored` for gathering `id` durably and reports the outcome
-    /// with [`Durable::report`].
-    fn persist(&self, id: &GatheringId, stored: Stored, durable: Durable<Self::Conn>);
+    /// Writes `commit` for gathering `id` durably, as [`Commit`] says a
+    /// store must, and reports the outcome with [`Durable::report`].
+    fn persist(&self, id: &GatheringId, commit: Commit, durable: Durable<Self::Conn>);
 
     /// Runs a gathering's task.
     fn spawn(&self, task: GatheringLoop<Self>);

@@ -10,8 +10,8 @@ pub(crate) mod timer;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use gathering_core::{App, Config, Deadline, GatheringId};
-use gathering_driver::{Durable, GatheringLoop, HallState, Loading, Observed, Runtime, Stored};
+use gathering_core::{App, Commit, Config, Deadline, GatheringId};
+use gathering_driver::{Durable, GatheringLoop, HallState, Loading, Observed, Runtime};
 
 #[cfg(feature = "bench")]
 pub use detection::Detection;
@@ -123,10 +123,10 @@ impl<A: NativeApp> Runtime for Native<A> {
         });
     }
 
-    fn persist(&self, id: &GatheringId, stored: Stored, durable: Durable<Outbox>) {
+    fn persist(&self, id: &GatheringId, commit: Commit, durable: Durable<Outbox>) {
         let write = Write {
             id: id.clone(),
-            stored,
+            commit,
         };
         self.0.persister.submit(write, durable);
     }

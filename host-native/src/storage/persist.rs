@@ -1,5 +1,6 @@
-//! Group commit: every snapshot waiting when the writer is free goes into one
-//! durable commit, so throughput does not collapse to one fsync per op.
+//! Group commit: every gathering's commit waiting when the writer is free
+//! goes into one durable transaction, so throughput does not collapse to
+//! one fsync per op.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,7 +11,8 @@ use crate::front::outbox::Outbox;
 use crate::metrics::Metrics;
 use crate::storage::{Store, Write};
 
-/// Most snapshots in one commit; bounds the latency of the first in a batch.
+/// Most gatherings' commits in one transaction; bounds the latency of the
+/// first in a batch.
 const MAX_BATCH: usize = 4096;
 
 struct Job {
@@ -63,6 +65,15 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
         let result = store.commit(&writes);
         metrics.storage_commits.inc();
         metrics.storage_writes.inc_by(writes.len() as u64);
+        let bytes: usize = writes.iter().map(|w| w.commit.bytes()).sum();
+        metrics.storage_bytes.inc_by(bytes as u64);
+        let ops: usize = writes.iter().map(|w| w.commit.log.len()).sum();
+        metrics.storage_logged.inc_by(ops as u64);
+        let snapshots = writes
+            .iter()
+            .filter(|w| w.commit.snapshot.is_some())
+            .count();
+        metrics.storage_snapshots.inc_by(snapshots as u64);
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = writes.len(), "storage commit failed; gatherings will retry");
         }
