@@ -6,6 +6,8 @@
 //! ```text
 //! gathering-load overhead     # messages/s through one gathering per detection strategy, lateness
 //! gathering-load throughput   # G x C clients, durable acks: ops/s, forwards/s, ack latency
+//! gathering-load sustained    # 30 s against a gathering-server process, state growing: forwards/s per 5 s, CPU per forward
+//! gathering-load replay       # spawn time of a gathering with the longest log tail compaction allows
 //! gathering-load scale        # 10k / 100k / 1M idle gatherings: RSS, spawn rate, lateness, reuse
 //! gathering-load connections  # 10k idle gatherings with one connection each: server RSS
 //! gathering-load all --smoke  # everything, tiny: what CI runs
@@ -53,6 +55,12 @@ struct Args {
     /// as long as keeps it to 100,000 a second).
     #[arg(long, global = true)]
     spread: Option<f64>,
+    /// Seconds `sustained` runs each shape for.
+    #[arg(long, global = true, default_value_t = 30)]
+    seconds: u64,
+    /// Shapes for `sustained`, as GxC (default 100x4,1000x4).
+    #[arg(long, global = true, value_delimiter = ',')]
+    shapes: Vec<String>,
     /// Where `scale` writes the lateness of every dispersal of its last
     /// cycle, in seconds, one per line in the order they happened (to see
     /// their course over time); with several sizes, one file each, with
@@ -69,8 +77,16 @@ enum What {
     Overhead,
     /// Acknowledged ops and delivered forwards for G gatherings x C clients.
     Throughput,
+    /// A time window against a separate `gathering-server` process with
+    /// the state growing, 1 and 16 ops in flight per client: delivered
+    /// forwards per 5 s, ack latency, server CPU per delivered forward,
+    /// forwards re-sent.
+    Sustained,
     /// Many idle gatherings: memory, spawn rate, lateness, a second cycle.
     Scale,
+    /// Loading a gathering from redb: its snapshot and the longest log
+    /// tail the default compaction leaves, replayed.
+    Replay,
     /// Memory of idle gatherings holding one WebSocket connection each,
     /// in a separate `gathering-server` process.
     Connections,
@@ -103,6 +119,12 @@ fn main() {
         }
         if matches!(args.what, What::Throughput | What::All) {
             throughput(args.smoke).await;
+        }
+        if matches!(args.what, What::Sustained | What::All) {
+            sustained(args.smoke, args.seconds, &args.shapes).await;
+        }
+        if matches!(args.what, What::Replay | What::All) {
+            replay(args.smoke);
         }
         if matches!(args.what, What::Scale | What::All) {
             scale(
@@ -231,7 +253,12 @@ fn rss() -> u64 {
 
 /// CPU time this process has used, seconds (user + system).
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_secs_of("self")
+}
+
+/// CPU time process `pid` (or `self`) has used, seconds (user + system).
+fn cpu_secs_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -631,6 +658,272 @@ async fn scale(
     }
 }
 
+// --------------------------------------------------------------- sustained
+
+/// What one client saw in the window.
+#[derive(Default)]
+struct Seen {
+    /// Ack latencies, seconds.
+    latencies: Vec<f64>,
+    /// Forwards received per bucket of the window.
+    forwards: Vec<u64>,
+    /// Forwards received again (a seq not above the highest seen).
+    resent: u64,
+}
+
+async fn sustained(smoke: bool, seconds: u64, shapes: &[String]) {
+    let (secs, bucket, defaults): (u64, u64, &[(usize, usize)]) = if smoke {
+        (2, 1, &[(4, 2)])
+    } else {
+        (seconds, 5, &[(100, 4), (1000, 4)])
+    };
+    let shapes: Vec<(usize, usize)> = if shapes.is_empty() {
+        defaults.to_vec()
+    } else {
+        shapes
+            .iter()
+            .map(|s| {
+                let (g, c) = s.split_once('x').expect("shapes look like 100x4");
+                (g.parse().unwrap(), c.parse().unwrap())
+            })
+            .collect()
+    };
+    println!(
+        "\n== sustained: {secs} s of record_result against a gathering-server process (state grows: every result is kept), postcard"
+    );
+    for &(g, c) in &shapes {
+        for window in [1usize, 16] {
+            sustained_one(g, c, window, secs, bucket).await;
+        }
+    }
+}
+
+async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64) {
+    let server = ChildServer::spawn("sustained");
+    let mut clients = Vec::new();
+    for gi in 0..g {
+        let gid = id(&format!("s{gi}"));
+        for ci in 0..c {
+            let mut client: Client<Tournament> =
+                Client::connect(&server.url, &gid, Encoding::Postcard)
+                    .await
+                    .unwrap();
+            if ci == 0 {
+                for name in ["a", "b"] {
+                    client
+                        .op(TournamentOp::RegisterPlayer { name: name.into() })
+                        .await
+                        .unwrap();
+                }
+            }
+            clients.push(client);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let buckets = secs.div_ceil(bucket) as usize;
+    let cpu_before = server.cpu_secs();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        tasks.push(tokio::spawn(async move {
+            let op = TournamentOp::RecordResult {
+                a: "a".into(),
+                b: "b".into(),
+                winner: Some("a".into()),
+            };
+            let mut seen = Seen {
+                forwards: vec![0; buckets],
+                ..Seen::default()
+            };
+            let mut sent_at = std::collections::HashMap::new();
+            let mut highest = 0u64;
+            while Instant::now() < end {
+                while sent_at.len() < window {
+                    let rid = client.submit(op.clone()).await.unwrap();
+                    sent_at.insert(rid, Instant::now());
+                }
+                let reply = tokio::time::timeout_at(end.into(), client.reply()).await;
+                let Ok(reply) = reply else { break };
+                match reply.unwrap() {
+                    Reply::Acked { id, .. } => {
+                        if let Some(t) = sent_at.remove(&id) {
+                            seen.latencies.push(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    Reply::Forward { seq, .. } => {
+                        if seq <= highest {
+                            seen.resent += 1;
+                        } else {
+                            highest = seq;
+                            let b = (start.elapsed().as_secs() / bucket) as usize;
+                            if let Some(n) = seen.forwards.get_mut(b) {
+                                *n += 1;
+                            }
+                        }
+                    }
+                    Reply::Rejected { message, .. } => panic!("op refused: {message}"),
+                    Reply::Dispersed { .. } => panic!("dispersed under load"),
+                }
+            }
+            (seen, client)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut per_bucket = vec![0u64; buckets];
+    let mut resent = 0;
+    let mut clients = Vec::new();
+    for t in tasks {
+        let (seen, client) = t.await.unwrap();
+        latencies.extend(seen.latencies);
+        for (total, n) in per_bucket.iter_mut().zip(seen.forwards) {
+            *total += n;
+        }
+        resent += seen.resent;
+        clients.push(client);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = server.cpu_secs() - cpu_before;
+    let metrics = server.metrics();
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (commits, logged, bytes) = (
+        counter("storage_commits_total"),
+        counter("storage_logged_total"),
+        counter("storage_bytes_total"),
+    );
+    let delivered: u64 = per_bucket.iter().sum();
+    let l = sorted(latencies);
+    let rates: Vec<String> = per_bucket
+        .iter()
+        .map(|n| format!("{:.0}", *n as f64 / bucket as f64))
+        .collect();
+    let first = per_bucket.first().copied().unwrap_or(0) as f64;
+    let last = per_bucket.last().copied().unwrap_or(0) as f64;
+    println!(
+        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op",
+        rates.join(", "),
+        last / first.max(1.0),
+        delivered as f64 / elapsed,
+        quantile(&l, 0.5) * 1e3,
+        quantile(&l, 0.99) * 1e3,
+        cpu,
+        cpu * 1e6 / delivered.max(1) as f64,
+        cpu / elapsed,
+        resent as f64 * 100.0 / delivered.max(1) as f64,
+        logged / commits.max(1.0),
+        bytes / logged.max(1.0)
+    );
+    for client in clients {
+        client.close().await;
+    }
+    server.stop();
+}
+
+// ------------------------------------------------------------------ replay
+
+/// How long loading a gathering takes when its log tail is as long as the
+/// default compaction allows (one op short of a snapshot), over a snapshot
+/// of a state with `matches` results, from redb on disk.
+fn replay(smoke: bool) {
+    use gathering_core::{Commit, DEFAULT_SNAPSHOT_OPS, Gathering, LogEntry, commit::encode_entry};
+    use gathering_native::{RedbStore, Store, Write};
+    let sizes: &[usize] = if smoke {
+        &[0, 100]
+    } else {
+        &[0, 10_000, 60_000]
+    };
+    let rounds = if smoke { 3 } else { 21 };
+    let tail = DEFAULT_SNAPSHOT_OPS - 1;
+    println!(
+        "\n== replay: load a gathering from redb = its snapshot + {tail} log entries (the longest tail the default compaction leaves) replayed; median of {rounds}"
+    );
+    println!(
+        "{:>10} {:>14} {:>12} {:>12} {:>12}",
+        "results", "snapshot B", "log B", "load ms", "restore ms"
+    );
+    for &matches in sizes {
+        let dir =
+            std::env::temp_dir().join(format!("gathering-load-replay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = RedbStore::open(&dir, "tournament").unwrap();
+        let gid = id("replayed");
+        let mut state = Tournament::default();
+        let by = gathering_core::ConnId(1);
+        use gathering_core::App;
+        for name in ["a", "b"] {
+            state
+                .apply(by, &TournamentOp::RegisterPlayer { name: name.into() })
+                .unwrap();
+        }
+        let result = TournamentOp::RecordResult {
+            a: "a".into(),
+            b: "b".into(),
+            winner: Some("a".into()),
+        };
+        for _ in 0..matches {
+            state.apply(by, &result).unwrap();
+        }
+        let seq = 2 + matches as u64;
+        let snapshot = postcard::to_allocvec(&state).unwrap();
+        let snapshot_bytes = snapshot.len();
+        let write = |commit| Write {
+            id: gid.clone(),
+            commit,
+        };
+        store
+            .commit(&[write(Commit {
+                seq,
+                log: Vec::new(),
+                snapshot: Some(snapshot),
+            })])
+            .unwrap();
+        let log: Vec<LogEntry> = (1..=tail)
+            .map(|i| LogEntry {
+                seq: seq + i,
+                bytes: encode_entry(by, &result).unwrap(),
+            })
+            .collect();
+        let log_bytes: usize = log.iter().map(|e| e.bytes.len()).sum();
+        store
+            .commit(&[write(Commit {
+                seq: seq + tail,
+                log,
+                snapshot: None,
+            })])
+            .unwrap();
+        let (mut loads, mut restores) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let loaded = store.load(&gid).unwrap();
+            loads.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let g = Gathering::<Tournament>::restore(
+                gid.clone(),
+                Config::default(),
+                gathering_core::Instant::ZERO,
+                &loaded,
+            )
+            .unwrap();
+            restores.push(t.elapsed().as_secs_f64());
+            assert_eq!(g.seq(), seq + tail);
+        }
+        println!(
+            "{matches:>10} {snapshot_bytes:>14} {log_bytes:>12} {:>12.3} {:>12.3}",
+            median(loads) * 1e3,
+            median(restores) * 1e3
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 // ------------------------------------------------------------- connections
 
 /// Resident memory of process `pid`, bytes.
@@ -644,35 +937,87 @@ fn rss_of(pid: u32) -> u64 {
         * 1024
 }
 
-async fn connections(smoke: bool) {
-    use std::io::BufRead;
-    let n = if smoke { 200 } else { 10_000 };
-    let exe = std::env::current_exe()
-        .unwrap()
-        .with_file_name("gathering-server");
-    let dir = std::env::temp_dir().join(format!("gathering-load-conn-{}", std::process::id()));
-    let mut child = std::process::Command::new(&exe)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env("RUST_LOG", "warn,gathering_native::server=info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (build it: cargo build --release -p gathering-native)",
-                exe.display()
-            )
-        });
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server prints its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+/// A `gathering-server` process beside this binary, on a free loopback port
+/// with its own data directory: the shape users run.
+struct ChildServer {
+    child: std::process::Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl ChildServer {
+    fn spawn(what: &str) -> ChildServer {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()
+            .unwrap()
+            .with_file_name("gathering-server");
+        let dir =
+            std::env::temp_dir().join(format!("gathering-load-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut child = std::process::Command::new(&exe)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "warn,gathering_native::server=info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (build it: cargo build --release -p gathering-native)",
+                    exe.display()
+                )
+            });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("server prints its address").unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ChildServer {
+            child,
+            dir,
+            url: format!("ws://{addr}"),
         }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let url = format!("ws://{addr}");
-    let pid = child.id();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs_of(&self.pid().to_string())
+    }
+
+    /// Its `/metrics` text.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("ws://");
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn connections(smoke: bool) {
+    let n = if smoke { 200 } else { 10_000 };
+    let server = ChildServer::spawn("conn");
+    let url = server.url.clone();
+    let pid = server.pid();
     // Warm up allocator and runtime with one connection first.
     let warm: Client<Tournament> = Client::connect(&url, &id("warm"), Encoding::Postcard)
         .await
@@ -701,7 +1046,5 @@ async fn connections(smoke: bool) {
     );
     drop(clients);
     drop(warm);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.stop();
 }
