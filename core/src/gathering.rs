@@ -13,9 +13,9 @@ use crate::{App, ConnId, GatheringId};
 
 /// Ops logged between two snapshots, by default: a load replays at most
 /// this many (see BENCHMARKS.md for what that costs a spawn).
-pub const DEFAULT_SNAPSHOT_OPS: u64 = 1024;
+pub const DEFAULT_SNAPSHOT_OPS: u32 = 1024;
 /// Bytes logged between two snapshots, by default.
-pub const DEFAULT_SNAPSHOT_BYTES: u64 = 1 << 20;
+pub const DEFAULT_SNAPSHOT_BYTES: u32 = 1 << 20;
 
 /// Tunables of a gathering. `Default` gives the production values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,9 +35,10 @@ pub struct Config {
     /// A commit carries a snapshot instead of log entries once this many
     /// ops were logged since the last snapshot (bounds the log a load
     /// replays).
-    pub snapshot_ops: u64,
+    pub snapshot_ops: u32,
     /// ... or once the log since the last snapshot holds this many bytes.
-    pub snapshot_bytes: u64,
+    /// (Both are `u32`: every idle gathering holds its config.)
+    pub snapshot_bytes: u32,
 }
 
 impl Default for Config {
@@ -242,13 +243,20 @@ struct Accepted<O> {
     op: O,
 }
 
+/// `logged` with `ops` more ops of `bytes` bytes, saturating.
+fn add(logged: (u32, u32), ops: usize, bytes: usize) -> (u32, u32) {
+    let ops = u32::try_from(ops).unwrap_or(u32::MAX);
+    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    (logged.0.saturating_add(ops), logged.1.saturating_add(bytes))
+}
+
 /// The commit a gathering waits for.
 #[derive(Clone, Copy, Debug)]
 struct Persisting {
     /// The last op it makes durable.
     seq: u64,
-    /// What the log since the last snapshot holds once it is durable.
-    logged: (u64, u64),
+    /// Whether it is a snapshot, which empties the log once durable.
+    snapshot: bool,
 }
 
 /// One live room: application state, the connections following it, and the
@@ -282,8 +290,10 @@ pub struct Gathering<A: App> {
     durable: u64,
     /// The outstanding commit, if any.
     persisting: Option<Persisting>,
-    /// Ops and bytes durable in the log since the last durable snapshot.
-    logged: (u64, u64),
+    /// Ops and bytes logged since the last durable snapshot, counted when
+    /// written (a failed write counts too: the next snapshot merely comes
+    /// sooner); `u32`, saturating, to keep idle gatherings small.
+    logged: (u32, u32),
     /// After a failed persist, when to try again.
     flush_at: Option<Instant>,
     /// Time of the last client activity: the whole idle bookkeeping.
@@ -341,7 +351,7 @@ impl<A: App> Gathering<A> {
             },
             None => (A::default(), 0),
         };
-        let mut logged = (0u64, 0u64);
+        let mut logged = (0u32, 0u32);
         for entry in &loaded.log {
             // Entries a snapshot covers are deleted with it; one left over
             // (a store that deletes lazily) changes nothing.
@@ -359,7 +369,7 @@ impl<A: App> Gathering<A> {
             app.apply(by, &op)
                 .map_err(|r| fail(format!("log entry of op {} does not apply: {r}", entry.seq)))?;
             seq = entry.seq;
-            logged = (logged.0 + 1, logged.1 + entry.bytes.len() as u64);
+            logged = add(logged, 1, entry.bytes.len());
         }
         let mut gathering = Self::with_state(id, config, now, app, seq);
         gathering.logged = logged;
@@ -488,6 +498,9 @@ impl<A: App> Gathering<A> {
         }
         match self.commit() {
             Ok((commit, persisting)) => {
+                if !persisting.snapshot {
+                    self.logged = add(self.logged, commit.log.len(), commit.bytes());
+                }
                 self.persisting = Some(persisting);
                 Some(Action::Persist(commit))
             }
@@ -515,14 +528,17 @@ impl<A: App> Gathering<A> {
                 bytes: entry,
             });
         }
-        let ops = self.logged.0 + log.len() as u64;
-        let bytes = self.logged.1 + bytes;
+        let (ops, bytes) = add(
+            self.logged,
+            log.len(),
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+        );
         let compact = ops >= self.config.snapshot_ops
             || bytes >= self.config.snapshot_bytes
             || matches!(self.phase, Phase::Closing(_));
         let persisting = Persisting {
             seq: self.seq,
-            logged: if compact { (0, 0) } else { (ops, bytes) },
+            snapshot: compact,
         };
         let commit = if compact {
             Commit {
@@ -742,7 +758,9 @@ impl<A: App> Gathering<A> {
         if let Some(p) = self.persisting
             && p.seq <= seq
         {
-            self.logged = p.logged;
+            if p.snapshot {
+                self.logged = (0, 0);
+            }
             self.persisting = None;
         }
         self.durable = self.durable.max(seq.min(self.seq));

@@ -44,12 +44,12 @@ pub struct Args {
 
     /// Write a gathering's whole state (and drop its op log) once this many
     /// ops were logged since its last snapshot; bounds what a spawn replays.
-    #[arg(long, env = "GATHERING_SNAPSHOT_OPS", default_value_t = gathering_core::DEFAULT_SNAPSHOT_OPS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub snapshot_ops: u64,
+    #[arg(long, env = "GATHERING_SNAPSHOT_OPS", default_value_t = gathering_core::DEFAULT_SNAPSHOT_OPS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_ops: u32,
 
     /// ... or once its op log since the last snapshot holds this many bytes.
-    #[arg(long, env = "GATHERING_SNAPSHOT_BYTES", default_value_t = gathering_core::DEFAULT_SNAPSHOT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
-    pub snapshot_bytes: u64,
+    #[arg(long, env = "GATHERING_SNAPSHOT_BYTES", default_value_t = gathering_core::DEFAULT_SNAPSHOT_BYTES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_bytes: u32,
 
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]

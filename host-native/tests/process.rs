@@ -140,7 +140,8 @@ async fn kill_9_at_random_points_keeps_every_acked_op_exactly_once() {
     for round in 0..20 {
         let (mut child, url) = spawn_server_with(dir.path(), &["--snapshot-ops", "5"]);
         // What the last round acknowledged survived the kill.
-        check_acked(&url, &acked.lock().unwrap().clone(), round).await;
+        let so_far = acked.lock().unwrap().clone();
+        check_acked(&url, &so_far, round).await;
         let mut load = Vec::new();
         for c in 0..4 {
             let url = url.clone();

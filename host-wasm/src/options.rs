@@ -65,10 +65,12 @@ impl Options {
             options.max_frame_bytes = n as usize;
         }
         if let Some(n) = number(value, "snapshotOps")? {
-            if n < 1.0 {
-                return Err(format!("snapshotOps must be at least 1, got {n}"));
+            if !(1.0..=f64::from(u32::MAX)).contains(&n) {
+                return Err(format!(
+                    "snapshotOps must be between 1 and 4294967295, got {n}"
+                ));
             }
-            options.config.snapshot_ops = n as u64;
+            options.config.snapshot_ops = n as u32;
         }
         let database = field(value, "database")?;
         if database.is_null() {

@@ -41,7 +41,7 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
         50u64..500,
         2u64..6,
         2usize..8,
-        (1u64..8, 8u64..512),
+        (1u32..8, 8u32..512),
     )
         .prop_map(
             |(idle, grace, retry, factor, max_unacked, (snapshot_ops, snapshot_bytes))| Config {

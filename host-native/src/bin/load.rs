@@ -840,7 +840,7 @@ fn replay(smoke: bool) {
         &[0, 10_000, 60_000]
     };
     let rounds = if smoke { 3 } else { 21 };
-    let tail = DEFAULT_SNAPSHOT_OPS - 1;
+    let tail = u64::from(DEFAULT_SNAPSHOT_OPS) - 1;
     println!(
         "\n== replay: load a gathering from redb = its snapshot + {tail} log entries (the longest tail the default compaction leaves) replayed; median of {rounds}"
     );
