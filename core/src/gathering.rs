@@ -33,8 +33,10 @@ pub struct Config {
     /// ([`CLOSE_POLICY`]) rather than buffered without bound.
     pub max_unacked: usize,
     /// A commit carries a snapshot instead of log entries once this many
-    /// ops were logged since the last snapshot (bounds the log a load
-    /// replays).
+    /// ops were logged since the last snapshot, provided the log also holds
+    /// at least as many bytes as that snapshot (so a large state is not
+    /// rewritten every few ops: a load then replays at most about a
+    /// snapshot's worth of log).
     pub snapshot_ops: u32,
     /// ... or once the log since the last snapshot holds this many bytes.
     /// (Both are `u32`: every idle gathering holds its config.)
@@ -245,9 +247,14 @@ struct Accepted<O> {
 
 /// `logged` with `ops` more ops of `bytes` bytes, saturating.
 fn add(logged: (u32, u32), ops: usize, bytes: usize) -> (u32, u32) {
-    let ops = u32::try_from(ops).unwrap_or(u32::MAX);
-    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-    (logged.0.saturating_add(ops), logged.1.saturating_add(bytes))
+    (
+        logged.0.saturating_add(saturate(ops)),
+        logged.1.saturating_add(saturate(bytes)),
+    )
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The commit a gathering waits for.
@@ -294,6 +301,10 @@ pub struct Gathering<A: App> {
     /// written (a failed write counts too: the next snapshot merely comes
     /// sooner); `u32`, saturating, to keep idle gatherings small.
     logged: (u32, u32),
+    /// Bytes of the last snapshot written: the log must hold as many
+    /// before the next, so that snapshotting costs O(1) per logged byte
+    /// however large the state grows.
+    snapshot_len: u32,
     /// After a failed persist, when to try again.
     flush_at: Option<Instant>,
     /// Time of the last client activity: the whole idle bookkeeping.
@@ -373,6 +384,10 @@ impl<A: App> Gathering<A> {
         }
         let mut gathering = Self::with_state(id, config, now, app, seq);
         gathering.logged = logged;
+        gathering.snapshot_len = loaded
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| saturate(s.bytes.len()));
         Ok(gathering)
     }
 
@@ -386,6 +401,7 @@ impl<A: App> Gathering<A> {
             durable: seq,
             persisting: None,
             logged: (0, 0),
+            snapshot_len: 0,
             flush_at: None,
             // Spawning is activity: something was routed here to cause it.
             last_activity: now,
@@ -515,7 +531,7 @@ impl<A: App> Gathering<A> {
     /// The commit of every op not yet durable: their log entries, or a
     /// snapshot once the log since the last one passes its bound, or when
     /// closing (a successor then loads without replaying).
-    fn commit(&self) -> Result<(Commit, Persisting), postcard::Error> {
+    fn commit(&mut self) -> Result<(Commit, Persisting), postcard::Error> {
         // Everything awaiting is what is not durable: it is released (and
         // forgotten) as soon as it is.
         let mut log = Vec::with_capacity(self.awaiting.len());
@@ -533,18 +549,23 @@ impl<A: App> Gathering<A> {
             log.len(),
             usize::try_from(bytes).unwrap_or(usize::MAX),
         );
-        let compact = ops >= self.config.snapshot_ops
-            || bytes >= self.config.snapshot_bytes
+        // A bound is passed, and the log outweighs the last snapshot (or the
+        // gathering closes): a state that grows makes snapshots rarer, so
+        // each logged byte pays for at most one byte of snapshot.
+        let compact = ((ops >= self.config.snapshot_ops || bytes >= self.config.snapshot_bytes)
+            && bytes >= self.snapshot_len)
             || matches!(self.phase, Phase::Closing(_));
         let persisting = Persisting {
             seq: self.seq,
             snapshot: compact,
         };
         let commit = if compact {
+            let snapshot = postcard::to_allocvec(&self.app)?;
+            self.snapshot_len = saturate(snapshot.len());
             Commit {
                 seq: self.seq,
                 log: Vec::new(),
-                snapshot: Some(postcard::to_allocvec(&self.app)?),
+                snapshot: Some(snapshot),
             }
         } else {
             Commit {

@@ -582,8 +582,9 @@ fn commits_carry_ops_not_state_and_snapshot_at_the_bound() {
         send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
         commits.extend(commit_all(&mut g, &mut store, T0));
     }
-    // One op each; every fourth the log since the last snapshot reaches
-    // the bound and the commit is a snapshot instead.
+    // One op each. At the fourth the log reaches the bound and the commit
+    // is a snapshot instead; the next waits until the log also holds as
+    // many bytes as that snapshot (the state grew: at op 10, not op 8).
     let shape: Vec<(u64, usize, bool)> = commits
         .iter()
         .map(|c| (c.seq, c.log.len(), c.snapshot.is_some()))
@@ -598,16 +599,24 @@ fn commits_carry_ops_not_state_and_snapshot_at_the_bound() {
             (5, 1, false),
             (6, 1, false),
             (7, 1, false),
-            (8, 0, true),
+            (8, 1, false),
             (9, 1, false),
-            (10, 1, false)
+            (10, 0, true)
         ]
     );
     // A log commit costs its op, whatever the state holds.
     assert!(commits[8].bytes() < 16, "{}", commits[8].bytes());
-    // The store keeps the snapshot of op 8 and the two entries after it.
-    assert_eq!(store.snapshot.as_ref().map(|s| s.seq), Some(8));
-    assert_eq!(store.log.iter().map(|e| e.seq).collect::<Vec<_>>(), [9, 10]);
+    // Ops 5 to 8 log fewer bytes than the snapshot of op 4, ops 5 to 10
+    // (the last in the deciding commit) as many or more.
+    let entry = commits[8].bytes();
+    let snapshot_4 = commits[3].bytes();
+    assert!(
+        4 * entry < snapshot_4 && 6 * entry >= snapshot_4,
+        "{entry} {snapshot_4}"
+    );
+    // The store keeps the snapshot of op 10 and no entry: it covers them.
+    assert_eq!(store.snapshot.as_ref().map(|s| s.seq), Some(10));
+    assert!(store.log.is_empty());
     let id = GatheringId::parse("t").unwrap();
     let back: Gathering<Tournament> = Gathering::restore(id, config, T0, &store).unwrap();
     assert_eq!(back.app(), g.app());

@@ -410,28 +410,7 @@ async fn throughput(smoke: bool) {
     );
     for &(g, c, per_client) in shapes {
         let server = Server::start(Duration::from_secs(3600), Detection::Exact).await;
-        // Connect everyone and register the two players of each tournament.
-        let mut clients = Vec::new();
-        for gi in 0..g {
-            let gid = id(&format!("t{gi}"));
-            for ci in 0..c {
-                let mut client: Client<Tournament> =
-                    Client::connect(&server.url, &gid, Encoding::Postcard)
-                        .await
-                        .unwrap();
-                if ci == 0 {
-                    for name in ["a", "b"] {
-                        client
-                            .op(TournamentOp::RegisterPlayer { name: name.into() })
-                            .await
-                            .unwrap();
-                    }
-                }
-                clients.push(client);
-            }
-        }
-        // Let the registrations' forwards settle before the clock starts.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let clients = tournament_clients(&server.url, "t", g, c).await;
         let commits_before = server.running().metrics.storage_commits.get();
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -658,6 +637,37 @@ async fn scale(
     }
 }
 
+/// `g` tournaments named `{prefix}{i}` with `c` postcard clients each, the
+/// first of which registers players `a` and `b`; returns once the
+/// registrations' forwards have settled.
+async fn tournament_clients(
+    url: &str,
+    prefix: &str,
+    g: usize,
+    c: usize,
+) -> Vec<Client<Tournament>> {
+    let mut clients = Vec::new();
+    for gi in 0..g {
+        let gid = id(&format!("{prefix}{gi}"));
+        for ci in 0..c {
+            let mut client: Client<Tournament> = Client::connect(url, &gid, Encoding::Postcard)
+                .await
+                .unwrap();
+            if ci == 0 {
+                for name in ["a", "b"] {
+                    client
+                        .op(TournamentOp::RegisterPlayer { name: name.into() })
+                        .await
+                        .unwrap();
+                }
+            }
+            clients.push(client);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clients
+}
+
 // --------------------------------------------------------------- sustained
 
 /// What one client saw in the window.
@@ -700,26 +710,7 @@ async fn sustained(smoke: bool, seconds: u64, shapes: &[String]) {
 
 async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64) {
     let server = ChildServer::spawn("sustained");
-    let mut clients = Vec::new();
-    for gi in 0..g {
-        let gid = id(&format!("s{gi}"));
-        for ci in 0..c {
-            let mut client: Client<Tournament> =
-                Client::connect(&server.url, &gid, Encoding::Postcard)
-                    .await
-                    .unwrap();
-            if ci == 0 {
-                for name in ["a", "b"] {
-                    client
-                        .op(TournamentOp::RegisterPlayer { name: name.into() })
-                        .await
-                        .unwrap();
-                }
-            }
-            clients.push(client);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let clients = tournament_clients(&server.url, "s", g, c).await;
     let buckets = secs.div_ceil(bucket) as usize;
     let cpu_before = server.cpu_secs();
     let start = Instant::now();
@@ -837,16 +828,16 @@ fn replay(smoke: bool) {
     let sizes: &[usize] = if smoke {
         &[0, 100]
     } else {
-        &[0, 10_000, 60_000]
+        // The largest stays below the 65,536 results a tournament holds, tail included.
+        &[0, 5_000, 20_000]
     };
     let rounds = if smoke { 3 } else { 21 };
-    let tail = u64::from(DEFAULT_SNAPSHOT_OPS) - 1;
     println!(
-        "\n== replay: load a gathering from redb = its snapshot + {tail} log entries (the longest tail the default compaction leaves) replayed; median of {rounds}"
+        "\n== replay: load a gathering from redb = its snapshot + the longest log tail the default compaction leaves (1,023 ops, or as many as the snapshot's bytes), replayed; median of {rounds}"
     );
     println!(
-        "{:>10} {:>14} {:>12} {:>12} {:>12}",
-        "results", "snapshot B", "log B", "load ms", "restore ms"
+        "{:>10} {:>14} {:>10} {:>12} {:>12} {:>12}",
+        "results", "snapshot B", "log ops", "log B", "load ms", "restore ms"
     );
     for &matches in sizes {
         let dir =
@@ -884,6 +875,14 @@ fn replay(smoke: bool) {
                 snapshot: Some(snapshot),
             })])
             .unwrap();
+        // A snapshot is written once both bounds are passed: 1,024 ops,
+        // and as many log bytes as the last snapshot.
+        let entry_len = encode_entry(by, &result).unwrap().len() as u64;
+        let tail = (u64::from(DEFAULT_SNAPSHOT_OPS) - 1).max(
+            (snapshot_bytes as u64)
+                .div_ceil(entry_len)
+                .saturating_sub(1),
+        );
         let log: Vec<LogEntry> = (1..=tail)
             .map(|i| LogEntry {
                 seq: seq + i,
@@ -915,7 +914,7 @@ fn replay(smoke: bool) {
             assert_eq!(g.seq(), seq + tail);
         }
         println!(
-            "{matches:>10} {snapshot_bytes:>14} {log_bytes:>12} {:>12.3} {:>12.3}",
+            "{matches:>10} {snapshot_bytes:>14} {tail:>10} {log_bytes:>12} {:>12.3} {:>12.3}",
             median(loads) * 1e3,
             median(restores) * 1e3
         );
