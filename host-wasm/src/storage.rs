@@ -16,11 +16,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::rc::Rc;
 
 use async_channel::Sender;
 use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
+pub use gathering_driver::StoreError;
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
@@ -32,18 +32,6 @@ const STORE: &str = "gatherings";
 const LOG: &str = "log";
 /// Schema version of the database (2 added the log).
 const VERSION: u32 = 2;
-
-/// A storage failure, saying what was being done.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StorageError(pub String);
-
-impl fmt::Display for StorageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StorageError {}
 
 /// Storage for the in-page host.
 ///
@@ -65,7 +53,7 @@ fn key(app: &str, id: &GatheringId) -> String {
 impl Storage {
     /// The latest snapshot of `id` of application `app`, or `None` if it
     /// was never saved.
-    pub async fn load(&self, app: &str, id: &GatheringId) -> Result<Loaded, StorageError> {
+    pub async fn load(&self, app: &str, id: &GatheringId) -> Result<Loaded, StoreError> {
         match self {
             Storage::IndexedDb(db) => db.load(&key(app, id)).await,
             Storage::Memory(map) => {
@@ -80,7 +68,7 @@ impl Storage {
         app: &str,
         id: &GatheringId,
         commit: Commit,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), StoreError> {
         match self {
             Storage::IndexedDb(db) => db.save(&key(app, id), &commit).await,
             Storage::Memory(map) => {
@@ -110,12 +98,12 @@ pub struct IndexedDb {
 
 impl IndexedDb {
     /// Opens (creating if needed) the database `name`.
-    pub async fn open(name: &str) -> Result<Self, StorageError> {
+    pub async fn open(name: &str) -> Result<Self, StoreError> {
         let factory: IdbFactory = Reflect::get(&js_sys::global(), &"indexedDB".into())
             .ok()
             .and_then(|f| f.dyn_into().ok())
             .ok_or_else(|| {
-                StorageError(
+                StoreError(
                     "IndexedDB is not available here; open the host with {database: null} \
                      for one that keeps gatherings in memory only"
                         .into(),
@@ -146,7 +134,7 @@ impl IndexedDb {
         Ok(IndexedDb { db })
     }
 
-    async fn load(&self, key: &str) -> Result<Loaded, StorageError> {
+    async fn load(&self, key: &str) -> Result<Loaded, StoreError> {
         let doing = || format!("loading gathering {key} from IndexedDB");
         let fail = |e: JsValue| js_error(&doing(), &e);
         let tx = self.transaction("readonly").map_err(fail)?;
@@ -159,7 +147,7 @@ impl IndexedDb {
             None
         } else {
             let (seq, bytes) =
-                record(&value).map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                record(&value).map_err(|e| StoreError(format!("{}: {e}", doing())))?;
             Some(Snapshot { seq, bytes })
         };
         let after = snapshot.as_ref().map_or(0, |s| s.seq);
@@ -172,7 +160,7 @@ impl IndexedDb {
         let mut log = Vec::new();
         for value in js_sys::Array::from(&values).iter() {
             let entries =
-                entries_of(&value).map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                entries_of(&value).map_err(|e| StoreError(format!("{}: {e}", doing())))?;
             log.extend(
                 entries
                     .into_iter()
@@ -182,14 +170,14 @@ impl IndexedDb {
         Ok(Loaded { snapshot, log })
     }
 
-    async fn save(&self, key: &str, commit: &Commit) -> Result<(), StorageError> {
+    async fn save(&self, key: &str, commit: &Commit) -> Result<(), StoreError> {
         let doing = || format!("saving gathering {key} to IndexedDB");
         let fail = |e: JsValue| js_error(&doing(), &e);
         let tx = self.transaction("readwrite").map_err(fail)?;
         match &commit.snapshot {
             Some(bytes) => {
                 let value = bytes_of(commit.seq, bytes)
-                    .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                    .map_err(|e| StoreError(format!("{}: {e}", doing())))?;
                 tx.object_store(STORE)
                     .and_then(|store| store.put_with_key(&value, &JsValue::from_str(key)))
                     .map_err(fail)?;
@@ -209,7 +197,7 @@ impl IndexedDb {
                     .map(|e| (e.seq, e.bytes.as_slice()))
                     .collect();
                 let encoded = postcard::to_allocvec(&entries)
-                    .map_err(|e| StorageError(format!("{}: {e}", doing())))?;
+                    .map_err(|e| StoreError(format!("{}: {e}", doing())))?;
                 let value = Uint8Array::from(encoded.as_slice());
                 let key = JsValue::from_str(&entry_key(key, first.seq));
                 tx.object_store(LOG)
@@ -314,11 +302,11 @@ fn signal(tx: &Sender<()>) -> Closure<dyn FnMut(JsValue)> {
     })
 }
 
-fn js_error(doing: &str, e: &JsValue) -> StorageError {
+fn js_error(doing: &str, e: &JsValue) -> StoreError {
     let what = e
         .dyn_ref::<web_sys::DomException>()
         .map(|d| format!("{}: {}", d.name(), d.message()))
         .or_else(|| e.as_string())
         .unwrap_or_else(|| format!("{e:?}"));
-    StorageError(format!("{doing}: {what}"))
+    StoreError(format!("{doing}: {what}"))
 }

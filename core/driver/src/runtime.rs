@@ -14,6 +14,20 @@ use crate::hall::HallState;
 use crate::mail::{Durable, Loading};
 use crate::status::Status;
 
+/// A storage failure, saying what was being done: what both hosts' stores
+/// return, and what [`Durable::report`] and [`crate::Loading::finish`] are
+/// given as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
 /// A connection as a gathering sees it: somewhere to write frames.
 ///
 /// Contract: neither method blocks or waits; both may be called after the

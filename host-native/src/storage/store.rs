@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
+pub use gathering_driver::StoreError;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 /// One gathering's commit, in a group written together.
@@ -14,18 +15,6 @@ pub struct Write {
     /// What it asked to make durable.
     pub commit: Commit,
 }
-
-/// A storage failure, with what was being done.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// Where one application's gatherings live between spawns: each one's
 /// latest snapshot and the log of ops after it.
