@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use gathering_core::chat::{Chat, ChatOp};
@@ -17,6 +17,8 @@ use gathering_core::{DisperseReason, Encoding, GatheringId};
 use gathering_native::client::{ClientError, Incoming};
 
 type Client = gathering_native::client::Client<Chat>;
+
+mod common;
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -32,29 +34,7 @@ fn example() -> PathBuf {
 
 /// Starts the chat server on a free port; returns the child and its address.
 fn spawn_chat(dir: &Path, idle: &str) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(example())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--idle-timeout",
-            idle,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the chat example starts (built by cargo test)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    common::spawn(&example(), dir, &["--idle-timeout", idle])
 }
 
 fn stop(mut child: Child) {

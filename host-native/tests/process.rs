@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,8 @@ use gathering_native::client::{Incoming, Reply};
 
 type Client = gathering_native::client::Client<gathering_core::tournament::Tournament>;
 
+mod common;
+
 const BOUND: Duration = Duration::from_secs(10);
 
 /// Starts `gathering-server` on a free port; returns the child and its address.
@@ -25,31 +26,10 @@ fn spawn_server(dir: &Path) -> (Child, String) {
 
 /// The same, with more arguments.
 fn spawn_server_with(dir: &Path, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gathering-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--idle-timeout",
-            "60s",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
+    let mut all = vec!["--idle-timeout", "60s"];
+    all.extend_from_slice(args);
+    let (child, addr) = common::spawn(exe, dir, &all);
     (child, format!("ws://{addr}"))
 }
 

@@ -416,11 +416,7 @@ async fn throughput(smoke: bool) {
         let mut tasks = Vec::new();
         for mut client in clients {
             tasks.push(tokio::spawn(async move {
-                let op = TournamentOp::RecordResult {
-                    a: "a".into(),
-                    b: "b".into(),
-                    winner: Some("a".into()),
-                };
+                let op = a_beats_b();
                 let mut sent_at = std::collections::HashMap::new();
                 let mut latencies = Vec::with_capacity(per_client as usize);
                 let (mut sent, mut forwards) = (0u64, 0u64);
@@ -637,6 +633,16 @@ async fn scale(
     }
 }
 
+/// The op every load of this file sends: `a` beat `b` (the tournament keeps
+/// every result, so the state grows with each).
+fn a_beats_b() -> TournamentOp {
+    TournamentOp::RecordResult {
+        a: "a".into(),
+        b: "b".into(),
+        winner: Some("a".into()),
+    }
+}
+
 /// `g` tournaments named `{prefix}{i}` with `c` postcard clients each, the
 /// first of which registers players `a` and `b`; returns once the
 /// registrations' forwards have settled.
@@ -718,11 +724,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let mut tasks = Vec::new();
     for mut client in clients {
         tasks.push(tokio::spawn(async move {
-            let op = TournamentOp::RecordResult {
-                a: "a".into(),
-                b: "b".into(),
-                winner: Some("a".into()),
-            };
+            let op = a_beats_b();
             let mut seen = Seen {
                 forwards: vec![0; buckets],
                 ..Seen::default()
@@ -853,11 +855,7 @@ fn replay(smoke: bool) {
                 .apply(by, &TournamentOp::RegisterPlayer { name: name.into() })
                 .unwrap();
         }
-        let result = TournamentOp::RecordResult {
-            a: "a".into(),
-            b: "b".into(),
-            winner: Some("a".into()),
-        };
+        let result = a_beats_b();
         for _ in 0..matches {
             state.apply(by, &result).unwrap();
         }
