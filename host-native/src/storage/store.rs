@@ -1,11 +1,14 @@
-//! Durable storage of gathering snapshots.
+//! Durable storage of gatherings: snapshots, and a journal of the ops
+//! logged after them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
 pub use gathering_driver::StoreError;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 /// One gathering's commit, in a group written together.
 #[derive(Clone, Debug)]
@@ -36,20 +39,50 @@ pub trait Store: Send + Sync + 'static {
 
 /// Snapshots of one app's gatherings: id -> (seq, state).
 type Snapshots<'a> = TableDefinition<'a, &'static str, (u64, &'static [u8])>;
-/// The log of one app's gatherings: (id, seq) -> entry.
-type Log<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
+/// The journal of one app: (commit number, id) -> the entries of gathering
+/// `id` that commit logged, as postcard `[(seq, bytes)]`.
+type Journal<'a> = TableDefinition<'a, (u64, &'static str), &'static [u8]>;
+/// The log of an earlier layout, (id, seq) -> entry: moved into the
+/// journal when a store opens.
+type OldLog<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
 
 /// The embedded store: one redb file, `gatherings.redb`, in the data
 /// directory, with two tables per application, named by
-/// [`gathering_core::App::NAME`] (snapshots) and `NAME.log` (the op log),
-/// so apps sharing a data directory never read each other's gatherings.
-/// Every commit is one write transaction, fsynced before it returns: the
-/// group's log entries, snapshots and the deletion of the entries they
-/// cover land together or not at all.
+/// [`gathering_core::App::NAME`] (snapshots) and `NAME.journal`, so apps
+/// sharing a data directory never read each other's gatherings.
+///
+/// The journal is keyed by commit number first, so a commit's rows all go
+/// at the end of the table: a group commit rewrites the few pages there,
+/// however many gatherings it spans. (Keyed by gathering, one commit's
+/// entries landed on as many B-tree leaves as gatherings, each copied
+/// whole: 114 KB written per commit for 19 B of log per op; BENCHMARKS.md
+/// section 5.) Which rows hold a gathering's entries is kept in memory,
+/// rebuilt from the journal at open. Every commit is one write transaction,
+/// fsynced before it returns: the group's rows, snapshots and the deletion
+/// of the rows they cover land together or not at all.
 pub struct RedbStore {
     db: Database,
     snapshots: String,
-    log: String,
+    journal: String,
+    index: Mutex<Index>,
+}
+
+/// Which journal rows hold each gathering's entries after its snapshot,
+/// oldest first, and the next commit number. Changed only together with
+/// the commit that changes the journal, under the same lock.
+#[derive(Default)]
+struct Index {
+    tails: HashMap<GatheringId, Vec<u64>>,
+    next: u64,
+}
+
+/// What one batch does to one gathering.
+#[derive(Default)]
+struct Change<'a> {
+    /// A snapshot replaces its state: the rows of its tail go.
+    snapshot: Option<(u64, &'a [u8])>,
+    /// Entries this commit logs after any snapshot of the same batch.
+    entries: Vec<(u64, &'a [u8])>,
 }
 
 fn err(doing: &str, e: impl fmt::Display) -> StoreError {
@@ -72,7 +105,8 @@ impl RedbStore {
         let store = RedbStore {
             db,
             snapshots: app.to_owned(),
-            log: format!("{app}.log"),
+            journal: format!("{app}.journal"),
+            index: Mutex::new(Index::default()),
         };
         let tx = store
             .db
@@ -80,28 +114,98 @@ impl RedbStore {
             .map_err(|e| err("cannot start a write", e))?;
         tx.open_table(store.snapshots())
             .map_err(|e| err(&format!("cannot create the table of {app}"), e))?;
-        tx.open_table(store.log())
-            .map_err(|e| err(&format!("cannot create the log of {app}"), e))?;
+        store.migrate(&tx, app)?;
         tx.commit().map_err(|e| err("cannot commit", e))?;
+        store.rebuild()?;
         Ok(store)
+    }
+
+    /// Moves the log of the earlier layout, one entry per row, into the
+    /// journal: each gathering's entries become one row.
+    fn migrate(&self, tx: &WriteTransaction, app: &str) -> Result<(), StoreError> {
+        let doing = format!("cannot move the log of {app} into its journal");
+        let old_name = format!("{app}.log");
+        let old = OldLog::new(&old_name);
+        let mut journal = tx
+            .open_table(self.journal())
+            .map_err(|e| err(&format!("cannot create the journal of {app}"), e))?;
+        let next = journal
+            .last()
+            .map_err(|e| err(&doing, e))?
+            .map_or(0, |(key, _)| key.value().0 + 1);
+        let mut moved: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        {
+            // Opening creates it when absent; either way it is deleted.
+            let table = tx.open_table(old).map_err(|e| err(&doing, e))?;
+            for row in table.iter().map_err(|e| err(&doing, e))? {
+                let (key, value) = row.map_err(|e| err(&doing, e))?;
+                let (id, seq) = key.value();
+                moved
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push((seq, value.value().to_vec()));
+            }
+        }
+        for (id, entries) in &moved {
+            let row = postcard::to_allocvec(entries).map_err(|e| err(&doing, e))?;
+            journal
+                .insert((next, id.as_str()), row.as_slice())
+                .map_err(|e| err(&doing, e))?;
+        }
+        tx.delete_table(old).map_err(|e| err(&doing, e))?;
+        Ok(())
+    }
+
+    /// Reads which rows hold whose entries from the journal.
+    fn rebuild(&self) -> Result<(), StoreError> {
+        let doing = "cannot read the journal";
+        let tx = self.db.begin_read().map_err(|e| err(doing, e))?;
+        let journal = tx.open_table(self.journal()).map_err(|e| err(doing, e))?;
+        let mut index = self.index();
+        for row in journal.iter().map_err(|e| err(doing, e))? {
+            let (key, _) = row.map_err(|e| err(doing, e))?;
+            let (commit, id) = key.value();
+            let id = GatheringId::parse(id)
+                .map_err(|e| err(doing, format!("row of gathering {id:?}: {e}")))?;
+            index.tails.entry(id).or_default().push(commit);
+            index.next = index.next.max(commit + 1);
+        }
+        Ok(())
     }
 
     fn snapshots(&self) -> Snapshots<'_> {
         TableDefinition::new(&self.snapshots)
     }
 
-    fn log(&self) -> Log<'_> {
-        TableDefinition::new(&self.log)
+    fn journal(&self) -> Journal<'_> {
+        TableDefinition::new(&self.journal)
     }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // Each change under the lock is whole before the lock is let go.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Decodes a journal row: the entries one commit logged for one gathering.
+fn decode_row(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, postcard::Error> {
+    postcard::from_bytes(bytes)
 }
 
 impl Store for RedbStore {
     fn load(&self, id: &GatheringId) -> Result<Loaded, StoreError> {
         let doing = || format!("cannot read gathering {id}");
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| err("cannot start a read", e))?;
+        // The read begins under the lock, so it sees exactly the rows the
+        // index names (a commit updates both under it).
+        let (rows, tx) = {
+            let index = self.index();
+            let rows = index.tails.get(id).cloned().unwrap_or_default();
+            let tx = self
+                .db
+                .begin_read()
+                .map_err(|e| err("cannot start a read", e))?;
+            (rows, tx)
+        };
         let snapshots = tx
             .open_table(self.snapshots())
             .map_err(|e| err("cannot open the snapshot table", e))?;
@@ -116,60 +220,95 @@ impl Store for RedbStore {
                 }
             });
         let after = snapshot.as_ref().map_or(0, |s| s.seq);
-        let log = tx
-            .open_table(self.log())
-            .map_err(|e| err("cannot open the log table", e))?;
-        let mut entries = Vec::new();
-        let from = (id.as_str(), after.saturating_add(1));
-        let to = (id.as_str(), u64::MAX);
-        for row in log.range(from..=to).map_err(|e| err(&doing(), e))? {
-            let (key, value) = row.map_err(|e| err(&doing(), e))?;
-            entries.push(LogEntry {
-                seq: key.value().1,
-                bytes: value.value().to_vec(),
-            });
+        let journal = tx
+            .open_table(self.journal())
+            .map_err(|e| err("cannot open the journal", e))?;
+        let mut log = Vec::new();
+        for commit in rows {
+            let Some(row) = journal
+                .get((commit, id.as_str()))
+                .map_err(|e| err(&doing(), e))?
+            else {
+                continue;
+            };
+            let entries = decode_row(row.value()).map_err(|e| err(&doing(), e))?;
+            log.extend(
+                entries
+                    .into_iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .map(|(seq, bytes)| LogEntry { seq, bytes }),
+            );
         }
-        Ok(Loaded {
-            snapshot,
-            log: entries,
-        })
+        Ok(Loaded { snapshot, log })
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        // Each gathering's writes, in the order given.
+        let mut changes: BTreeMap<&GatheringId, Change<'_>> = BTreeMap::new();
+        for w in writes {
+            let change = changes.entry(&w.id).or_default();
+            match &w.commit.snapshot {
+                Some(bytes) => {
+                    change.snapshot = Some((w.commit.seq, bytes));
+                    change.entries.clear();
+                }
+                None => change.entries.extend(
+                    w.commit
+                        .log
+                        .iter()
+                        .map(|entry| (entry.seq, entry.bytes.as_slice())),
+                ),
+            }
+        }
+        // redb admits one write transaction at a time; the index lock is
+        // held from its start, so the commit number and tails it reads stay
+        // true until its commit, and a load never sees one without the other.
         let tx = self
             .db
             .begin_write()
             .map_err(|e| err("cannot start a write", e))?;
+        let mut index = self.index();
+        let commit = index.next;
         {
             let mut snapshots = tx
                 .open_table(self.snapshots())
                 .map_err(|e| err("cannot open the snapshot table", e))?;
-            let mut log = tx
-                .open_table(self.log())
-                .map_err(|e| err("cannot open the log table", e))?;
-            for w in writes {
-                let id = w.id.as_str();
-                let doing = || format!("cannot write gathering {}", w.id);
-                match &w.commit.snapshot {
-                    Some(bytes) => {
-                        snapshots
-                            .insert(id, (w.commit.seq, bytes.as_slice()))
-                            .map_err(|e| err(&doing(), e))?;
-                        // The entries the snapshot covers go in the same
-                        // transaction: a crash leaves both or neither.
-                        log.retain_in((id, 0)..=(id, w.commit.seq), |_, _| false)
-                            .map_err(|e| err(&doing(), e))?;
+            let mut journal = tx
+                .open_table(self.journal())
+                .map_err(|e| err("cannot open the journal", e))?;
+            for (id, change) in &changes {
+                let doing = || format!("cannot write gathering {id}");
+                let key = id.as_str();
+                if let Some(snapshot) = change.snapshot {
+                    snapshots
+                        .insert(key, snapshot)
+                        .map_err(|e| err(&doing(), e))?;
+                    // The rows the snapshot covers go in the same
+                    // transaction: a crash leaves both or neither.
+                    for &row in index.tails.get(*id).into_iter().flatten() {
+                        journal.remove((row, key)).map_err(|e| err(&doing(), e))?;
                     }
-                    None => {
-                        for entry in &w.commit.log {
-                            log.insert((id, entry.seq), entry.bytes.as_slice())
-                                .map_err(|e| err(&doing(), e))?;
-                        }
-                    }
+                }
+                if !change.entries.is_empty() {
+                    let row =
+                        postcard::to_allocvec(&change.entries).map_err(|e| err(&doing(), e))?;
+                    journal
+                        .insert((commit, key), row.as_slice())
+                        .map_err(|e| err(&doing(), e))?;
                 }
             }
         }
-        tx.commit().map_err(|e| err("cannot commit", e))
+        tx.commit().map_err(|e| err("cannot commit", e))?;
+        index.next += 1;
+        for (id, change) in changes {
+            if change.snapshot.is_some() {
+                index.tails.remove(id);
+            }
+            if !change.entries.is_empty() {
+                index.tails.entry(id.clone()).or_default().push(commit);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -233,5 +372,87 @@ mod tests {
         // Another app in the same directory sees none of it.
         let stranger = RedbStore::open(dir.path(), "two").unwrap();
         assert_eq!(stranger.load(&id).unwrap(), Loaded::default());
+    }
+
+    fn seqs(loaded: &Loaded) -> Vec<u64> {
+        loaded.log.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_batch_applies_each_gatherings_writes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = GatheringId::parse("a").unwrap();
+        let write = |commit| Write {
+            id: id.clone(),
+            commit,
+        };
+        let snapshot = |seq| Commit {
+            seq,
+            log: Vec::new(),
+            snapshot: Some(vec![seq as u8]),
+        };
+        {
+            let store = RedbStore::open(dir.path(), "one").unwrap();
+            store.commit(&[write(log(1..=2))]).unwrap();
+            // Entries, a snapshot covering them and older rows, entries after.
+            store
+                .commit(&[write(log(3..=4)), write(snapshot(4)), write(log(5..=6))])
+                .unwrap();
+            let loaded = store.load(&id).unwrap();
+            assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(4));
+            assert_eq!(seqs(&loaded), [5, 6]);
+            store.commit(&[write(log(7..=7))]).unwrap();
+        }
+        // The index rebuilt from the journal says the same.
+        let store = RedbStore::open(dir.path(), "one").unwrap();
+        let loaded = store.load(&id).unwrap();
+        assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(4));
+        assert_eq!(seqs(&loaded), [5, 6, 7]);
+        // A snapshot at the end of a batch leaves no entries behind.
+        store
+            .commit(&[write(log(8..=9)), write(snapshot(9))])
+            .unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path(), "one").unwrap();
+        let loaded = store.load(&id).unwrap();
+        assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(9));
+        assert!(loaded.log.is_empty());
+    }
+
+    #[test]
+    fn the_log_of_the_earlier_layout_moves_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("gatherings.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut old = tx.open_table(OldLog::new("one.log")).unwrap();
+                for seq in 1..=3u64 {
+                    old.insert(("a", seq), [seq as u8].as_slice()).unwrap();
+                }
+                old.insert(("b", 1), [7].as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let a = GatheringId::parse("a").unwrap();
+        let b = GatheringId::parse("b").unwrap();
+        // Moved once: opening again finds them in the journal alone.
+        for _ in 0..2 {
+            let store = RedbStore::open(dir.path(), "one").unwrap();
+            let loaded = store.load(&a).unwrap();
+            assert_eq!(seqs(&loaded), [1, 2, 3]);
+            assert_eq!(loaded.log[2].bytes, [3]);
+            assert_eq!(store.load(&b).unwrap().log[0].bytes, [7]);
+        }
+        // Later commits go after the moved rows.
+        let store = RedbStore::open(dir.path(), "one").unwrap();
+        let write = Write {
+            id: a.clone(),
+            commit: log(4..=4),
+        };
+        store.commit(&[write]).unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path(), "one").unwrap();
+        assert_eq!(seqs(&store.load(&a).unwrap()), [1, 2, 3, 4]);
     }
 }
