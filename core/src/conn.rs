@@ -19,6 +19,8 @@ pub(crate) struct Conn {
     pub retry_at: Option<Instant>,
     /// How long a forward waits unacknowledged before it is re-sent.
     pub backoff: Duration,
+    /// Its ops accepted and waiting for their commit.
+    pub in_flight: u32,
 }
 
 /// A forward sent and not yet acknowledged.
@@ -37,6 +39,7 @@ impl Conn {
             unacked: VecDeque::new(),
             retry_at: None,
             backoff: retry_interval,
+            in_flight: 0,
         }
     }
 

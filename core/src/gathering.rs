@@ -17,6 +17,11 @@ pub const DEFAULT_SNAPSHOT_OPS: u32 = 1024;
 /// Bytes logged between two snapshots, by default.
 pub const DEFAULT_SNAPSHOT_BYTES: u32 = 1 << 20;
 
+/// Ops of one connection waiting for their commit, by default: far more
+/// than a client needs to keep a link busy (16 in flight saturate this
+/// server), and well below what a connection's outbox holds for replies.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+
 /// Tunables of a gathering. `Default` gives the production values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -31,7 +36,12 @@ pub struct Config {
     pub max_retry_interval: Duration,
     /// A connection with this many unacknowledged forwards is closed
     /// ([`CLOSE_POLICY`]) rather than buffered without bound.
-    pub max_unacked: usize,
+    pub max_unacked: u32,
+    /// Ops of one connection accepted and waiting for their commit; the
+    /// next is refused with error `too_many_in_flight` and not applied. A
+    /// commit releases every waiting ack at once, so this also bounds the
+    /// burst a client that reads its replies receives.
+    pub max_in_flight: u32,
     /// A commit carries a snapshot instead of log entries once this many
     /// ops were logged since the last snapshot, provided the log also holds
     /// at least as many bytes as that snapshot (so a large state is not
@@ -51,6 +61,7 @@ impl Default for Config {
             retry_interval: Duration::from_secs(1),
             max_retry_interval: Duration::from_secs(30),
             max_unacked: 1024,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             snapshot_ops: DEFAULT_SNAPSHOT_OPS,
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
         }
@@ -656,7 +667,7 @@ impl<A: App> Gathering<A> {
                 let msg = ServerMsg::<&A::Op, &A>::Error {
                     id: None,
                     code: "bad_frame".into(),
-                    message: e.to_string(),
+                    message: protocol::bounded(e.to_string()),
                 };
                 reply(&mut self.actions, conn, encoding, &msg);
                 return;
@@ -664,24 +675,16 @@ impl<A: App> Gathering<A> {
         };
         self.last_activity = now;
         match msg {
-            ClientMsg::Op { id, op } => match self.app.apply(conn, &op) {
-                Ok(()) => {
-                    self.seq += 1;
-                    self.awaiting.push_back(Accepted {
-                        seq: self.seq,
-                        origin: conn,
-                        id,
-                        op,
-                    });
-                }
-                Err(rejection) => {
+            ClientMsg::Op { id, op } => match self.admit(conn) {
+                Err(message) => {
                     let msg = ServerMsg::<&A::Op, &A>::Error {
                         id: Some(id),
-                        code: rejection.code.into(),
-                        message: rejection.message,
+                        code: "too_many_in_flight".into(),
+                        message,
                     };
                     reply(&mut self.actions, conn, encoding, &msg);
                 }
+                Ok(()) => self.apply(conn, encoding, id, op),
             },
             ClientMsg::Fetch { id } => {
                 let msg = ServerMsg::<&A::Op, &A>::State {
@@ -695,6 +698,46 @@ impl<A: App> Gathering<A> {
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.ack(seq, self.config.retry_interval);
                 }
+            }
+        }
+    }
+
+    /// Whether `conn` may have one more op waiting for its commit; if not,
+    /// the message that tells the client the bound.
+    fn admit(&self, conn: ConnId) -> Result<(), String> {
+        let in_flight = self.conns.get(conn).map_or(0, |c| c.in_flight);
+        if in_flight < self.config.max_in_flight {
+            return Ok(());
+        }
+        Err(format!(
+            "this connection has {in_flight} ops waiting for their ack, the most allowed; \
+             send more once acks arrive"
+        ))
+    }
+
+    /// Applies an op from `conn`: accepted, it waits for its commit;
+    /// refused, the client hears why at once.
+    fn apply(&mut self, conn: ConnId, encoding: Encoding, id: u64, op: A::Op) {
+        match self.app.apply(conn, &op) {
+            Ok(()) => {
+                self.seq += 1;
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.in_flight += 1;
+                }
+                self.awaiting.push_back(Accepted {
+                    seq: self.seq,
+                    origin: conn,
+                    id,
+                    op,
+                });
+            }
+            Err(rejection) => {
+                let msg = ServerMsg::<&A::Op, &A>::Error {
+                    id: Some(id),
+                    code: rejection.code.into(),
+                    message: protocol::bounded(rejection.message),
+                };
+                reply(&mut self.actions, conn, encoding, &msg);
             }
         }
     }
@@ -795,7 +838,10 @@ impl<A: App> Gathering<A> {
             let Some(accepted) = self.awaiting.pop_front() else {
                 break;
             };
-            let origin_encoding = self.conns.get(accepted.origin).map(|c| c.encoding);
+            let origin_encoding = self.conns.get_mut(accepted.origin).map(|c| {
+                c.in_flight = c.in_flight.saturating_sub(1);
+                c.encoding
+            });
             let ack = ServerMsg::<&A::Op, &A>::Ack {
                 id: accepted.id,
                 seq: accepted.seq,
@@ -824,7 +870,7 @@ impl<A: App> Gathering<A> {
             if conn == accepted.origin {
                 continue;
             }
-            if c.unacked.len() >= self.config.max_unacked {
+            if c.unacked.len() >= self.config.max_unacked as usize {
                 lagging.push(conn);
                 continue;
             }

@@ -75,8 +75,8 @@ pub use clock::{Duration, Instant};
 pub use commit::{Commit, Loaded, LogEntry, Snapshot};
 pub use conn::ConnMap;
 pub use gathering::{
-    Action, Config, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, Deadline, Delivery, Event,
-    Gathering, Inbound, Phase, RestoreError, Verdict, Why,
+    Action, Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, Deadline,
+    Delivery, Event, Gathering, Inbound, Phase, RestoreError, Verdict, Why,
 };
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
 pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};

@@ -15,6 +15,10 @@ use crate::wire_enum;
 pub const CLOSE_DISPERSED: u16 = 4000;
 /// Close code sent when the server shuts down (WebSocket "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that broke the WebSocket protocol (RFC 6455).
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code for a text frame that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code for a connection that left too many forwards unacknowledged.
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for a frame larger than the host accepts.
@@ -196,6 +200,47 @@ pub fn decode<T: DeserializeOwned>(frame: &Frame) -> Result<T, DecodeError> {
             }
         }
     }
+}
+
+/// Longest error message sent to a client, in bytes: a message that quotes
+/// what the client sent must not echo a frame's worth of it back.
+pub const MAX_MESSAGE_BYTES: usize = 256;
+/// Characters of client input an error message quotes at most.
+pub const QUOTE_CHARS: usize = 40;
+
+/// `message` as a client may be sent it: control characters escaped (it
+/// may quote client input, e.g. a decoder's error does), and cut to
+/// [`MAX_MESSAGE_BYTES`] with an ellipsis if longer.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES && !message.chars().any(char::is_control) {
+        return message;
+    }
+    let room = MAX_MESSAGE_BYTES - '…'.len_utf8();
+    let mut out = String::with_capacity(MAX_MESSAGE_BYTES);
+    for c in message.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+        if out.len() > room {
+            out.truncate(before);
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+/// Client input as an error message quotes it: in double quotes, escaped
+/// as Rust escapes a string (control characters and quotes visible), at
+/// most [`QUOTE_CHARS`] characters of it, with an ellipsis when cut.
+pub fn quote(input: &str) -> String {
+    let mut chars = input.chars();
+    let head: String = chars.by_ref().take(QUOTE_CHARS).collect();
+    let cut = if chars.next().is_some() { "…" } else { "" };
+    format!("{head:?}{cut}")
 }
 
 /// Encodes a message as a frame in `encoding`.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::quote;
 use crate::wire_enum;
 use crate::{App, ConnId, Rejection};
 
@@ -106,11 +107,11 @@ impl Tournament {
         match self.players.get(name) {
             None => Err(Rejection::new(
                 "unknown_player",
-                format!("no player named {name:?} is registered"),
+                format!("no player named {} is registered", quote(name)),
             )),
             Some(p) if p.dropped => Err(Rejection::new(
                 "player_dropped",
-                format!("{name:?} has dropped out of the tournament"),
+                format!("{} has dropped out of the tournament", quote(name)),
             )),
             Some(_) => Ok(()),
         }
@@ -173,7 +174,7 @@ impl App for Tournament {
                 if self.players.contains_key(name) {
                     return Err(Rejection::new(
                         "duplicate_player",
-                        format!("a player named {name:?} is already registered"),
+                        format!("a player named {} is already registered", quote(name)),
                     ));
                 }
                 if self.players.len() >= MAX_PLAYERS {
@@ -194,7 +195,7 @@ impl App for Tournament {
                 if a == b {
                     return Err(Rejection::new(
                         "same_player",
-                        format!("{a:?} cannot play against themselves"),
+                        format!("{} cannot play against themselves", quote(a)),
                     ));
                 }
                 self.active(a)?;
@@ -205,7 +206,7 @@ impl App for Tournament {
                 {
                     return Err(Rejection::new(
                         "invalid_winner",
-                        format!("the winner {w:?} did not play in this match"),
+                        format!("the winner {} did not play in this match", quote(w)),
                     ));
                 }
                 if self.matches.len() >= MAX_MATCHES {

@@ -51,6 +51,16 @@ pub struct Args {
     #[arg(long, env = "GATHERING_SNAPSHOT_BYTES", default_value_t = gathering_core::DEFAULT_SNAPSHOT_BYTES, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_bytes: u32,
 
+    /// Ops of one connection waiting for their commit; more are refused with
+    /// error `too_many_in_flight` until acks arrive.
+    #[arg(long, env = "GATHERING_MAX_IN_FLIGHT", default_value_t = gathering_core::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub max_in_flight: u32,
+
+    /// On SIGTERM or SIGINT, once every gathering has dispersed, how long to
+    /// wait for clients to receive their goodbyes before exiting.
+    #[arg(long, env = "GATHERING_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -73,8 +83,10 @@ impl Args {
                 max_retry_interval: self.retry_interval.saturating_mul(30),
                 snapshot_ops: self.snapshot_ops,
                 snapshot_bytes: self.snapshot_bytes,
+                max_in_flight: self.max_in_flight,
                 ..Config::default()
             })
+            .shutdown_grace(self.shutdown_grace)
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
             .web_dir(&self.web_dir)
     }

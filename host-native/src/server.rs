@@ -16,7 +16,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::front::outbox::Outbox;
-use crate::front::{Front, Registry};
+use crate::front::{Front, Open, Registry};
 use crate::metrics::Metrics;
 #[cfg(feature = "bench")]
 use crate::runtime::Detection;
@@ -25,6 +25,10 @@ use crate::runtime::timer::Timers;
 use crate::runtime::{Native, NativeApp, Shared};
 use crate::storage::persist::Persister;
 use crate::storage::{RedbStore, Store};
+
+/// How long a shutdown waits for connections to say goodbye, by default:
+/// enough for a close handshake (2 s) with a client that reads.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
@@ -73,6 +77,7 @@ impl<A: NativeApp> Server<A> {
             data_dir: PathBuf::from("./data"),
             gathering: Config::default(),
             max_frame_bytes: 1 << 20,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             web_dir: None,
             store: None,
             on_dispersed: None,
@@ -89,6 +94,7 @@ pub struct Builder<A> {
     data_dir: PathBuf,
     gathering: Config,
     max_frame_bytes: usize,
+    shutdown_grace: Duration,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     on_dispersed: Option<DispersalHook>,
@@ -133,6 +139,15 @@ impl<A: NativeApp> Builder<A> {
     /// the connection with 1009.
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
         self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// How long a shutdown waits, once every gathering has dispersed, for
+    /// connections to write their goodbyes and close, and for HTTP requests
+    /// under way; then the rest are dropped. No client can hold a shutdown
+    /// open past it.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
         self
     }
 
@@ -184,8 +199,10 @@ impl<A: NativeApp> Builder<A> {
             registry: Registry::default(),
             hall: hall_tx,
             max_frame_bytes: self.max_frame_bytes,
+            shutdown_grace: self.shutdown_grace,
             idle_timeout: self.gathering.idle_timeout,
             next_conn: AtomicU64::new(1),
+            open: Open::default(),
         });
         let (hall, settled) = HallState::new();
         let native = Native::<A>(Arc::new(Shared {
@@ -336,6 +353,12 @@ impl Engine {
         if let Some(done) = done {
             let _ = done.await;
         }
+        // Every gathering queued its goodbyes; they are written by the
+        // connections' tasks, which the process must outlive.
+        let left = self.front.open.drained(self.front.shutdown_grace).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "shutdown grace over; closing the rest");
+        }
     }
 }
 
@@ -353,11 +376,17 @@ pub struct Running {
 impl Running {
     /// Shuts down gracefully: stop accepting, disperse and persist every
     /// gathering (clients get `dispersed` and close code 1001), flush storage.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         // Stop accepting first, then disperse what is live.
         let _ = self.http_stop.send(());
         self.engine.shutdown().await;
-        let _ = self.http.await;
+        // A request still half-sent would hold the graceful HTTP shutdown
+        // open for as long as its client likes.
+        let grace = self.engine.front.shutdown_grace;
+        if tokio::time::timeout(grace, &mut self.http).await.is_err() {
+            tracing::warn!("HTTP requests still open after the shutdown grace; dropped");
+            self.http.abort();
+        }
         tracing::info!("shut down");
     }
 

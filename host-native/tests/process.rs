@@ -253,3 +253,59 @@ async fn sigterm_disperses_everyone_and_exits_zero() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_says_goodbye_to_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server(dir.path());
+    let clients = 100;
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<()>(clients);
+    for i in 0..clients {
+        let url = url.clone();
+        let ready_tx = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = id(&format!("load{}", i % 10));
+            let mut client: Client = Client::connect(&url, &g, Encoding::Postcard).await.unwrap();
+            let name = format!("p{i}");
+            client
+                .op(TournamentOp::RegisterPlayer { name: name.clone() })
+                .await
+                .unwrap();
+            ready_tx.send(()).await.unwrap();
+            // Durable ops until the server says why it stops.
+            for k in 0.. {
+                let op = TournamentOp::RegisterPlayer {
+                    name: format!("{name}-{k}"),
+                };
+                if client.op(op).await.is_err() {
+                    break;
+                }
+            }
+            loop {
+                match tokio::time::timeout(BOUND, client.next()).await {
+                    Ok(Ok(Incoming::Dispersed { reason, code })) => break (reason, code),
+                    Ok(Ok(Incoming::Forward { .. })) => continue,
+                    other => panic!("client {i}: {other:?}"),
+                }
+            }
+        }));
+    }
+    for _ in 0..clients {
+        tokio::time::timeout(BOUND, ready.recv()).await.unwrap();
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for task in tasks {
+        let end = tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+        assert_eq!(end, (DisperseReason::Shutdown, Some(CLOSE_GOING_AWAY)));
+    }
+    let deadline = Instant::now() + BOUND;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "server did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

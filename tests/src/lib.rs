@@ -40,7 +40,7 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
         prop::option::of(300u64..3_000),
         50u64..500,
         2u64..6,
-        2usize..8,
+        2u32..8,
         (1u32..8, 8u32..512),
     )
         .prop_map(
@@ -50,6 +50,9 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
                 retry_interval: Duration::from_millis(retry),
                 max_retry_interval: Duration::from_millis(retry * factor),
                 max_unacked,
+                // Unbounded: the runs count every valid op sent as owed (the
+                // bound has its own tests).
+                max_in_flight: u32::MAX,
                 // Small, so that runs compact their logs often.
                 snapshot_ops,
                 snapshot_bytes,
@@ -67,6 +70,7 @@ pub fn racing_config() -> gathering_core::Config {
         retry_interval: Duration::from_millis(100),
         max_retry_interval: Duration::from_millis(400),
         max_unacked: 4,
+        max_in_flight: u32::MAX,
         snapshot_ops: 3,
         snapshot_bytes: 1 << 20,
     }

@@ -787,3 +787,90 @@ fn a_forward_is_resent_for_its_own_age_only() {
     g.handle(Event::Tick(later + secs(1)));
     assert_eq!(forwards_to_2(&drain(&mut g)), 1);
 }
+
+#[test]
+fn ops_past_the_in_flight_bound_are_refused_until_acks_go_out() {
+    let config = Config {
+        max_in_flight: 2,
+        ..Config::default()
+    };
+    let mut g = gathering(config);
+    join(&mut g, T0, 1);
+    for i in 1..=3 {
+        send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
+    }
+    let actions = drain(&mut g);
+    // The third waits behind two not yet durable: refused at once, not applied.
+    let refused: Vec<_> = sends(&actions)
+        .into_iter()
+        .filter_map(|(_, msg, _)| match msg {
+            ServerMsg::Error { id, code, message } => Some((id, code, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, Some(3));
+    assert_eq!(refused[0].1, "too_many_in_flight");
+    assert!(refused[0].2.contains("2 ops"), "{}", refused[0].2);
+    assert_eq!(g.seq(), 2);
+    assert!(!g.app().players.contains_key("p3"));
+    // Once their acks are out, the connection may send again.
+    g.handle(Event::Persisted(T0, 2));
+    drain(&mut g);
+    send(&mut g, T0, 1, register(4, "p3"), Encoding::Json);
+    assert_eq!(g.seq(), 3);
+}
+
+#[test]
+fn error_messages_quote_a_short_escaped_prefix_of_the_input() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    let huge = format!("\u{1b}[31m{}", "x".repeat(1 << 20));
+    let result = ClientMsg::Op {
+        id: 1,
+        op: TournamentOp::DropPlayer { name: huge.clone() },
+    };
+    send(&mut g, T0, 1, result, Encoding::Json);
+    // An unknown op kind, a megabyte long, in JSON and in postcard.
+    let unknown = format!(r#"{{"type":"op","id":2,"op":{{"type":"{huge}"}}}}"#);
+    g.handle(Event::Message(
+        T0,
+        Inbound::Frame {
+            conn: ConnId(1),
+            frame: Frame::Text(unknown.into()),
+        },
+    ));
+    let mut garbage = vec![0u8, 9];
+    garbage.extend(huge.as_bytes());
+    g.handle(Event::Message(
+        T0,
+        Inbound::Frame {
+            conn: ConnId(1),
+            frame: Frame::Binary(garbage.into()),
+        },
+    ));
+    let errors: Vec<String> = sends(&drain(&mut g))
+        .into_iter()
+        .filter_map(|(_, msg, _)| match msg {
+            ServerMsg::Error { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for message in &errors {
+        assert!(
+            message.len() <= protocol::MAX_MESSAGE_BYTES,
+            "{} bytes",
+            message.len()
+        );
+        assert!(
+            !message.contains('\u{1b}'),
+            "control characters are escaped: {message:?}"
+        );
+    }
+    assert!(
+        errors[0].starts_with(r#"no player named "\u{1b}[31mxxx"#),
+        "{}",
+        errors[0]
+    );
+}

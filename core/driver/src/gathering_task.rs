@@ -187,6 +187,11 @@ impl<R: Runtime> Task<R> {
                     (Inbound::Leave { conn }, _) => {
                         self.conns.remove(*conn);
                     }
+                    (Inbound::Frame { conn, .. }, _) => {
+                        if let Some(handle) = self.conns.get(*conn) {
+                            handle.received();
+                        }
+                    }
                     _ => {}
                 }
                 Event::Message(now, message)

@@ -41,6 +41,12 @@ pub trait Conn: 'static {
 
     /// Closes the connection with a WebSocket `code` and `reason`, once.
     fn close(&self, code: u16, reason: &'static str);
+
+    /// One frame from this connection reached the gathering (any reply to
+    /// it is queued by the time the gathering's wake-up ends). A host that
+    /// bounds how many frames a reader may have on the way counts them down
+    /// here.
+    fn received(&self) {}
 }
 
 /// Something the driver did that a host may log, count or publish.

@@ -8,7 +8,7 @@ mod upgrade;
 mod ws;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gathering_core::{Duration, GatheringId};
@@ -34,6 +34,52 @@ pub(crate) struct Front {
     pub idle_timeout: Duration,
     /// Connection ids, unique for the life of the server.
     pub next_conn: AtomicU64,
+    /// How long a shutdown waits for connections and requests.
+    pub shutdown_grace: std::time::Duration,
+    /// Connection tasks still running, which a shutdown waits for.
+    pub open: Open,
+}
+
+/// A count of running connection tasks that can be waited on to reach zero.
+#[derive(Default)]
+pub(crate) struct Open {
+    count: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+/// Held by a connection task for its whole life, however it ends.
+pub(crate) struct OpenGuard<'a>(&'a Open);
+
+impl Open {
+    pub fn enter(&self) -> OpenGuard<'_> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self)
+    }
+
+    /// Waits until no connection task runs, or `bound` has passed; returns
+    /// how many still run.
+    pub async fn drained(&self, bound: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            // Created before the check, so a change in between still wakes it.
+            let changed = self.changed.notified();
+            let open = self.count.load(Ordering::Acquire);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.count.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
+    }
 }
 
 /// Live gatherings by id with what each publishes; touched at spawn and

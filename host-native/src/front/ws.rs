@@ -7,10 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gathering_core::protocol::{CLOSE_POLICY, CLOSE_TOO_BIG};
+use gathering_core::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
+};
 use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound};
 use gathering_driver::HallMail;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -38,6 +41,7 @@ pub fn serve(
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
     async move {
+        let _open = shared.open.enter();
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         shared.metrics.connections.inc();
         let (outbox, mut queue) = Outbox::new();
@@ -54,6 +58,13 @@ pub fn serve(
                 .hall
                 .send(HallMail::Route(id, Inbound::Leave { conn }, None))
                 .await;
+        } else {
+            Box::pin(closing(
+                &mut socket,
+                CLOSE_GOING_AWAY,
+                "server shutting down",
+            ))
+            .await;
         }
         drop(outbox);
         shared.metrics.connections.dec();
@@ -64,7 +75,11 @@ pub fn serve(
 ///
 /// Reading and writing take turns (the select is fair): a write waits at
 /// most `SEND_BOUND` for a client that does not read, and a read waits for
-/// room in the hall's mailbox, which only backpressure fills.
+/// room in the hall's mailbox, which only backpressure fills. Reading also
+/// pauses while [`READ_AHEAD`](super::outbox::READ_AHEAD) frames are on
+/// their way to the gathering or waiting to be written: each may bring a
+/// reply, and a client that sends faster than it reads must not make its
+/// queue overflow.
 async fn pump(
     socket: &mut Socket,
     queue: &mut Queue,
@@ -73,6 +88,7 @@ async fn pump(
     shared: &Front,
 ) {
     let max = shared.max_frame_bytes;
+    let gate = queue.gate();
     loop {
         // The branches' futures are dropped before a handler runs, so the
         // handlers may use the socket.
@@ -96,15 +112,16 @@ async fn pump(
                 };
                 return Box::pin(closing(socket, code, reason)).await;
             }
-            next = socket.next() => {
+            () = gate.taken_by_gathering(), if !gate.may_read() => continue,
+            next = socket.next(), if gate.may_read() => {
                 let msg = match next {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("too big") {
-                            return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                        tracing::debug!(%conn, error = %e, "connection read failed");
+                        // None: the socket itself failed, nobody to tell.
+                        if let Some((code, reason)) = violation(&e) {
+                            Box::pin(closing(socket, code, reason)).await;
                         }
-                        tracing::debug!(%conn, error = %text, "connection read failed");
                         return;
                     }
                     None => return,
@@ -123,12 +140,47 @@ async fn pump(
                 if frame.len() > max {
                     return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
                 }
+                gate.routed();
                 let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
                 if shared.hall.send(route).await.is_err() {
-                    return;
+                    // The hall is gone: a shutdown has completed, and the
+                    // gathering's goodbye, if it had one for this
+                    // connection, is already queued.
+                    return Box::pin(farewell(socket, queue)).await;
                 }
             }
         }
+    }
+}
+
+/// The close a read error calls for, RFC 6455 section 7.4.1: the client
+/// broke the protocol (1002), sent text that is not UTF-8 (1007), or a
+/// frame larger than allowed (1009). `None` when the connection itself
+/// failed and no close frame can reach the client.
+fn violation(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CLOSE_TOO_BIG, "frame too large")),
+        WsError::Utf8(_) => Some((CLOSE_INVALID_DATA, "text frame is not valid UTF-8")),
+        WsError::Protocol(p) => Some((CLOSE_PROTOCOL, protocol_reason(p))),
+        _ => None,
+    }
+}
+
+/// A short reason for a protocol error, for the close frame (at most 123
+/// bytes; these are fixed strings, nothing of the client's).
+fn protocol_reason(e: &ProtocolError) -> &'static str {
+    match e {
+        ProtocolError::UnmaskedFrameFromClient => "client frames must be masked",
+        ProtocolError::NonZeroReservedBits => "reserved bits set with no extension agreed",
+        ProtocolError::FragmentedControlFrame => "control frames must not be fragmented",
+        ProtocolError::ControlFrameTooBig => "control frame payload over 125 bytes",
+        ProtocolError::UnexpectedContinueFrame => "continuation frame with nothing to continue",
+        ProtocolError::ExpectedFragment(_) => "new data frame inside a fragmented message",
+        ProtocolError::UnknownControlFrameType(_) | ProtocolError::UnknownDataFrameType(_) => {
+            "reserved opcode"
+        }
+        ProtocolError::InvalidCloseSequence => "invalid close frame payload",
+        _ => "WebSocket protocol violation",
     }
 }
 
@@ -168,6 +220,23 @@ async fn write(
     }
     socket.flush().await?;
     Ok(close)
+}
+
+/// Writes what is queued, then the close it ends with (or "going away":
+/// the server has stopped).
+async fn farewell(socket: &mut Socket, queue: &mut Queue) {
+    let (code, reason) = match queue.try_recv() {
+        Some(Outgoing::Frame(frame)) => {
+            match tokio::time::timeout(CLOSE_BOUND, write(socket, queue, frame)).await {
+                Ok(Ok(Some(close))) => close,
+                Ok(Ok(None)) => (CLOSE_GOING_AWAY, "server shutting down"),
+                _ => return,
+            }
+        }
+        Some(Outgoing::Close(code, reason)) => (code, reason),
+        None => (CLOSE_GOING_AWAY, "server shutting down"),
+    };
+    closing(socket, code, reason).await;
 }
 
 /// Sends a close frame, then allows the client a moment to answer the close

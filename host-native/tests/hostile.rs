@@ -1,0 +1,271 @@
+//! What hostile or broken clients get, over real sockets on 127.0.0.1:
+//! raw WebSocket frames that break RFC 6455, input an error would echo, and
+//! a client that pipelines far more than it may have in flight. Real clock:
+//! short timeouts, generous bounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+use std::time::Duration;
+
+use gathering_core::protocol::{CLOSE_INVALID_DATA, CLOSE_PROTOCOL, MAX_MESSAGE_BYTES};
+use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::{Config, DEFAULT_MAX_IN_FLIGHT, Encoding, GatheringId};
+use gathering_native::client::Reply;
+use gathering_native::{Running, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+type Client = gathering_native::client::Client<Tournament>;
+
+async fn start(dir: &std::path::Path) -> Running {
+    Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .gathering(Config::default())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f).await.expect("timed out")
+}
+
+fn id(s: &str) -> GatheringId {
+    GatheringId::parse(s).unwrap()
+}
+
+/// A TCP connection that has done the WebSocket handshake by hand, so that
+/// it can send frames no WebSocket library would.
+async fn raw_upgrade(server: &Running, gathering: &str) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /gatherings/{gathering} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Read the 101 response up to its blank line, byte by byte so that no
+    // frame after it is swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        within(s.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// A client frame: first byte as given, payload masked (unless `masked` is
+/// false), payload under 126 bytes.
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut out = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    if masked {
+        out.extend(key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend(payload);
+    }
+    out
+}
+
+/// Reads server frames until a close frame; returns its code, or `None`
+/// if the connection ended without one.
+async fn close_code(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let mut head = [0u8; 2];
+        if s.read_exact(&mut head).await.is_err() {
+            return None;
+        }
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).await.ok()?;
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                s.read_exact(&mut l).await.ok()?;
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.ok()?;
+        if head[0] & 0x0f == 0x8 {
+            return payload
+                .get(..2)
+                .map(|code| u16::from_be_bytes([code[0], code[1]]));
+        }
+    }
+}
+
+#[tokio::test]
+async fn protocol_violations_get_a_close_frame_with_the_rfc_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let cases: [(&str, Vec<u8>, u16); 9] = [
+        (
+            "invalid UTF-8 in text",
+            frame(0x81, &[0xff, 0xfe], true),
+            CLOSE_INVALID_DATA,
+        ),
+        (
+            "unmasked client frame",
+            frame(0x81, b"{}", false),
+            CLOSE_PROTOCOL,
+        ),
+        ("reserved bit set", frame(0xc1, b"{}", true), CLOSE_PROTOCOL),
+        ("fragmented ping", frame(0x09, b"p", true), CLOSE_PROTOCOL),
+        (
+            "stray continuation",
+            frame(0x80, b"x", true),
+            CLOSE_PROTOCOL,
+        ),
+        (
+            "reserved data opcode",
+            frame(0x83, b"x", true),
+            CLOSE_PROTOCOL,
+        ),
+        (
+            "reserved control opcode",
+            frame(0x8b, b"x", true),
+            CLOSE_PROTOCOL,
+        ),
+        (
+            "one-byte close payload",
+            frame(0x88, &[3], true),
+            CLOSE_PROTOCOL,
+        ),
+        // Text, then a new text frame before the first one finished.
+        (
+            "data frame inside a fragmented message",
+            [frame(0x01, b"{", true), frame(0x81, b"}", true)].concat(),
+            CLOSE_PROTOCOL,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut s = raw_upgrade(&server, "rfc").await;
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(within(close_code(&mut s)).await, Some(code), "{what}");
+    }
+    // The gathering serves others throughout.
+    let mut ada: Client = within(Client::connect(
+        &format!("ws://{}", server.addr),
+        &id("rfc"),
+        Encoding::Json,
+    ))
+    .await
+    .unwrap();
+    let name = TournamentOp::RegisterPlayer { name: "Ada".into() };
+    assert_eq!(within(ada.op(name)).await, Ok(1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_error_quotes_only_a_short_prefix_of_a_huge_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .max_frame_bytes(4 << 20)
+        .start()
+        .await
+        .unwrap();
+    let mut client: Client = within(Client::connect(
+        &format!("ws://{}", server.addr),
+        &id("echo"),
+        Encoding::Json,
+    ))
+    .await
+    .unwrap();
+    let name = "\"\u{7}".repeat(100_000);
+    let op = TournamentOp::RecordResult {
+        a: format!("{name}a"),
+        b: format!("{name}b"),
+        winner: None,
+    };
+    let sent = client.submit(op).await.unwrap();
+    match within(client.reply()).await.unwrap() {
+        Reply::Rejected { id, code, message } => {
+            assert_eq!(id, Some(sent));
+            assert_eq!(code, "unknown_player");
+            assert!(
+                message.len() <= MAX_MESSAGE_BYTES,
+                "{} bytes",
+                message.len()
+            );
+            assert!(message.contains(r#"\"\u{7}"#), "escaped: {message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_pipelines_and_reads_is_refused_ops_never_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut client: Client = within(Client::connect(
+        &format!("ws://{}", server.addr),
+        &id("fast"),
+        Encoding::Postcard,
+    ))
+    .await
+    .unwrap();
+    for name in ["a", "b"] {
+        let op = TournamentOp::RegisterPlayer { name: name.into() };
+        within(client.op(op)).await.unwrap();
+    }
+    let n = 20_000u64;
+    let result = TournamentOp::RecordResult {
+        a: "a".into(),
+        b: "b".into(),
+        winner: Some("a".into()),
+    };
+    let (mut acked, mut refused) = (0u64, 0u64);
+    let mut replies = 0;
+    // Writes in bursts of 2,000 and reads every reply: far more in flight
+    // than the server allows, all of it answered.
+    let mut sent = 0;
+    while replies < n {
+        if sent < n && sent - replies < 2_000 {
+            for _ in 0..500 {
+                client.submit(result.clone()).await.unwrap();
+                sent += 1;
+            }
+            client.flush().await.unwrap();
+            continue;
+        }
+        match within(client.reply()).await {
+            Ok(Reply::Acked { .. }) => acked += 1,
+            Ok(Reply::Rejected { code, message, .. }) => {
+                assert_eq!(code, "too_many_in_flight", "{message}");
+                assert!(
+                    message.contains(&DEFAULT_MAX_IN_FLIGHT.to_string()),
+                    "{message}"
+                );
+                refused += 1;
+            }
+            other => panic!("after {replies} replies: {other:?}"),
+        }
+        replies += 1;
+    }
+    assert_eq!(acked + refused, n);
+    assert!(
+        acked >= u64::from(DEFAULT_MAX_IN_FLIGHT),
+        "acked {acked}, refused {refused}"
+    );
+    // Exactly the acknowledged ops were applied.
+    let (seq, state) = within(client.fetch()).await.unwrap();
+    assert_eq!(seq, 2 + acked);
+    assert_eq!(state.matches.len() as u64, acked);
+    // Still connected, still served.
+    assert!(within(client.op(result)).await.is_ok());
+    server.shutdown().await;
+}
