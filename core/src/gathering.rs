@@ -17,6 +17,11 @@ pub const DEFAULT_SNAPSHOT_OPS: u32 = 1024;
 /// Bytes logged between two snapshots, by default.
 pub const DEFAULT_SNAPSHOT_BYTES: u32 = 1 << 20;
 
+/// Error code of an op whose commit failed: it was not applied.
+pub const NOT_DURABLE: &str = "not_durable";
+/// Error code of a request to a gathering whose storage failed.
+pub const STORAGE_FAILED: &str = "storage_failed";
+
 /// Ops of one connection waiting for their commit, by default: far more
 /// than a client needs to keep a link busy (16 in flight saturate this
 /// server), and well below what a connection's outbox holds for replies.
@@ -121,7 +126,10 @@ pub enum Event {
     Tick(Instant),
     /// The commit of op `seq` (see [`Action::Persist`]) is durable.
     Persisted(Instant, u64),
-    /// The last [`Action::Persist`] failed; it is retried after the retry interval.
+    /// The last [`Action::Persist`] failed. Its ops are refused to their
+    /// senders (error `not_durable`), and the gathering disperses without
+    /// persisting (reason `storage_failed`): what the store holds is the
+    /// truth, and a successor loads it.
     PersistFailed(Instant),
     /// The hall's answer to a dispersal request.
     Verdict(Instant, Verdict),
@@ -316,8 +324,12 @@ pub struct Gathering<A: App> {
     /// before the next, so that snapshotting costs O(1) per logged byte
     /// however large the state grows.
     snapshot_len: u32,
-    /// After a failed persist, when to try again.
+    /// After a commit that could not be encoded, when to try again.
     flush_at: Option<Instant>,
+    /// A commit failed: the state in memory holds ops the store does not,
+    /// so nothing more is applied, persisted or shown; the gathering
+    /// disperses and a successor loads what is durable.
+    broken: bool,
     /// Time of the last client activity: the whole idle bookkeeping.
     last_activity: Instant,
     /// Since when the gathering has had no connection.
@@ -414,6 +426,7 @@ impl<A: App> Gathering<A> {
             logged: (0, 0),
             snapshot_len: 0,
             flush_at: None,
+            broken: false,
             // Spawning is activity: something was routed here to cause it.
             last_activity: now,
             empty_since: Some(now),
@@ -482,6 +495,11 @@ impl<A: App> Gathering<A> {
             Event::Message(now, inbound) => {
                 self.now = self.now.max(now);
                 self.on_inbound(now, inbound);
+                // A refusal means traffic was still on its way; with it
+                // handled, ask again.
+                if self.broken && self.phase == Phase::Live {
+                    self.ask(DisperseReason::StorageFailed, Duration::ZERO);
+                }
             }
             Event::Tick(now) => {
                 self.now = self.now.max(now);
@@ -493,8 +511,7 @@ impl<A: App> Gathering<A> {
             }
             Event::PersistFailed(now) => {
                 self.now = self.now.max(now);
-                self.persisting = None;
-                self.flush_at = Some(now + self.config.retry_interval);
+                self.on_persist_failed();
             }
             Event::Verdict(now, verdict) => {
                 self.now = self.now.max(now);
@@ -654,6 +671,18 @@ impl<A: App> Gathering<A> {
         }
     }
 
+    /// Refuses a request of `conn` while the gathering is broken.
+    fn refuse_broken(&mut self, conn: ConnId, encoding: Encoding, id: u64) {
+        let msg = ServerMsg::<&A::Op, &A>::Error {
+            id: Some(id),
+            code: STORAGE_FAILED.into(),
+            message: "storage failed; this gathering is restarting from its durable state: \
+                      reconnect and send it again"
+                .into(),
+        };
+        reply(&mut self.actions, conn, encoding, &msg);
+    }
+
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: &Frame) {
         let encoding = frame.encoding();
         if let Some(c) = self.conns.get_mut(conn) {
@@ -675,6 +704,9 @@ impl<A: App> Gathering<A> {
         };
         self.last_activity = now;
         match msg {
+            ClientMsg::Op { id, .. } | ClientMsg::Fetch { id } if self.broken => {
+                self.refuse_broken(conn, encoding, id);
+            }
             ClientMsg::Op { id, op } => match self.admit(conn) {
                 Err(message) => {
                     let msg = ServerMsg::<&A::Op, &A>::Error {
@@ -816,6 +848,41 @@ impl<A: App> Gathering<A> {
         }
         self.retry_due = None;
         self.try_finish();
+    }
+
+    fn on_persist_failed(&mut self) {
+        self.persisting = None;
+        for a in std::mem::take(&mut self.awaiting) {
+            let encoding = self.conns.get_mut(a.origin).map(|c| {
+                c.in_flight = c.in_flight.saturating_sub(1);
+                c.encoding
+            });
+            let msg = ServerMsg::<&A::Op, &A>::Error {
+                id: Some(a.id),
+                code: NOT_DURABLE.into(),
+                message: "storage failed while this op was being made durable: it is not \
+                          acknowledged and may be lost; reconnect, fetch, and send it again \
+                          if it is missing"
+                    .into(),
+            };
+            reply(
+                &mut self.actions,
+                a.origin,
+                encoding.unwrap_or_default(),
+                &msg,
+            );
+        }
+        // Nothing after the durable state is persisted or counted again.
+        self.seq = self.durable;
+        self.broken = true;
+        match self.phase {
+            Phase::Live => self.ask(DisperseReason::StorageFailed, Duration::ZERO),
+            // The pending verdict decides; a refusal asks again.
+            Phase::Asking(_) => {}
+            // The final commit failed: close with what the store holds.
+            Phase::Closing(_) => self.try_finish(),
+            Phase::Dispersed(_) => {}
+        }
     }
 
     fn on_persisted(&mut self, now: Instant, seq: u64) {

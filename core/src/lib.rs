@@ -76,7 +76,8 @@ pub use commit::{Commit, Loaded, LogEntry, Snapshot};
 pub use conn::ConnMap;
 pub use gathering::{
     Action, Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, Deadline,
-    Delivery, Event, Gathering, Inbound, Phase, RestoreError, Verdict, Why,
+    Delivery, Event, Gathering, Inbound, NOT_DURABLE, Phase, RestoreError, STORAGE_FAILED, Verdict,
+    Why,
 };
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
 pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};

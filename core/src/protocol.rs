@@ -80,6 +80,8 @@ pub enum DisperseReason {
     Empty,
     /// The server is shutting down.
     Shutdown,
+    /// A commit failed: the gathering restarts from its durable state.
+    StorageFailed,
 }
 
 impl DisperseReason {
@@ -89,6 +91,7 @@ impl DisperseReason {
             DisperseReason::Idle => "idle",
             DisperseReason::Empty => "empty",
             DisperseReason::Shutdown => "shutdown",
+            DisperseReason::StorageFailed => "storage_failed",
         }
     }
 
@@ -97,6 +100,7 @@ impl DisperseReason {
         match self {
             DisperseReason::Idle | DisperseReason::Empty => CLOSE_DISPERSED,
             DisperseReason::Shutdown => CLOSE_GOING_AWAY,
+            DisperseReason::StorageFailed => CLOSE_INTERNAL,
         }
     }
 
@@ -107,6 +111,7 @@ impl DisperseReason {
             DisperseReason::Idle => "gathering dispersed: idle",
             DisperseReason::Empty => "gathering dispersed: empty",
             DisperseReason::Shutdown => "gathering dispersed: server shutting down",
+            DisperseReason::StorageFailed => "gathering restarting: storage failed",
         }
     }
 }

@@ -269,3 +269,93 @@ async fn a_client_that_pipelines_and_reads_is_refused_ops_never_cut_off() {
     assert!(within(client.op(result)).await.is_ok());
     server.shutdown().await;
 }
+
+/// A store that fails every commit while `failing` is set, as a full or
+/// broken disk does.
+struct Flaky {
+    inner: gathering_native::RedbStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl gathering_native::Store for Flaky {
+    fn load(
+        &self,
+        id: &GatheringId,
+    ) -> Result<gathering_core::Loaded, gathering_native::StoreError> {
+        self.inner.load(id)
+    }
+
+    fn commit(
+        &self,
+        writes: &[gathering_native::Write],
+    ) -> Result<(), gathering_native::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(gathering_native::StoreError(
+                "No space left on device".into(),
+            ));
+        }
+        self.inner.commit(writes)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_told_to_its_client_and_the_gathering_restarts() {
+    use gathering_core::DisperseReason;
+    use gathering_core::protocol::CLOSE_INTERNAL;
+    use gathering_native::client::{ClientError, Incoming};
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Flaky {
+        inner: gathering_native::RedbStore::open(dir.path(), "tournament").unwrap(),
+        failing: false.into(),
+    });
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.addr);
+    let g = id("disk");
+    let mut ada: Client = within(Client::connect(&url, &g, Encoding::Json))
+        .await
+        .unwrap();
+    let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
+
+    store.failing.store(true, Ordering::SeqCst);
+    let sent = ada.submit(register("Bob")).await.unwrap();
+    match within(ada.reply()).await.unwrap() {
+        Reply::Rejected { id, code, .. } => {
+            assert_eq!(id, Some(sent));
+            assert_eq!(code, "not_durable");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Then the gathering restarts: told why, closed with 1011.
+    match within(ada.next()).await {
+        Ok(Incoming::Dispersed { reason, code }) => {
+            assert_eq!(reason, DisperseReason::StorageFailed);
+            assert_eq!(code, Some(CLOSE_INTERNAL));
+        }
+        Err(ClientError::Dispersed(reason)) => assert_eq!(reason, DisperseReason::StorageFailed),
+        other => panic!("{other:?}"),
+    }
+
+    // The disk is back: the successor holds what was durable, not Bob.
+    store.failing.store(false, Ordering::SeqCst);
+    let mut again: Client = within(Client::connect(&url, &g, Encoding::Json))
+        .await
+        .unwrap();
+    let (seq, state) = within(again.fetch()).await.unwrap();
+    assert_eq!(seq, 1);
+    assert!(state.players.contains_key("Ada") && !state.players.contains_key("Bob"));
+    assert_eq!(within(again.op(register("Bob"))).await, Ok(2));
+
+    // A shutdown ends while storage fails.
+    store.failing.store(true, Ordering::SeqCst);
+    again.submit(register("Cy")).await.unwrap();
+    again.flush().await.unwrap();
+    within(server.shutdown()).await;
+}

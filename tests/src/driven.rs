@@ -11,11 +11,12 @@ use std::task::{Context, Poll, Waker};
 
 use futures_executor::{LocalPool, LocalSpawner};
 use futures_util::task::LocalSpawnExt;
-use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY};
+use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_INTERNAL};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
     ClientMsg, Commit, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding,
-    Frame, Gathering, GatheringId, Inbound, Instant, Loaded, ServerMsg,
+    Frame, Gathering, GatheringId, Inbound, Instant, Loaded, NOT_DURABLE, STORAGE_FAILED,
+    ServerMsg,
 };
 use gathering_driver::{
     Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, hall_task,
@@ -70,6 +71,9 @@ pub struct World {
     requests: RefCell<BTreeMap<u64, (GatheringId, String)>>,
     /// Valid ops acknowledged, by gathering.
     acked: RefCell<BTreeMap<GatheringId, BTreeSet<String>>>,
+    /// Valid ops refused because storage failed (the client was told,
+    /// so they are not owed), by gathering.
+    withdrawn: RefCell<BTreeMap<GatheringId, BTreeSet<String>>>,
     /// Whether timers that fire take in-flight traffic to the hall.
     pub race: Cell<bool>,
     /// Counts, to see that the interesting paths were taken.
@@ -143,6 +147,13 @@ impl Conn for FakeConn {
                 c.dispersed += 1;
                 assert_eq!(c.dispersed, 1, "{} told twice", self.conn);
             }
+            ServerMsg::Error {
+                id: Some(id), code, ..
+            } if code == NOT_DURABLE || code == STORAGE_FAILED => {
+                if let Some((g, name)) = w.requests.borrow_mut().remove(&id) {
+                    w.withdrawn.borrow_mut().entry(g).or_default().insert(name);
+                }
+            }
             ServerMsg::Error { .. } | ServerMsg::State { .. } => {}
         }
         true
@@ -159,7 +170,10 @@ impl Conn for FakeConn {
             assert_eq!(c.dispersed, 1, "closed with 4000 without being told why");
         }
         if c.dispersed == 1 {
-            assert!(matches!(code, CLOSE_DISPERSED | CLOSE_GOING_AWAY), "{code}");
+            assert!(
+                matches!(code, CLOSE_DISPERSED | CLOSE_GOING_AWAY | CLOSE_INTERNAL),
+                "{code}"
+            );
         }
         // As a socket's task does once its socket is closed.
         if let Some(g) = c.gathering.clone() {
@@ -316,6 +330,7 @@ impl Driven {
             asked: RefCell::default(),
             requests: RefCell::default(),
             acked: RefCell::default(),
+            withdrawn: RefCell::default(),
             race: Cell::new(false),
             stats: RefCell::default(),
         });
@@ -613,8 +628,40 @@ impl Driven {
     pub fn check_final(&self, shut_down: bool) {
         let store = self.world.store.borrow();
         let acked = self.world.acked.borrow();
-        let must = if shut_down { &*acked } else { &self.sent_valid };
+        // A failed write undoes the ops it carried: their senders are told
+        // (and those who left hear nothing, as with any op not yet acked),
+        // so only what was acknowledged is owed.
+        let failed = self.world.stats.borrow().failed_writes > 0;
+        let must = if shut_down || failed {
+            &*acked
+        } else {
+            &self.sent_valid
+        };
+        let withdrawn = self.world.withdrawn.borrow();
+        // An op refused as not durable was not applied.
+        for (id, names) in withdrawn.iter() {
+            let Some(stored) = store.get(id) else {
+                continue;
+            };
+            let config = self.world.config.clone();
+            let restored =
+                Gathering::<Tournament>::restore(id.clone(), config, Instant::ZERO, stored)
+                    .expect("what was stored restores");
+            for name in names {
+                assert!(
+                    !restored.app().players.contains_key(name),
+                    "op registering {name} in {id} was refused as not durable, yet stored"
+                );
+            }
+        }
         for (id, names) in must {
+            let names: Vec<&String> = names
+                .iter()
+                .filter(|n| !withdrawn.get(id).is_some_and(|w| w.contains(*n)))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
             let stored = store
                 .get(id)
                 .expect("a gathering that took ops was persisted");

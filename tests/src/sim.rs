@@ -13,8 +13,8 @@ use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
     Action, ClientMsg, Commit, Config, ConnId, Delivery, DisperseReason, Duration, Encoding, Event,
-    Frame, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded, Phase,
-    ServerMsg, Verdict,
+    Frame, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded,
+    NOT_DURABLE, Phase, STORAGE_FAILED, ServerMsg, Verdict,
 };
 
 type Server = ServerMsg<TournamentOp, Tournament>;
@@ -124,6 +124,8 @@ pub struct Stats {
     pub resends: u64,
     /// Ops rejected with an error.
     pub rejections: u64,
+    /// Storage writes made to fail.
+    pub failed_writes: u64,
 }
 
 impl Sim {
@@ -385,6 +387,7 @@ impl Sim {
             "write outlived its gathering"
         );
         if fail {
+            self.stats.failed_writes += 1;
             slot.inbox.push_back(Mail::PersistFailed);
             return true;
         }
@@ -486,7 +489,15 @@ impl Sim {
 
     /// Invariants that hold once everything has dispersed: nothing was lost.
     pub fn check_final(&self) {
-        for (id, names) in &self.sent_valid {
+        // A failed write undoes the ops it carried: their senders are told
+        // (those who left hear nothing, as with any op not yet acked), so
+        // then only what was acknowledged is owed.
+        let owed = if self.stats.failed_writes > 0 {
+            &self.acked
+        } else {
+            &self.sent_valid
+        };
+        for (id, names) in owed {
             let state = self.stored_state(id);
             for name in names {
                 assert!(
@@ -686,7 +697,7 @@ impl Sim {
                             slot.empty_since
                         );
                     }
-                    DisperseReason::Shutdown => {}
+                    DisperseReason::Shutdown | DisperseReason::StorageFailed => {}
                 }
                 assert!(
                     slot.inbox.iter().all(|m| !matches!(m, Mail::Inbound(_))),
@@ -768,10 +779,21 @@ impl Sim {
                     .insert(name.clone());
             }
             ServerMsg::Error {
-                id: Some(request), ..
+                id: Some(request),
+                code,
+                ..
             } => {
-                if let Some((_, _, valid)) = self.requests.get(&request) {
-                    assert!(!valid, "valid op {request} was refused");
+                if let Some((gid, name, valid)) = self.requests.get(&request) {
+                    // Storage failed: the client is told the op is not
+                    // durable, and no longer owed it (the fake store never
+                    // keeps a failed write).
+                    if code == NOT_DURABLE || code == STORAGE_FAILED {
+                        if let Some(names) = self.sent_valid.get_mut(gid) {
+                            names.remove(name);
+                        }
+                    } else {
+                        assert!(!valid, "valid op {request} was refused: {code}");
+                    }
                 }
                 self.stats.rejections += 1;
             }

@@ -412,18 +412,6 @@ fn dispersal_persists_then_says_goodbye_once_then_closes() {
         drain(&mut g).is_empty(),
         "the write of op 1 is still in flight"
     );
-    // The write fails: it is retried at the flush deadline, nothing is closed.
-    g.handle(Event::PersistFailed(due));
-    assert_eq!(
-        g.next_deadline(),
-        Some(Deadline {
-            at: due + secs(1),
-            why: Why::Flush
-        })
-    );
-    assert!(drain(&mut g).is_empty());
-    g.handle(Event::Tick(due + secs(1)));
-    assert_eq!(persist(&drain(&mut g)), Some(1));
     g.handle(Event::Persisted(due + secs(1), 1));
     let actions = drain(&mut g);
     let got = sends(&actions);
@@ -872,5 +860,100 @@ fn error_messages_quote_a_short_escaped_prefix_of_the_input() {
         errors[0].starts_with(r#"no player named "\u{1b}[31mxxx"#),
         "{}",
         errors[0]
+    );
+}
+
+fn errors(actions: &[Action]) -> Vec<(u64, Option<u64>, String)> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(conn, msg, _)| match msg {
+            ServerMsg::Error { id, code, .. } => Some((conn, id, code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_commit_refuses_its_ops_and_restarts_from_the_durable_state() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    send(&mut g, T0, 2, register(2, "Bob"), Encoding::Json);
+    g.handle(Event::PersistFailed(T0));
+    let actions = drain(&mut g);
+    // Both ops were waiting on the failed write (Bob's for the next one):
+    // their senders are told, and the gathering asks to restart.
+    assert_eq!(
+        errors(&actions),
+        [
+            (1, Some(1), "not_durable".to_string()),
+            (2, Some(2), "not_durable".to_string())
+        ]
+    );
+    assert_eq!(persist(&actions), None);
+    assert!(actions.contains(&Action::Disperse {
+        reason: DisperseReason::StorageFailed,
+        processed: 4,
+        late: Duration::ZERO
+    }));
+    assert_eq!(g.seq(), 0, "nothing past the durable state counts");
+    // Meanwhile requests are refused; acks are still taken.
+    send(&mut g, T0, 1, register(3, "Cy"), Encoding::Json);
+    send(&mut g, T0, 1, ClientMsg::Fetch { id: 4 }, Encoding::Json);
+    assert_eq!(
+        errors(&drain(&mut g)),
+        [
+            (1, Some(3), "storage_failed".to_string()),
+            (1, Some(4), "storage_failed".to_string())
+        ]
+    );
+    // Granted: no write, the goodbye at once, with 1011.
+    g.handle(Event::Verdict(T0, Verdict::Granted));
+    let actions = drain(&mut g);
+    assert_eq!(persist(&actions), None);
+    let goodbye = ServerMsg::Dispersed {
+        reason: DisperseReason::StorageFailed,
+    };
+    assert_eq!(
+        sends(&actions),
+        [
+            (1, goodbye.clone(), Delivery::Once),
+            (2, goodbye, Delivery::Once)
+        ]
+    );
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::Close { code, .. } if *code != protocol::CLOSE_INTERNAL))
+    );
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::StorageFailed
+        })
+    );
+}
+
+#[test]
+fn a_failed_final_commit_still_says_goodbye() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    // Shutdown waits for the write, which fails: the op is refused and the
+    // gathering closes anyway, so a shutdown ends while storage fails.
+    g.handle(Event::Shutdown(T0));
+    assert!(drain(&mut g).is_empty());
+    g.handle(Event::PersistFailed(T0));
+    let actions = drain(&mut g);
+    assert_eq!(errors(&actions), [(1, Some(1), "not_durable".to_string())]);
+    assert_eq!(persist(&actions), None);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Shutdown
+        })
     );
 }

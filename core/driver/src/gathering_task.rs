@@ -269,7 +269,7 @@ impl<R: Runtime> Task<R> {
     fn dispersed(&mut self, reason: DisperseReason) {
         let late = match reason {
             DisperseReason::Idle | DisperseReason::Empty => Duration::from_nanos(self.late_nanos),
-            DisperseReason::Shutdown => Duration::ZERO,
+            DisperseReason::Shutdown | DisperseReason::StorageFailed => Duration::ZERO,
         };
         self.rt.observe(Observed::Dispersed {
             id: self.gathering.id(),

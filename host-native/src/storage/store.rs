@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
 pub use gathering_driver::StoreError;
@@ -61,7 +61,10 @@ type OldLog<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
 /// fsynced before it returns: the group's rows, snapshots and the deletion
 /// of the rows they cover land together or not at all.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` after a failed commit until reopened: redb refuses every
+    /// write after an I/O error until the database is opened again.
+    db: RwLock<Option<Database>>,
     snapshots: String,
     journal: String,
     index: Mutex<Index>,
@@ -99,25 +102,57 @@ impl RedbStore {
                 e,
             )
         })?;
-        let path = dir.join("gatherings.redb");
-        let db = Database::create(&path)
-            .map_err(|e| err(&format!("cannot open database {}", path.display()), e))?;
         let store = RedbStore {
-            db,
+            path: dir.join("gatherings.redb"),
+            db: RwLock::new(None),
             snapshots: app.to_owned(),
             journal: format!("{app}.journal"),
             index: Mutex::new(Index::default()),
         };
-        let tx = store
-            .db
-            .begin_write()
-            .map_err(|e| err("cannot start a write", e))?;
-        tx.open_table(store.snapshots())
-            .map_err(|e| err(&format!("cannot create the table of {app}"), e))?;
-        store.migrate(&tx, app)?;
-        tx.commit().map_err(|e| err("cannot commit", e))?;
-        store.rebuild()?;
+        store.with_db(|db| {
+            let tx = db
+                .begin_write()
+                .map_err(|e| err("cannot start a write", e))?;
+            tx.open_table(store.snapshots())
+                .map_err(|e| err(&format!("cannot create the table of {app}"), e))?;
+            store.migrate(&tx, app)?;
+            tx.commit().map_err(|e| err("cannot commit", e))?;
+            // Now with the journal (and what was moved into it).
+            store.rebuild(db)
+        })?;
         Ok(store)
+    }
+
+    /// Runs `f` on the database, opening it first if it is closed (at
+    /// start, or after a failed commit); opening reads the index anew.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = db.as_ref() {
+                return f(db);
+            }
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let db = Database::create(&self.path)
+                .map_err(|e| err(&format!("cannot open database {}", self.path.display()), e))?;
+            self.rebuild(&db)?;
+            *slot = Some(db);
+        }
+        let db = std::sync::RwLockWriteGuard::downgrade(slot);
+        match db.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError("the database is closed".into())),
+        }
+    }
+
+    /// Closes the database after a failed commit; the next use reopens it.
+    fn close(&self) {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        *slot = None;
     }
 
     /// Moves the log of the earlier layout, one entry per row, into the
@@ -157,11 +192,17 @@ impl RedbStore {
     }
 
     /// Reads which rows hold whose entries from the journal.
-    fn rebuild(&self) -> Result<(), StoreError> {
+    fn rebuild(&self, db: &Database) -> Result<(), StoreError> {
         let doing = "cannot read the journal";
-        let tx = self.db.begin_read().map_err(|e| err(doing, e))?;
-        let journal = tx.open_table(self.journal()).map_err(|e| err(doing, e))?;
+        let tx = db.begin_read().map_err(|e| err(doing, e))?;
+        let journal = match tx.open_table(self.journal()) {
+            Ok(journal) => journal,
+            // Not created yet: `open` creates it.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(err(doing, e)),
+        };
         let mut index = self.index();
+        *index = Index::default();
         for row in journal.iter().map_err(|e| err(doing, e))? {
             let (key, _) = row.map_err(|e| err(doing, e))?;
             let (commit, id) = key.value();
@@ -197,15 +238,12 @@ impl Store for RedbStore {
         let doing = || format!("cannot read gathering {id}");
         // The read begins under the lock, so it sees exactly the rows the
         // index names (a commit updates both under it).
-        let (rows, tx) = {
+        let (rows, tx) = self.with_db(|db| {
             let index = self.index();
             let rows = index.tails.get(id).cloned().unwrap_or_default();
-            let tx = self
-                .db
-                .begin_read()
-                .map_err(|e| err("cannot start a read", e))?;
-            (rows, tx)
-        };
+            let tx = db.begin_read().map_err(|e| err("cannot start a read", e))?;
+            Ok((rows, tx))
+        })?;
         let snapshots = tx
             .open_table(self.snapshots())
             .map_err(|e| err("cannot open the snapshot table", e))?;
@@ -260,11 +298,28 @@ impl Store for RedbStore {
                 ),
             }
         }
+        let written = self.with_db(|db| self.write(db, changes));
+        if written.is_err() {
+            // redb refuses every write after an I/O error until reopened;
+            // the next load or commit reopens it (and reads the journal
+            // anew, in case the failed commit was durable after all).
+            self.close();
+        }
+        written
+    }
+}
+
+impl RedbStore {
+    /// One commit's changes in one write transaction, and the index after it.
+    fn write(
+        &self,
+        db: &Database,
+        changes: BTreeMap<&GatheringId, Change<'_>>,
+    ) -> Result<(), StoreError> {
         // redb admits one write transaction at a time; the index lock is
         // held from its start, so the commit number and tails it reads stay
         // true until its commit, and a load never sees one without the other.
-        let tx = self
-            .db
+        let tx = db
             .begin_write()
             .map_err(|e| err("cannot start a write", e))?;
         let mut index = self.index();
