@@ -61,6 +61,12 @@ pub struct Args {
     #[arg(long, env = "GATHERING_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Origins of other sites whose pages may open WebSockets, comma-separated
+    /// (e.g. https://app.example.com), or * for any; the server's own pages
+    /// always may, and clients that send no Origin are always served.
+    #[arg(long, env = "GATHERING_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -87,6 +93,7 @@ impl Args {
                 ..Config::default()
             })
             .shutdown_grace(self.shutdown_grace)
+            .allowed_origins(self.allowed_origins.clone())
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
             .web_dir(&self.web_dir)
     }

@@ -16,7 +16,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::front::outbox::Outbox;
-use crate::front::{Front, Open, Registry};
+use crate::front::{Front, Open, Origins, Registry};
 use crate::metrics::Metrics;
 #[cfg(feature = "bench")]
 use crate::runtime::Detection;
@@ -78,6 +78,7 @@ impl<A: NativeApp> Server<A> {
             gathering: Config::default(),
             max_frame_bytes: 1 << 20,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            origins: Origins::default(),
             web_dir: None,
             store: None,
             on_dispersed: None,
@@ -95,6 +96,7 @@ pub struct Builder<A> {
     gathering: Config,
     max_frame_bytes: usize,
     shutdown_grace: Duration,
+    origins: Origins,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     on_dispersed: Option<DispersalHook>,
@@ -151,6 +153,16 @@ impl<A: NativeApp> Builder<A> {
         self
     }
 
+    /// Origins of other sites whose pages may open WebSockets here (as a
+    /// browser sends them, e.g. `https://app.example.com`; `*` for any).
+    /// By default only the server's own pages may: a page elsewhere that a
+    /// user visits cannot act on gatherings with the user's reach. Clients
+    /// that send no `Origin` (not browsers) are always served.
+    pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = String>) -> Self {
+        self.origins = Origins::new(origins);
+        self
+    }
+
     /// A directory of static files served at `/` (a web page).
     pub fn web_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.web_dir = Some(dir.into());
@@ -200,6 +212,7 @@ impl<A: NativeApp> Builder<A> {
             hall: hall_tx,
             max_frame_bytes: self.max_frame_bytes,
             shutdown_grace: self.shutdown_grace,
+            origins: self.origins,
             idle_timeout: self.gathering.idle_timeout,
             next_conn: AtomicU64::new(1),
             open: Open::default(),

@@ -359,3 +359,76 @@ async fn a_failed_commit_is_told_to_its_client_and_the_gathering_restarts() {
     again.flush().await.unwrap();
     within(server.shutdown()).await;
 }
+
+/// The status line of a WebSocket upgrade to gathering `origin-test` sent
+/// with `headers`.
+async fn upgrade_status(addr: std::net::SocketAddr, headers: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /gatherings/origin-test HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n") {
+        let mut byte = [0u8];
+        within(s.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn only_pages_of_allowed_origins_may_open_a_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .allowed_origins(["https://app.example.com".to_string()])
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let switching = "HTTP/1.1 101 Switching Protocols";
+    // Not a browser: served.
+    assert_eq!(upgrade_status(addr, "").await, switching);
+    // The server's own page, and a listed site: served.
+    let own = format!("Origin: http://{addr}\r\n");
+    assert_eq!(upgrade_status(addr, &own).await, switching);
+    let listed = "Origin: https://App.Example.com\r\n";
+    assert_eq!(upgrade_status(addr, listed).await, switching);
+    // Any other page: refused before the upgrade.
+    for evil in ["Origin: https://evil.example\r\n", "Origin: null\r\n"] {
+        assert!(
+            upgrade_status(addr, evil).await.starts_with("HTTP/1.1 403"),
+            "{evil}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_listing_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let get = |path: &'static str| async move {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(
+        get("/gatherings?limit=abc")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(
+        get("/gatherings?limit=99999999")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    server.shutdown().await;
+}

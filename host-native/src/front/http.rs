@@ -19,6 +19,13 @@ impl warp::reject::Reject for BadId {}
 struct BadQuery(String);
 impl warp::reject::Reject for BadQuery {}
 
+#[derive(Debug)]
+struct ForbiddenOrigin(String);
+impl warp::reject::Reject for ForbiddenOrigin {}
+
+/// Most gatherings `GET /gatherings` lists at once (`?limit=` is capped).
+pub const MAX_LISTING: usize = 1000;
+
 /// One row of `GET /gatherings`.
 #[derive(Serialize)]
 struct Listed {
@@ -62,6 +69,23 @@ pub fn routes(
             Ok::<_, Rejection>((id, encoding))
         })
         .untuple_one()
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .and(with.clone())
+        .and_then(
+            |id, encoding, origin: Option<String>, host: Option<String>, shared: Arc<Front>| async move {
+                // A page on another site must not drive this server with the
+                // visitor's reach (cross-site WebSocket hijacking); clients
+                // that are not browsers send no Origin.
+                match origin {
+                    Some(origin) if !shared.origins.allows(&origin, host.as_deref()) => {
+                        Err(warp::reject::custom(ForbiddenOrigin(origin)))
+                    }
+                    _ => Ok((id, encoding)),
+                }
+            },
+        )
+        .untuple_one()
         .and(upgrade::handshake())
         .and(with.clone())
         .map(
@@ -79,12 +103,15 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(with.clone())
-        .map(|query: HashMap<String, String>, shared: Arc<Front>| {
-            let limit = query
-                .get("limit")
-                .and_then(|l| l.parse::<usize>().ok())
-                .unwrap_or(1000);
-            warp::reply::json(&listing(&shared, limit))
+        .and_then(|query: HashMap<String, String>, shared: Arc<Front>| {
+            let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+                None => Ok(MAX_LISTING),
+                Some(Ok(n)) => Ok(n.min(MAX_LISTING)),
+                Some(Err(_)) => Err(warp::reject::custom(BadQuery(format!(
+                    "limit must be a whole number (at most {MAX_LISTING} are listed)"
+                )))),
+            };
+            async move { limit.map(|limit| warp::reply::json(&listing(&shared, limit))) }
         });
     let metrics = warp::path!("metrics")
         .and(warp::get())
@@ -124,6 +151,15 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(BadQuery(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.clone())
+    } else if let Some(ForbiddenOrigin(origin)) = rejection.find() {
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "WebSocket from origin {} refused: the server allows its own origin and \
+                 those given with --allowed-origins",
+                gathering_core::protocol::quote(origin)
+            ),
+        )
     } else if let Some(upgrade::NotUpgrade(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, (*e).to_owned())
     } else if rejection.is_not_found() {

@@ -28,6 +28,8 @@ pub(crate) struct Front {
     pub registry: Registry,
     /// The hall task's mailbox: bounded, so that readers feel backpressure.
     pub hall: async_channel::Sender<HallMail<Outbox>>,
+    /// Which pages' origins may open WebSockets.
+    pub origins: Origins,
     /// Largest frame accepted from a client, in bytes.
     pub max_frame_bytes: usize,
     /// The gatherings' idle timeout, for the listing's countdown.
@@ -38,6 +40,45 @@ pub(crate) struct Front {
     pub shutdown_grace: std::time::Duration,
     /// Connection tasks still running, which a shutdown waits for.
     pub open: Open,
+}
+
+/// The origins whose pages may open a WebSocket: the server's own (the
+/// `Origin` names the host the request was sent to), those listed, or any
+/// with `*`. Requests without `Origin` (not from a browser) are not
+/// concerned.
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    listed: Vec<String>,
+    any: bool,
+}
+
+impl Origins {
+    /// `listed` origins as a browser sends them (`https://app.example.com`,
+    /// `http://localhost:3000`); `*` allows every origin.
+    pub fn new(listed: impl IntoIterator<Item = String>) -> Self {
+        let mut origins = Origins::default();
+        for origin in listed {
+            let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+            if origin == "*" {
+                origins.any = true;
+            } else if !origin.is_empty() {
+                origins.listed.push(origin);
+            }
+        }
+        origins
+    }
+
+    /// Whether a page of `origin` may connect, sent to `host`.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        if self.any || self.listed.contains(&origin) {
+            return true;
+        }
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()))
+    }
 }
 
 /// A count of running connection tasks that can be waited on to reach zero.
