@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use gathering_core::Config;
 use tracing_subscriber::EnvFilter;
 
+use crate::front::listen::Limits;
 use crate::runtime::NativeApp;
 use crate::server::{Builder, Server};
 
@@ -67,6 +68,24 @@ pub struct Args {
     #[arg(long, env = "GATHERING_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Connections open at once (HTTP and WebSocket); more are answered 503.
+    /// 0 for no cap.
+    #[arg(long, env = "GATHERING_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one IP address; more are answered 503.
+    /// 0 for no cap.
+    #[arg(long, env = "GATHERING_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().max_per_address)]
+    pub max_connections_per_address: usize,
+
+    /// Time a client has to send a request's headers.
+    #[arg(long, env = "GATHERING_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a connection may stay plain HTTP (not upgraded to a WebSocket).
+    #[arg(long, env = "GATHERING_HTTP_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub http_timeout: Duration,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -94,6 +113,12 @@ impl Args {
             })
             .shutdown_grace(self.shutdown_grace)
             .allowed_origins(self.allowed_origins.clone())
+            .limits(Limits {
+                max_connections: self.max_connections,
+                max_per_address: self.max_connections_per_address,
+                header_timeout: self.header_timeout,
+                http_timeout: self.http_timeout,
+            })
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
             .web_dir(&self.web_dir)
     }
@@ -121,6 +146,7 @@ pub fn main<A: NativeApp>(name: &'static str) -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    raise_descriptor_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -140,6 +166,29 @@ pub fn main<A: NativeApp>(name: &'static str) -> ExitCode {
         Err(e) => {
             eprintln!("{name}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: a server's
+/// connections are file descriptors, and the usual soft limit (1,024) sits
+/// far below `--max-connections`, where accepting would fail instead of
+/// answering 503.
+fn raise_descriptor_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain calls with a valid pointer to a local.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }

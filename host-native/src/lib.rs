@@ -28,6 +28,8 @@ mod storage;
 
 #[cfg(feature = "server")]
 pub use front::http::recover;
+#[cfg(feature = "server")]
+pub use front::listen::Limits;
 #[cfg(feature = "bench")]
 pub use runtime::Detection;
 #[cfg(feature = "server")]

@@ -15,6 +15,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::front::listen::Limits;
 use crate::front::outbox::Outbox;
 use crate::front::{Front, Open, Origins, Registry};
 use crate::metrics::Metrics;
@@ -79,6 +80,7 @@ impl<A: NativeApp> Server<A> {
             max_frame_bytes: 1 << 20,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             origins: Origins::default(),
+            limits: Limits::default(),
             web_dir: None,
             store: None,
             on_dispersed: None,
@@ -97,6 +99,7 @@ pub struct Builder<A> {
     max_frame_bytes: usize,
     shutdown_grace: Duration,
     origins: Origins,
+    limits: Limits,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     on_dispersed: Option<DispersalHook>,
@@ -160,6 +163,13 @@ impl<A: NativeApp> Builder<A> {
     /// that send no `Origin` (not browsers) are always served.
     pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = String>) -> Self {
         self.origins = Origins::new(origins);
+        self
+    }
+
+    /// Caps on connections and deadlines for HTTP requests of the listener
+    /// [`Builder::start`] runs (not of routes mounted elsewhere).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -247,6 +257,7 @@ impl<A: NativeApp> Builder<A> {
     /// engine's routes, then the page of [`Builder::web_dir`] if any.
     pub async fn start(self) -> Result<Running, ServerError> {
         let listen = self.listen;
+        let limits = self.limits;
         let web_dir = self.web_dir.clone();
         let data_dir = self.data_dir.clone();
         let listener = tokio::net::TcpListener::bind(listen)
@@ -266,14 +277,14 @@ impl<A: NativeApp> Builder<A> {
             .or(page)
             .recover(crate::front::http::recover);
         let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = http_stop_rx.await;
-                })
-                .run(),
-        );
+        let http = tokio::spawn(crate::front::listen::serve(
+            listener,
+            routes,
+            limits,
+            async move {
+                let _ = http_stop_rx.await;
+            },
+        ));
         tracing::info!(%addr, data_dir = %data_dir.display(), app = A::NAME, "listening");
         Ok(Running {
             addr,

@@ -432,3 +432,136 @@ async fn the_listing_is_bounded() {
     );
     server.shutdown().await;
 }
+
+/// Whether the server closes `s` within `bound` (reads end or fail).
+async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(bound, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn limited(dir: &std::path::Path, limits: gathering_native::Limits) -> Running {
+    Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .limits(limits)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slow_and_silent_http_clients_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = gathering_native::Limits {
+        header_timeout: Duration::from_millis(300),
+        http_timeout: Duration::from_millis(1500),
+        ..gathering_native::Limits::default()
+    };
+    let server = limited(dir.path(), limits).await;
+    // Connects and says nothing.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    // Sends its headers a byte at a time, slower than the deadline allows.
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    let trickle = async {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a trickled request stayed open"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent connection stayed open"
+    );
+    // Keep-alive that never upgrades ends at the HTTP deadline.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "keep-alive stayed open"
+    );
+    // A WebSocket is not cut off by either.
+    let mut ws: Client = within(Client::connect(
+        &format!("ws://{}", server.addr),
+        &id("slow"),
+        Encoding::Json,
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let op = TournamentOp::RegisterPlayer { name: "Ada".into() };
+    assert_eq!(within(ws.op(op)).await, Ok(1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_caps_are_refused_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = gathering_native::Limits {
+        max_connections: 3,
+        max_per_address: 2,
+        ..gathering_native::Limits::default()
+    };
+    let server = limited(dir.path(), limits).await;
+    let url = format!("ws://{}", server.addr);
+    // Two WebSockets from 127.0.0.1 hold both of its slots ...
+    let a: Client = within(Client::connect(&url, &id("cap"), Encoding::Json))
+        .await
+        .unwrap();
+    let b: Client = within(Client::connect(&url, &id("cap"), Encoding::Json))
+        .await
+        .unwrap();
+    // ... so a third connection from it is told why, and closed.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(third.read_to_string(&mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    assert!(
+        Client::connect(&url, &id("cap"), Encoding::Json)
+            .await
+            .is_err()
+    );
+    // A slot frees when its WebSocket closes.
+    drop(a);
+    b.close().await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        if let Ok(mut c) = Client::connect(&url, &id("cap"), Encoding::Json).await {
+            let op = TournamentOp::RegisterPlayer { name: "Ada".into() };
+            assert_eq!(within(c.op(op)).await, Ok(1));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slots never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

@@ -309,3 +309,52 @@ async fn sigterm_under_load_says_goodbye_to_every_client() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_exits_while_a_request_is_half_sent() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server(dir.path());
+    let addr = url.trim_start_matches("ws://").to_string();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /gatherings HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // And a WebSocket, which is told goodbye.
+    let mut client: Client = Client::connect(&url, &id("half"), Encoding::Json)
+        .await
+        .unwrap();
+    client
+        .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
+        .await
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let end = tokio::time::timeout(BOUND, client.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        end,
+        Incoming::Dispersed {
+            reason: DisperseReason::Shutdown,
+            ..
+        }
+    ));
+    let deadline = Instant::now() + BOUND;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a half-sent request held the server open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "{code:?}");
+    drop(half);
+}

@@ -170,6 +170,12 @@ impl Server {
         let builder = gathering_native::Server::<Tournament>::builder()
             .listen("127.0.0.1:0".parse().unwrap())
             .data_dir(&dir)
+            // Every client of a load comes from 127.0.0.1.
+            .limits(gathering_native::Limits {
+                max_connections: 0,
+                max_per_address: 0,
+                ..gathering_native::Limits::default()
+            })
             .gathering(Config {
                 idle_timeout: idle,
                 ..Config::default()
@@ -959,6 +965,13 @@ impl ChildServer {
         let mut child = std::process::Command::new(&exe)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir)
+            // Every client of a load comes from 127.0.0.1.
+            .args([
+                "--max-connections",
+                "0",
+                "--max-connections-per-address",
+                "0",
+            ])
             .env("RUST_LOG", "warn,gathering_native::server=info")
             .stdout(std::process::Stdio::piped())
             .spawn()

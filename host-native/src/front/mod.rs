@@ -3,6 +3,7 @@
 //! is the same for every application.
 
 pub(crate) mod http;
+pub(crate) mod listen;
 pub(crate) mod outbox;
 mod upgrade;
 mod ws;

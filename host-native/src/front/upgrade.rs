@@ -11,6 +11,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::listen::Held;
+
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -30,6 +32,9 @@ impl warp::reject::Reject for NotUpgrade {}
 pub struct Handshake {
     key: String,
     on_upgrade: OnUpgrade,
+    /// The connection's place under the listener's caps, kept for the
+    /// WebSocket's life (none when the routes are mounted elsewhere).
+    slot: Option<Held>,
 }
 
 /// Extracts a WebSocket upgrade (GET, `Connection: upgrade`, `Upgrade:
@@ -40,12 +45,14 @@ pub fn handshake() -> impl Filter<Extract = (Handshake,), Error = Rejection> + C
         .and(warp::header::optional::<String>("sec-websocket-version"))
         .and(warp::header::optional::<String>("sec-websocket-key"))
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<Held>())
         .and_then(
             |connection: Option<String>,
              upgrade: Option<String>,
              version: Option<String>,
              key: Option<String>,
-             on_upgrade: Option<OnUpgrade>| async move {
+             on_upgrade: Option<OnUpgrade>,
+             slot: Option<Held>| async move {
                 let has_token = |v: &Option<String>, token: &str| {
                     v.as_deref().is_some_and(|v| {
                         v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
@@ -62,7 +69,11 @@ pub fn handshake() -> impl Filter<Extract = (Handshake,), Error = Rejection> + C
                     )));
                 }
                 match (key, on_upgrade) {
-                    (Some(key), Some(on_upgrade)) => Ok(Handshake { key, on_upgrade }),
+                    (Some(key), Some(on_upgrade)) => Ok(Handshake {
+                        key,
+                        on_upgrade,
+                        slot,
+                    }),
                     (None, _) => Err(warp::reject::custom(NotUpgrade(
                         "the upgrade lacks Sec-WebSocket-Key",
                     ))),
@@ -85,6 +96,7 @@ impl Handshake {
     {
         let accept = derive_accept_key(self.key.trim().as_bytes());
         let on_upgrade = self.on_upgrade;
+        let slot = self.slot;
         tokio::spawn(async move {
             // Not a `match` around the rest: its scrutinee would stay in the
             // task for the connection's whole life.
@@ -108,7 +120,11 @@ impl Handshake {
             // A task of its own: this one's state (the handshake's
             // futures, `serve` and `max_frame`) would otherwise stay in
             // every connection's task for its whole life.
-            tokio::spawn(serve(socket));
+            let serve = serve(socket);
+            tokio::spawn(async move {
+                let _slot = slot;
+                serve.await
+            });
         });
         let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
         let reply = warp::reply::with_header(reply, "connection", "upgrade");
