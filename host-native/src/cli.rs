@@ -86,6 +86,10 @@ pub struct Args {
     #[arg(long, env = "GATHERING_HTTP_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub http_timeout: Duration,
 
+    /// Time the bytes of one WebSocket message may take to arrive once they begin.
+    #[arg(long, env = "GATHERING_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub frame_timeout: Duration,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -118,6 +122,7 @@ impl Args {
                 max_per_address: self.max_connections_per_address,
                 header_timeout: self.header_timeout,
                 http_timeout: self.http_timeout,
+                frame_timeout: self.frame_timeout,
             })
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
             .web_dir(&self.web_dir)

@@ -167,7 +167,8 @@ impl<A: NativeApp> Builder<A> {
     }
 
     /// Caps on connections and deadlines for HTTP requests of the listener
-    /// [`Builder::start`] runs (not of routes mounted elsewhere).
+    /// [`Builder::start`] runs (routes mounted elsewhere get only the frame
+    /// deadline).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -223,6 +224,7 @@ impl<A: NativeApp> Builder<A> {
             max_frame_bytes: self.max_frame_bytes,
             shutdown_grace: self.shutdown_grace,
             origins: self.origins,
+            frame_timeout: self.limits.frame_timeout,
             idle_timeout: self.gathering.idle_timeout,
             next_conn: AtomicU64::new(1),
             open: Open::default(),

@@ -565,3 +565,41 @@ async fn connections_past_the_caps_are_refused_with_503() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_frame_that_stalls_midway_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = gathering_native::Limits {
+        frame_timeout: Duration::from_millis(500),
+        ..gathering_native::Limits::default()
+    };
+    let server = limited(dir.path(), limits).await;
+    let mut s = raw_upgrade(&server, "stall").await;
+    // A masked binary frame announcing 60,000 bytes, of which 1,000 come.
+    let mut head = vec![0x82u8, 0x80 | 126];
+    head.extend(60_000u16.to_be_bytes());
+    head.extend([1, 2, 3, 4]);
+    head.extend(vec![0u8; 1000]);
+    s.write_all(&head).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        within(close_code(&mut s)).await,
+        Some(gathering_core::protocol::CLOSE_POLICY)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before its deadline"
+    );
+    // A follower that is silent between messages is not cut off.
+    let mut ws: Client = within(Client::connect(
+        &format!("ws://{}", server.addr),
+        &id("stall"),
+        Encoding::Json,
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let op = TournamentOp::RegisterPlayer { name: "Ada".into() };
+    assert_eq!(within(ws.op(op)).await, Ok(1));
+    server.shutdown().await;
+}

@@ -93,10 +93,12 @@ pub fn routes(
              encoding: Encoding,
              handshake: upgrade::Handshake,
              shared: Arc<Front>| {
-                // Frames up to twice the limit are read and refused with 1009;
-                // larger ones are cut off by the WebSocket layer itself.
-                let max = shared.max_frame_bytes.saturating_mul(2);
-                handshake.accept(max, move |socket| ws::serve(socket, id, encoding, shared))
+                // Larger frames are refused by the WebSocket layer itself
+                // (1009), from their header, before their payload is read.
+                let max = shared.max_frame_bytes;
+                handshake.accept(max, shared.frame_timeout, move |socket, slot| {
+                    ws::serve(socket, slot, id, encoding, shared)
+                })
             },
         );
     let list = warp::path!("gatherings")

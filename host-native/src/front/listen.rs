@@ -34,6 +34,9 @@ pub struct Limits {
     /// Time a connection may stay plain HTTP (keep-alive included) before
     /// it is closed; an upgrade to a WebSocket ends it.
     pub http_timeout: Duration,
+    /// Time the bytes of one WebSocket message may take to arrive once they
+    /// begin; a client that stalls mid-frame is closed with 1008.
+    pub frame_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_per_address: 256,
             header_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }

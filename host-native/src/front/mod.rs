@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod listen;
 pub(crate) mod outbox;
 mod upgrade;
+mod watched;
 mod ws;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ pub(crate) struct Front {
     pub hall: async_channel::Sender<HallMail<Outbox>>,
     /// Which pages' origins may open WebSockets.
     pub origins: Origins,
+    /// How long the bytes of one message may take to arrive once begun.
+    pub frame_timeout: std::time::Duration,
     /// Largest frame accepted from a client, in bytes.
     pub max_frame_bytes: usize,
     /// The gatherings' idle timeout, for the listing's countdown.

@@ -3,6 +3,8 @@
 //! which tungstenite zero-fills on each read, so an idle follower would cost
 //! ~130 KiB. Here the buffer is sized for the frames a gathering sees.
 
+use std::time::Duration;
+
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -12,9 +14,10 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::listen::Held;
+use super::watched::Watched;
 
 /// A server-side WebSocket over an upgraded hyper connection.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<Watched>;
 
 /// Read buffer per connection (resident: tungstenite zero-fills it). Ops and
 /// acks are tens of bytes; a larger frame is read in several steps and the
@@ -22,6 +25,13 @@ pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// Per idle gathering with one connection, when the rest cost more than
 /// now: 7.5 KB with 1 KiB, 10.5 KB with 4 KiB, 139 KB with the default.
 const READ_BUFFER: usize = 512;
+
+/// Most bytes the WebSocket layer may hold unwritten for one connection.
+/// It queues a pong for every ping it reads, and a client that pings and
+/// never reads would otherwise make it keep them all; past this the
+/// connection is dropped. Twice the outbox's byte bound, so that any frame
+/// the outbox lets through fits.
+const MAX_WRITE_BUFFER: usize = 2 * super::outbox::CAPACITY_BYTES;
 
 /// The request was not a WebSocket upgrade.
 #[derive(Debug)]
@@ -89,9 +99,9 @@ impl Handshake {
     /// Answers 101 and, once hyper hands the connection over, runs `serve`
     /// on the WebSocket; frames above `max_frame` are cut off by the
     /// WebSocket layer itself.
-    pub fn accept<F, Fut>(self, max_frame: usize, serve: F) -> impl Reply
+    pub fn accept<F, Fut>(self, max_frame: usize, frame_timeout: Duration, serve: F) -> impl Reply
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
+        F: FnOnce(Socket, Option<Held>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.trim().as_bytes());
@@ -109,10 +119,11 @@ impl Handshake {
             };
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
+                .max_write_buffer_size(MAX_WRITE_BUFFER)
                 .max_message_size(Some(max_frame))
                 .max_frame_size(Some(max_frame));
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                Watched::new(TokioIo::new(upgraded), frame_timeout),
                 Role::Server,
                 Some(config),
             )
@@ -120,11 +131,9 @@ impl Handshake {
             // A task of its own: this one's state (the handshake's
             // futures, `serve` and `max_frame`) would otherwise stay in
             // every connection's task for its whole life.
-            let serve = serve(socket);
-            tokio::spawn(async move {
-                let _slot = slot;
-                serve.await
-            });
+            // The slot goes into `serve`'s own future: a wrapping block
+            // would hold that future twice (a kilobyte per connection).
+            tokio::spawn(serve(socket, slot));
         });
         let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
         let reply = warp::reply::with_header(reply, "connection", "upgrade");

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Front;
+use super::listen::Held;
 use super::outbox::{Outbox, Outgoing, Queue};
 use super::upgrade::Socket;
 
@@ -36,11 +37,14 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 #[allow(clippy::manual_async_fn)] // deliberately not one: see above
 pub fn serve(
     mut socket: Socket,
+    slot: Option<Held>,
     id: GatheringId,
     encoding: Encoding,
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
     async move {
+        // The connection's place under the listener's caps, for its life.
+        let _slot = slot;
         let _open = shared.open.enter();
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         shared.metrics.connections.inc();
@@ -126,6 +130,7 @@ async fn pump(
                     }
                     None => return,
                 };
+                socket.get_mut().message_done();
                 let frame = match msg {
                     Message::Text(text) => Frame::Text(text.as_str().into()),
                     Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
@@ -160,6 +165,9 @@ async fn pump(
 fn violation(e: &WsError) -> Option<(u16, &'static str)> {
     match e {
         WsError::Capacity(_) => Some((CLOSE_TOO_BIG, "frame too large")),
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            Some((CLOSE_POLICY, "frame took too long to arrive"))
+        }
         WsError::Utf8(_) => Some((CLOSE_INVALID_DATA, "text frame is not valid UTF-8")),
         WsError::Protocol(p) => Some((CLOSE_PROTOCOL, protocol_reason(p))),
         _ => None,
