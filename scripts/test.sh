@@ -55,6 +55,9 @@ step "page test: the demo page, clicked through in headless Chromium"
 cargo build -p gathering-native --locked
 node tests/browser/page.test.mjs target/debug/gathering-server
 
+step "fuzzing: frame decoding, the gathering and the hall, 60 s each (nightly, cargo-fuzz)"
+./scripts/fuzz.sh 60
+
 step "benchmarks, smoke mode (seconds; figures meaningless, nothing asserted on speed)"
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench bookkeeping --profile dev --locked
 RUST_LOG=warn target/debug/gathering-load all --smoke

@@ -1,0 +1,193 @@
+//! One gathering fed an arbitrary sequence of joins, leaves, frames (ops,
+//! acks, fetches, garbage), ticks, commit outcomes, verdicts and a shutdown,
+//! on a fake clock. Checked: nothing is acknowledged or forwarded before it
+//! is durable, at most one commit is outstanding and commits go forward,
+//! nothing but hand-backs follows the end, and nothing panics.
+#![no_main]
+
+use gathering_core::protocol::{self, Frame};
+use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::{
+    Action, ClientMsg, Config, ConnId, Duration, Encoding, Event, Gathering, GatheringId, Inbound,
+    Instant, Phase, ServerMsg, Verdict,
+};
+use libfuzzer_sys::fuzz_target;
+
+type Server = ServerMsg<TournamentOp, Tournament>;
+
+struct Run {
+    g: Gathering<Tournament>,
+    now: Instant,
+    /// The seq of the commit under way, if any.
+    persisting: Option<u64>,
+    /// The highest seq reported durable.
+    durable: u64,
+    asking: bool,
+    ended: bool,
+}
+
+impl Run {
+    fn drain(&mut self) {
+        while let Some(action) = self.g.poll_action() {
+            match action {
+                Action::Send { frame, .. } => {
+                    assert!(!self.ended, "a send after the end");
+                    match protocol::decode::<Server>(&frame).expect("server frames decode") {
+                        ServerMsg::Ack { seq, .. } | ServerMsg::Forward { seq, .. } => {
+                            assert!(
+                                seq <= self.durable,
+                                "op {seq} out before durable {}",
+                                self.durable
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+                Action::Close { .. } => assert!(!self.ended, "a close after the end"),
+                Action::Persist(commit) => {
+                    assert!(self.persisting.is_none(), "two commits outstanding");
+                    assert!(commit.seq > self.durable, "a commit that goes nowhere");
+                    self.persisting = Some(commit.seq);
+                }
+                Action::Disperse { .. } => {
+                    assert!(!self.asking, "asked twice without a verdict");
+                    self.asking = true;
+                }
+                Action::Dispersed { .. } => {
+                    assert!(!self.ended, "dispersed twice");
+                    assert!(matches!(self.g.phase(), Phase::Dispersed(_)));
+                    self.ended = true;
+                }
+                Action::Bounce(_) => {}
+            }
+        }
+    }
+
+    fn message(&mut self, inbound: Inbound) {
+        self.g.handle(Event::Message(self.now, inbound));
+    }
+}
+
+fn frame(conn: u8, msg: &ClientMsg<TournamentOp>, json: bool) -> Inbound {
+    let encoding = if json {
+        Encoding::Json
+    } else {
+        Encoding::Postcard
+    };
+    Inbound::Frame {
+        conn: ConnId(u64::from(conn % 4)),
+        frame: protocol::encode(msg, encoding).expect("client messages encode"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let config = Config {
+        idle_timeout: Duration::from_secs(5),
+        empty_grace: Some(Duration::from_secs(2)),
+        retry_interval: Duration::from_millis(300),
+        max_retry_interval: Duration::from_secs(1),
+        max_unacked: 8,
+        max_in_flight: 4,
+        snapshot_ops: 4,
+        snapshot_bytes: 64,
+    };
+    let now = Instant::from_millis(1_000);
+    let id = GatheringId::parse("fuzz").expect("a valid id");
+    let mut run = Run {
+        g: Gathering::new(id, config, now),
+        now,
+        persisting: None,
+        durable: 0,
+        asking: false,
+        ended: false,
+    };
+    let mut bytes = data.chunks_exact(2);
+    for pair in bytes.by_ref() {
+        let (what, arg) = (pair[0], pair[1]);
+        let conn = ConnId(u64::from(arg % 4));
+        match what % 12 {
+            0 => run.message(Inbound::Join {
+                conn,
+                encoding: if arg & 0x80 == 0 {
+                    Encoding::Json
+                } else {
+                    Encoding::Postcard
+                },
+            }),
+            1 => run.message(Inbound::Leave { conn }),
+            2 => {
+                let op = TournamentOp::RegisterPlayer {
+                    name: format!("p{}", arg % 16),
+                };
+                run.message(frame(
+                    arg,
+                    &ClientMsg::Op {
+                        id: u64::from(arg),
+                        op,
+                    },
+                    arg & 0x40 == 0,
+                ));
+            }
+            3 => {
+                let op = TournamentOp::RecordResult {
+                    a: format!("p{}", arg % 4),
+                    b: format!("p{}", (arg / 4) % 4),
+                    winner: (arg & 0x10 != 0).then(|| format!("p{}", arg % 4)),
+                };
+                run.message(frame(
+                    arg,
+                    &ClientMsg::Op {
+                        id: u64::from(arg),
+                        op,
+                    },
+                    arg & 0x40 == 0,
+                ));
+            }
+            4 => run.message(frame(
+                arg,
+                &ClientMsg::Ack {
+                    seq: u64::from(arg / 4),
+                },
+                true,
+            )),
+            5 => run.message(frame(arg, &ClientMsg::Fetch { id: 7 }, false)),
+            6 => run.message(Inbound::Frame {
+                conn,
+                frame: Frame::Binary(pair.to_vec().into()),
+            }),
+            7 => {
+                // To the next deadline, or a little way.
+                let next = run.g.next_deadline().map(|d| d.at);
+                run.now = match next {
+                    Some(at) if arg & 1 == 0 && at > run.now => at,
+                    _ => run.now + Duration::from_millis(u64::from(arg) * 20),
+                };
+                run.g.handle(Event::Tick(run.now));
+            }
+            8 => {
+                if let Some(seq) = run.persisting.take() {
+                    run.durable = run.durable.max(seq);
+                    run.g.handle(Event::Persisted(run.now, seq));
+                }
+            }
+            9 => {
+                if run.persisting.take().is_some() {
+                    run.g.handle(Event::PersistFailed(run.now));
+                }
+            }
+            10 => {
+                if run.asking {
+                    run.asking = false;
+                    let verdict = if arg & 1 == 0 {
+                        Verdict::Granted
+                    } else {
+                        Verdict::Refused
+                    };
+                    run.g.handle(Event::Verdict(run.now, verdict));
+                }
+            }
+            _ => run.g.handle(Event::Shutdown(run.now)),
+        }
+        run.drain();
+    }
+});
