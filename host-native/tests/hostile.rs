@@ -603,3 +603,46 @@ async fn a_frame_that_stalls_midway_is_closed_at_its_deadline() {
     assert_eq!(within(ws.op(op)).await, Ok(1));
     server.shutdown().await;
 }
+
+/// This process's resident memory, in bytes.
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test]
+async fn pongs_to_a_client_that_never_reads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut s = raw_upgrade(&server, "pings").await;
+    // 128 MiB of pings with the largest payload a control frame may carry,
+    // never reading a pong: without a bound the server would keep nearly
+    // all of them as pongs it cannot write.
+    let ping = frame(0x89, &[7u8; 125], true);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 512)
+        .collect();
+    let before = resident();
+    let mut sent = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while sent < 128 << 20 {
+            if s.write_all(&burst).await.is_err() {
+                break;
+            }
+            sent += burst.len();
+        }
+    })
+    .await;
+    let grown = resident().saturating_sub(before);
+    assert!(sent >= 64 << 20, "only {sent} bytes of pings went in");
+    // The WebSocket layer holds at most 32 MiB unwritten; the rest are dropped.
+    assert!(
+        grown < 48 << 20,
+        "{grown} bytes held for {sent} bytes of pings"
+    );
+    server.shutdown().await;
+}

@@ -28,9 +28,9 @@ const READ_BUFFER: usize = 512;
 
 /// Most bytes the WebSocket layer may hold unwritten for one connection.
 /// It queues a pong for every ping it reads, and a client that pings and
-/// never reads would otherwise make it keep them all; past this the
-/// connection is dropped. Twice the outbox's byte bound, so that any frame
-/// the outbox lets through fits.
+/// never reads would otherwise make it keep them all; past this it keeps
+/// only the latest. Twice the outbox's byte bound, so that any frame the
+/// outbox lets through fits.
 const MAX_WRITE_BUFFER: usize = 2 * super::outbox::CAPACITY_BYTES;
 
 /// The request was not a WebSocket upgrade.
