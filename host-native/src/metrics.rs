@@ -38,6 +38,10 @@ pub struct Metrics {
     pub storage_logged: Counter,
     /// Snapshots written.
     pub storage_snapshots: Counter,
+    /// Storage commits that failed (their gatherings restart).
+    pub storage_failures: Counter,
+    /// Connections refused at a connection cap.
+    pub connections_refused: Counter,
     registry: Registry,
 }
 
@@ -57,6 +61,8 @@ impl Default for Metrics {
         let storage_bytes = Counter::default();
         let storage_logged = Counter::default();
         let storage_snapshots = Counter::default();
+        let storage_failures = Counter::default();
+        let connections_refused = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "gatherings_live",
@@ -109,6 +115,16 @@ impl Default for Metrics {
             "Snapshots written",
             storage_snapshots.clone(),
         );
+        registry.register(
+            "storage_failures",
+            "Storage commits that failed; their gatherings restart from storage",
+            storage_failures.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at --max-connections or --max-connections-per-address",
+            connections_refused.clone(),
+        );
         Metrics {
             gatherings_live,
             gatherings_dispersed,
@@ -121,6 +137,8 @@ impl Default for Metrics {
             storage_bytes,
             storage_logged,
             storage_snapshots,
+            storage_failures,
+            connections_refused,
             registry,
         }
     }

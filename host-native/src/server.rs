@@ -283,6 +283,7 @@ impl<A: NativeApp> Builder<A> {
             listener,
             routes,
             limits,
+            engine.front.metrics.clone(),
             async move {
                 let _ = http_stop_rx.await;
             },

@@ -343,6 +343,10 @@ async fn a_failed_commit_is_told_to_its_client_and_the_gathering_restarts() {
         other => panic!("{other:?}"),
     }
 
+    assert!(
+        server.metrics.storage_failures.get() >= 1,
+        "counted in /metrics"
+    );
     // The disk is back: the successor holds what was durable, not Bob.
     store.failing.store(false, Ordering::SeqCst);
     let mut again: Client = within(Client::connect(&url, &g, Encoding::Json))
@@ -546,6 +550,11 @@ async fn connections_past_the_caps_are_refused_with_503() {
         Client::connect(&url, &id("cap"), Encoding::Json)
             .await
             .is_err()
+    );
+    assert_eq!(
+        server.metrics.connections_refused.get(),
+        2,
+        "counted in /metrics"
     );
     // A slot frees when its WebSocket closes.
     drop(a);

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use warp::http::Request;
 use warp::{Filter, Reply};
 
+use crate::metrics::Metrics;
+
 /// Bounds on what clients can make the listener hold.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -92,6 +94,7 @@ pub async fn serve<F>(
     listener: TcpListener,
     routes: F,
     limits: Limits,
+    metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()>,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
@@ -115,6 +118,7 @@ pub async fn serve<F>(
             () = &mut stop => break,
         };
         let Some(slot) = admit(&counts, peer, limits) else {
+            metrics.connections_refused.inc();
             tokio::spawn(refuse(stream, peer, limits));
             continue;
         };

@@ -75,7 +75,8 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
             .count();
         metrics.storage_snapshots.inc_by(snapshots as u64);
         if let Err(e) = &result {
-            tracing::error!(error = %e, writes = writes.len(), "storage commit failed; gatherings will retry");
+            metrics.storage_failures.inc();
+            tracing::error!(error = %e, writes = writes.len(), "storage commit failed; its gatherings restart from storage");
         }
         for durable in replies {
             durable.report(result.clone().map_err(|e| e.to_string()));
