@@ -80,6 +80,15 @@ fn frame(conn: u8, msg: &ClientMsg<TournamentOp>, json: bool) -> Inbound {
     }
 }
 
+/// Op `op` as connection `arg % 4` sends it, in JSON or postcard by `arg`.
+fn op_frame(arg: u8, op: TournamentOp) -> Inbound {
+    let msg = ClientMsg::Op {
+        id: u64::from(arg),
+        op,
+    };
+    frame(arg, &msg, arg & 0x40 == 0)
+}
+
 fuzz_target!(|data: &[u8]| {
     let config = Config {
         idle_timeout: Duration::from_secs(5),
@@ -119,14 +128,7 @@ fuzz_target!(|data: &[u8]| {
                 let op = TournamentOp::RegisterPlayer {
                     name: format!("p{}", arg % 16),
                 };
-                run.message(frame(
-                    arg,
-                    &ClientMsg::Op {
-                        id: u64::from(arg),
-                        op,
-                    },
-                    arg & 0x40 == 0,
-                ));
+                run.message(op_frame(arg, op));
             }
             3 => {
                 let op = TournamentOp::RecordResult {
@@ -134,14 +136,7 @@ fuzz_target!(|data: &[u8]| {
                     b: format!("p{}", (arg / 4) % 4),
                     winner: (arg & 0x10 != 0).then(|| format!("p{}", arg % 4)),
                 };
-                run.message(frame(
-                    arg,
-                    &ClientMsg::Op {
-                        id: u64::from(arg),
-                        op,
-                    },
-                    arg & 0x40 == 0,
-                ));
+                run.message(op_frame(arg, op));
             }
             4 => run.message(frame(
                 arg,

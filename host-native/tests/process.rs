@@ -33,6 +33,28 @@ fn spawn_server_with(dir: &Path, args: &[&str]) -> (Child, String) {
     (child, format!("ws://{addr}"))
 }
 
+/// Sends SIGTERM, as a service manager stops the server.
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (within [`BOUND`]) for the server to exit, and checks it exited 0.
+async fn exits_zero(child: &mut Child) {
+    let deadline = Instant::now() + BOUND;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "{code:?}");
+}
+
 fn id(s: &str) -> GatheringId {
     GatheringId::parse(s).unwrap()
 }
@@ -218,11 +240,7 @@ async fn sigterm_disperses_everyone_and_exits_zero() {
         .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
         .await
         .unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&child);
     let end = tokio::time::timeout(BOUND, client.next())
         .await
         .unwrap()
@@ -234,15 +252,7 @@ async fn sigterm_disperses_everyone_and_exits_zero() {
             code: Some(CLOSE_GOING_AWAY)
         }
     );
-    let deadline = Instant::now() + BOUND;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "server did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(code.success(), "{code:?}");
+    exits_zero(&mut child).await;
 
     let (mut child, url) = spawn_server(dir.path());
     let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json)
@@ -294,20 +304,12 @@ async fn sigterm_under_load_says_goodbye_to_every_client() {
     for _ in 0..clients {
         tokio::time::timeout(BOUND, ready.recv()).await.unwrap();
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&child);
     for task in tasks {
         let end = tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
         assert_eq!(end, (DisperseReason::Shutdown, Some(CLOSE_GOING_AWAY)));
     }
-    let deadline = Instant::now() + BOUND;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "server did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    exits_zero(&mut child).await;
 }
 
 #[tokio::test]
@@ -328,11 +330,7 @@ async fn sigterm_exits_while_a_request_is_half_sent() {
         .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
         .await
         .unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&child);
     let end = tokio::time::timeout(BOUND, client.next())
         .await
         .unwrap()
@@ -344,17 +342,7 @@ async fn sigterm_exits_while_a_request_is_half_sent() {
             ..
         }
     ));
-    let deadline = Instant::now() + BOUND;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a half-sent request held the server open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(code.success(), "{code:?}");
+    // A half-sent request must not hold it open.
+    exits_zero(&mut child).await;
     drop(half);
 }
