@@ -671,18 +671,6 @@ impl<A: App> Gathering<A> {
         }
     }
 
-    /// Refuses a request of `conn` while the gathering is broken.
-    fn refuse_broken(&mut self, conn: ConnId, encoding: Encoding, id: u64) {
-        let msg = ServerMsg::<&A::Op, &A>::Error {
-            id: Some(id),
-            code: STORAGE_FAILED.into(),
-            message: "storage failed; this gathering is restarting from its durable state: \
-                      reconnect and send it again"
-                .into(),
-        };
-        reply(&mut self.actions, conn, encoding, &msg);
-    }
-
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: &Frame) {
         let encoding = frame.encoding();
         if let Some(c) = self.conns.get_mut(conn) {
@@ -693,29 +681,38 @@ impl<A: App> Gathering<A> {
             Err(e) => {
                 // Garbage is answered but is not activity: it must not keep a
                 // gathering alive.
-                let msg = ServerMsg::<&A::Op, &A>::Error {
-                    id: None,
-                    code: "bad_frame".into(),
-                    message: protocol::bounded(e.to_string()),
-                };
-                reply(&mut self.actions, conn, encoding, &msg);
+                refuse(
+                    &mut self.actions,
+                    conn,
+                    encoding,
+                    None,
+                    "bad_frame",
+                    e.to_string(),
+                );
                 return;
             }
         };
         self.last_activity = now;
         match msg {
-            ClientMsg::Op { id, .. } | ClientMsg::Fetch { id } if self.broken => {
-                self.refuse_broken(conn, encoding, id);
-            }
+            ClientMsg::Op { id, .. } | ClientMsg::Fetch { id } if self.broken => refuse(
+                &mut self.actions,
+                conn,
+                encoding,
+                Some(id),
+                STORAGE_FAILED,
+                "storage failed; this gathering is restarting from its durable state: \
+                 reconnect and send it again"
+                    .into(),
+            ),
             ClientMsg::Op { id, op } => match self.admit(conn) {
-                Err(message) => {
-                    let msg = ServerMsg::<&A::Op, &A>::Error {
-                        id: Some(id),
-                        code: "too_many_in_flight".into(),
-                        message,
-                    };
-                    reply(&mut self.actions, conn, encoding, &msg);
-                }
+                Err(message) => refuse(
+                    &mut self.actions,
+                    conn,
+                    encoding,
+                    Some(id),
+                    "too_many_in_flight",
+                    message,
+                ),
                 Ok(()) => self.apply(conn, encoding, id, op),
             },
             ClientMsg::Fetch { id } => {
@@ -763,14 +760,14 @@ impl<A: App> Gathering<A> {
                     op,
                 });
             }
-            Err(rejection) => {
-                let msg = ServerMsg::<&A::Op, &A>::Error {
-                    id: Some(id),
-                    code: rejection.code.into(),
-                    message: protocol::bounded(rejection.message),
-                };
-                reply(&mut self.actions, conn, encoding, &msg);
-            }
+            Err(rejection) => refuse(
+                &mut self.actions,
+                conn,
+                encoding,
+                Some(id),
+                rejection.code,
+                rejection.message,
+            ),
         }
     }
 
@@ -853,23 +850,17 @@ impl<A: App> Gathering<A> {
     fn on_persist_failed(&mut self) {
         self.persisting = None;
         for a in std::mem::take(&mut self.awaiting) {
-            let encoding = self.conns.get_mut(a.origin).map(|c| {
-                c.in_flight = c.in_flight.saturating_sub(1);
-                c.encoding
-            });
-            let msg = ServerMsg::<&A::Op, &A>::Error {
-                id: Some(a.id),
-                code: NOT_DURABLE.into(),
-                message: "storage failed while this op was being made durable: it is not \
-                          acknowledged and may be lost; reconnect, fetch, and send it again \
-                          if it is missing"
-                    .into(),
-            };
-            reply(
+            let encoding = self.settled(a.origin);
+            refuse(
                 &mut self.actions,
                 a.origin,
-                encoding.unwrap_or_default(),
-                &msg,
+                encoding,
+                Some(a.id),
+                NOT_DURABLE,
+                "storage failed while this op was being made durable: it is not \
+                 acknowledged and may be lost; reconnect, fetch, and send it again \
+                 if it is missing"
+                    .into(),
             );
         }
         // Nothing after the durable state is persisted or counted again.
@@ -899,26 +890,29 @@ impl<A: App> Gathering<A> {
         self.try_finish();
     }
 
+    /// One op of `origin` no longer waits for its commit (acked or
+    /// refused): its count comes down. Returns the encoding to answer in.
+    fn settled(&mut self, origin: ConnId) -> Encoding {
+        self.conns
+            .get_mut(origin)
+            .map_or_else(Encoding::default, |c| {
+                c.in_flight = c.in_flight.saturating_sub(1);
+                c.encoding
+            })
+    }
+
     /// Acknowledges and forwards every op that is now durable.
     fn release(&mut self, now: Instant) {
         while self.awaiting.front().is_some_and(|a| a.seq <= self.durable) {
             let Some(accepted) = self.awaiting.pop_front() else {
                 break;
             };
-            let origin_encoding = self.conns.get_mut(accepted.origin).map(|c| {
-                c.in_flight = c.in_flight.saturating_sub(1);
-                c.encoding
-            });
+            let origin_encoding = self.settled(accepted.origin);
             let ack = ServerMsg::<&A::Op, &A>::Ack {
                 id: accepted.id,
                 seq: accepted.seq,
             };
-            reply(
-                &mut self.actions,
-                accepted.origin,
-                origin_encoding.unwrap_or_default(),
-                &ack,
-            );
+            reply(&mut self.actions, accepted.origin, origin_encoding, &ack);
             if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
                 self.forward(now, &accepted);
             }
@@ -994,6 +988,25 @@ impl<A: App> Gathering<A> {
         self.phase = Phase::Dispersed(reason);
         self.actions.push_back(Action::Dispersed { reason });
     }
+}
+
+/// Queues an `error` reply: request `id` (none: the frame did not decode)
+/// failed and changed nothing. Every error passes here, so every message
+/// a client is sent is [`protocol::bounded`].
+fn refuse(
+    actions: &mut VecDeque<Action>,
+    conn: ConnId,
+    encoding: Encoding,
+    id: Option<u64>,
+    code: &str,
+    message: String,
+) {
+    let msg = ServerMsg::<(), ()>::Error {
+        id,
+        code: code.into(),
+        message: protocol::bounded(message),
+    };
+    reply(actions, conn, encoding, &msg);
 }
 
 /// Queues a reply, sent once.
