@@ -53,8 +53,10 @@ pub struct Args {
     pub snapshot_bytes: u32,
 
     /// Ops of one connection waiting for their commit; more are refused with
-    /// error `too_many_in_flight` until acks arrive.
-    #[arg(long, env = "GATHERING_MAX_IN_FLIGHT", default_value_t = gathering_core::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=512))]
+    /// error `too_many_in_flight` until acks arrive. At most 256: the acks a
+    /// commit releases at once must fit in the connection's queue beside its
+    /// forwards and read-ahead.
+    #[arg(long, env = "GATHERING_MAX_IN_FLIGHT", default_value_t = gathering_core::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_in_flight: u32,
 
     /// On SIGTERM or SIGINT, once every gathering has dispersed, how long to

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use std::task::Poll;
 
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures_util::StreamExt;
 use futures_util::task::AtomicWaker;
 use gathering_core::{Delivery, Frame};

@@ -91,7 +91,6 @@ async fn pump(
     id: &GatheringId,
     shared: &Front,
 ) {
-    let max = shared.max_frame_bytes;
     let gate = queue.gate();
     loop {
         // The branches' futures are dropped before a handler runs, so the
@@ -142,9 +141,6 @@ async fn pump(
                     // Ping and pong are answered by the WebSocket layer.
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 };
-                if frame.len() > max {
-                    return Box::pin(closing(socket, CLOSE_TOO_BIG, "frame too large")).await;
-                }
                 gate.routed();
                 let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
                 if shared.hall.send(route).await.is_err() {
