@@ -55,6 +55,31 @@ async fn exits_zero(child: &mut Child) {
     assert!(code.success(), "{code:?}");
 }
 
+/// A client of gathering `g` that has registered Ada.
+async fn with_ada(url: &str, g: &str) -> Client {
+    let mut client: Client = Client::connect(url, &id(g), Encoding::Json).await.unwrap();
+    client
+        .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
+        .await
+        .unwrap();
+    client
+}
+
+/// `client` is told the server shuts down, with 1001.
+async fn told_shutdown(client: &mut Client) {
+    let end = tokio::time::timeout(BOUND, client.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        end,
+        Incoming::Dispersed {
+            reason: DisperseReason::Shutdown,
+            code: Some(CLOSE_GOING_AWAY)
+        }
+    );
+}
+
 fn id(s: &str) -> GatheringId {
     GatheringId::parse(s).unwrap()
 }
@@ -233,25 +258,9 @@ async fn check_acked(url: &str, acked: &[(String, String)], round: usize) {
 async fn sigterm_disperses_everyone_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url) = spawn_server(dir.path());
-    let mut client: Client = Client::connect(&url, &id("term"), Encoding::Json)
-        .await
-        .unwrap();
-    client
-        .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
-        .await
-        .unwrap();
+    let mut client = with_ada(&url, "term").await;
     terminate(&child);
-    let end = tokio::time::timeout(BOUND, client.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        end,
-        Incoming::Dispersed {
-            reason: DisperseReason::Shutdown,
-            code: Some(CLOSE_GOING_AWAY)
-        }
-    );
+    told_shutdown(&mut client).await;
     exits_zero(&mut child).await;
 
     let (mut child, url) = spawn_server(dir.path());
@@ -323,25 +332,9 @@ async fn sigterm_exits_while_a_request_is_half_sent() {
         .await
         .unwrap();
     // And a WebSocket, which is told goodbye.
-    let mut client: Client = Client::connect(&url, &id("half"), Encoding::Json)
-        .await
-        .unwrap();
-    client
-        .op(TournamentOp::RegisterPlayer { name: "Ada".into() })
-        .await
-        .unwrap();
+    let mut client = with_ada(&url, "half").await;
     terminate(&child);
-    let end = tokio::time::timeout(BOUND, client.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        end,
-        Incoming::Dispersed {
-            reason: DisperseReason::Shutdown,
-            ..
-        }
-    ));
+    told_shutdown(&mut client).await;
     // A half-sent request must not hold it open.
     exits_zero(&mut child).await;
     drop(half);
