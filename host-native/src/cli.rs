@@ -23,6 +23,12 @@ pub struct Args {
     #[arg(long, env = "GATHERING_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Address of the admin listener, which serves the list of live
+    /// gatherings (GET /gatherings) and /metrics; `off` for none. Keep it
+    /// on loopback or a private network: the public listener serves neither.
+    #[arg(long, env = "GATHERING_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN, value_parser = admin_address)]
+    pub admin_listen: AdminListen,
+
     /// Directory of the embedded database (created if missing).
     #[arg(long, env = "GATHERING_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -97,6 +103,22 @@ pub struct Args {
     pub web_dir: PathBuf,
 }
 
+/// Where the admin listener listens unless told otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8090";
+
+/// The admin listener's address, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+fn admin_address(s: &str) -> Result<AdminListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|e| format!("{e} (write an address like 127.0.0.1:8090, or off)"))
+}
+
 /// The demo page in this source tree: right for `cargo run`, overridable
 /// with `--web-dir` for an installed server.
 pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-wasm/www");
@@ -106,6 +128,7 @@ impl Args {
     pub fn builder<A: NativeApp>(&self) -> Builder<A> {
         Server::<A>::builder()
             .listen(self.listen)
+            .admin_listen(self.admin_listen.0)
             .data_dir(&self.data_dir)
             .gathering(Config {
                 idle_timeout: self.idle_timeout,

@@ -75,6 +75,7 @@ impl<A: NativeApp> Server<A> {
     pub fn builder() -> Builder<A> {
         Builder {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
             data_dir: PathBuf::from("./data"),
             gathering: Config::default(),
             max_frame_bytes: 1 << 20,
@@ -94,6 +95,7 @@ impl<A: NativeApp> Server<A> {
 /// How to start a [`Server`]; every setting has a default.
 pub struct Builder<A> {
     listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
     data_dir: PathBuf,
     gathering: Config,
     max_frame_bytes: usize,
@@ -112,6 +114,7 @@ impl<A> fmt::Debug for Builder<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
             .field("data_dir", &self.data_dir)
             .field("gathering", &self.gathering)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -124,6 +127,14 @@ impl<A: NativeApp> Builder<A> {
     /// Address to listen on (port 0 picks a free one).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Address of the admin listener, which serves `GET /gatherings` (every
+    /// live id) and `/metrics`; `None` (the default) runs none. Keep it on
+    /// loopback or a private network: the public listener serves neither.
+    pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.admin_listen = addr;
         self
     }
 
@@ -256,18 +267,17 @@ impl<A: NativeApp> Builder<A> {
     }
 
     /// Opens storage, binds, and starts serving in the background: the
-    /// engine's routes, then the page of [`Builder::web_dir`] if any.
+    /// engine's public routes, then the page of [`Builder::web_dir`] if any;
+    /// and the admin routes on [`Builder::admin_listen`] if set.
     pub async fn start(self) -> Result<Running, ServerError> {
-        let listen = self.listen;
         let limits = self.limits;
         let web_dir = self.web_dir.clone();
         let data_dir = self.data_dir.clone();
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| ServerError::Bind(listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ServerError::Bind(listen, e))?;
+        let (listener, addr) = bind(self.listen).await?;
+        let admin = match self.admin_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
         let engine = self.build()?;
         let page = match web_dir {
             Some(dir) => warp::get().and(warp::fs::dir(dir)).boxed(),
@@ -278,25 +288,55 @@ impl<A: NativeApp> Builder<A> {
         let routes = crate::front::http::routes(engine.front.clone())
             .or(page)
             .recover(crate::front::http::recover);
-        let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(crate::front::listen::serve(
+        let (http_stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let metrics = engine.front.metrics.clone();
+        let mut http = vec![tokio::spawn(crate::front::listen::serve(
             listener,
             routes,
             limits,
-            engine.front.metrics.clone(),
-            async move {
-                let _ = http_stop_rx.await;
-            },
-        ));
-        tracing::info!(%addr, data_dir = %data_dir.display(), app = A::NAME, "listening");
+            metrics.clone(),
+            stop(),
+        ))];
+        let admin_addr = admin.map(|(listener, at)| {
+            let routes = crate::front::http::admin_routes(engine.front.clone())
+                .recover(crate::front::http::recover);
+            http.push(tokio::spawn(crate::front::listen::serve(
+                listener,
+                routes,
+                limits,
+                metrics.clone(),
+                stop(),
+            )));
+            at
+        });
+        let admin = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%addr, %admin, data_dir = %data_dir.display(), app = A::NAME, "listening");
         Ok(Running {
             addr,
-            metrics: engine.front.metrics.clone(),
+            admin_addr,
+            metrics,
             engine,
             http,
             http_stop,
         })
     }
+}
+
+/// Binds `at`, returning the listener and the address it got.
+async fn bind(at: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|e| ServerError::Bind(at, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Bind(at, e))?;
+    Ok((listener, addr))
 }
 
 /// Why the server could not start.
@@ -336,13 +376,22 @@ impl fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// The engine's warp filter: `GET /gatherings/{id}` (WebSocket),
-    /// `/gatherings`, `/metrics`, `/healthz`. It rejects other requests, so
-    /// it composes with `.or`; finish with
+    /// The engine's public warp filter: `GET /gatherings/{id}`
+    /// (WebSocket), `/gatherings/{id}/status`, `/healthz`. It rejects other
+    /// requests, so it composes with `.or`; finish with
     /// `.recover(gathering_native::recover)` for its error answers.
     /// Boxed once, so that it owns what it serves and outlives `&self`.
     pub fn routes(&self) -> BoxedFilter<(Response,)> {
         crate::front::http::routes(self.front.clone())
+            .map(Reply::into_response)
+            .boxed()
+    }
+
+    /// The engine's admin warp filter, for a listener only operators reach:
+    /// `GET /gatherings` (live ids, `?limit=` at most 1,000), `/metrics`,
+    /// `/healthz`.
+    pub fn admin_routes(&self) -> BoxedFilter<(Response,)> {
+        crate::front::http::admin_routes(self.front.clone())
             .map(Reply::into_response)
             .boxed()
     }
@@ -393,11 +442,13 @@ impl Engine {
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The admin listener's address, if it runs one.
+    pub admin_addr: Option<SocketAddr>,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     engine: Engine,
-    http: tokio::task::JoinHandle<()>,
-    http_stop: tokio::sync::oneshot::Sender<()>,
+    http: Vec<tokio::task::JoinHandle<()>>,
+    http_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
@@ -405,14 +456,16 @@ impl Running {
     /// gathering (clients get `dispersed` and close code 1001), flush storage.
     pub async fn shutdown(mut self) {
         // Stop accepting first, then disperse what is live.
-        let _ = self.http_stop.send(());
+        let _ = self.http_stop.send(true);
         self.engine.shutdown().await;
         // A request still half-sent would hold the graceful HTTP shutdown
         // open for as long as its client likes.
-        let grace = self.engine.front.shutdown_grace;
-        if tokio::time::timeout(grace, &mut self.http).await.is_err() {
-            tracing::warn!("HTTP requests still open after the shutdown grace; dropped");
-            self.http.abort();
+        let deadline = tokio::time::Instant::now() + self.engine.front.shutdown_grace;
+        for http in &mut self.http {
+            if tokio::time::timeout_at(deadline, &mut *http).await.is_err() {
+                tracing::warn!("HTTP requests still open after the shutdown grace; dropped");
+                http.abort();
+            }
         }
         tracing::info!("shut down");
     }

@@ -79,7 +79,8 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test]
 async fn chat_acks_forwards_refuses_bad_text_disperses_and_respawns() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn_chat(dir.path(), "2s");
+    let (child, addr, admin) =
+        common::spawn_admin(&example(), dir.path(), &["--idle-timeout", "2s"]);
     let url = format!("ws://{addr}");
     assert_eq!(get(addr, "/healthz"), (200, "ok\n".into()));
     let room = id("lobby");
@@ -121,12 +122,22 @@ async fn chat_acks_forwards_refuses_bad_text_disperses_and_respawns() {
     assert_eq!(said, ["hello", "hi Ada"]);
     assert_ne!(state.messages[0].from, state.messages[1].from);
 
-    let (status, body) = get(addr, "/gatherings");
+    let (status, body) = get(admin, "/gatherings");
     assert_eq!(status, 200);
     assert!(body.contains(r#""id":"lobby","connections":2"#), "{body}");
-    let (status, metrics) = get(addr, "/metrics");
+    let (status, metrics) = get(admin, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("gatherings_live 1"), "{metrics}");
+    // The public listener lists nothing and keeps its metrics to itself,
+    // but answers for an id one knows.
+    assert_eq!(get(addr, "/gatherings").0, 404);
+    assert_eq!(get(addr, "/metrics").0, 404);
+    let (status, body) = get(addr, "/gatherings/lobby/status");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#""live":true,"id":"lobby","connections":2"#),
+        "{body}"
+    );
 
     // Two seconds without a message: both are told, then closed with 4000.
     for client in [&mut ada, &mut bob] {

@@ -22,6 +22,7 @@ type Client = gathering_native::client::Client<Tournament>;
 fn config(dir: &Path, idle: Duration) -> Builder<Tournament> {
     Server::<Tournament>::builder()
         .listen("127.0.0.1:0".parse().unwrap())
+        .admin_listen(Some("127.0.0.1:0".parse().unwrap()))
         .data_dir(dir)
         .gathering(Config {
             idle_timeout: idle,
@@ -113,7 +114,7 @@ async fn ops_are_acked_and_forwarded_in_each_clients_encoding() {
     assert_eq!(seq, 2);
     assert_eq!(state.players.keys().collect::<Vec<_>>(), ["Ada", "Bob"]);
 
-    let (status, body) = get(server.addr, "/gatherings").await;
+    let (status, body) = get(server.admin_addr.unwrap(), "/gatherings").await;
     assert_eq!(status, 200);
     assert!(
         body.contains(r#""id":"spring-open","connections":2"#),
@@ -195,7 +196,7 @@ async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
     let (seq, state) = within(again.fetch()).await.unwrap();
     assert_eq!(seq, 1);
     assert!(state.players.contains_key("Ada"));
-    let metrics = get(server.addr, "/metrics").await.1;
+    let metrics = get(server.admin_addr.unwrap(), "/metrics").await.1;
     assert_eq!(
         metric(&metrics, "gatherings_dispersed_total{reason=\"idle\"}"),
         Some(1.0),
@@ -329,7 +330,7 @@ async fn many_gatherings_dispersing_at_once_leave_none_live() {
     }
     let deadline = Instant::now() + BOUND;
     loop {
-        let metrics = get(server.addr, "/metrics").await.1;
+        let metrics = get(server.admin_addr.unwrap(), "/metrics").await.1;
         if metric(&metrics, "gatherings_live") == Some(0.0) {
             assert_eq!(
                 metric(&metrics, "gatherings_dispersed_total{reason=\"idle\"}"),
@@ -391,7 +392,11 @@ async fn the_engine_mounts_in_a_warp_app_of_ones_own() {
     let dir = tempfile::tempdir().unwrap();
     let engine = config(dir.path(), Duration::from_secs(60)).build().unwrap();
     let hello = warp::path!("hello").map(|| "hi");
-    let routes = engine.routes().or(hello).recover(gathering_native::recover);
+    let routes = engine
+        .routes()
+        .or(engine.admin_routes())
+        .or(hello)
+        .recover(gathering_native::recover);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(warp::serve(routes).incoming(listener).run());

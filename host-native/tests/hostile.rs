@@ -413,26 +413,44 @@ async fn only_pages_of_allowed_origins_may_open_a_websocket() {
 }
 
 #[tokio::test]
-async fn the_listing_is_bounded() {
+async fn the_listing_and_metrics_are_only_on_the_admin_listener_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path()).await;
-    let get = |path: &'static str| async move {
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .admin_listen(Some("127.0.0.1:0".parse().unwrap()))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let admin = server.admin_addr.unwrap();
+    let get = |at: std::net::SocketAddr, path: &'static str| async move {
+        let mut s = TcpStream::connect(at).await.unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
     };
+    for path in ["/gatherings", "/gatherings?limit=5", "/metrics"] {
+        let public = get(server.addr, path).await;
+        assert!(public.starts_with("HTTP/1.1 404"), "{path}: {public}");
+        assert!(get(admin, path).await.starts_with("HTTP/1.1 200"), "{path}");
+    }
     assert!(
-        get("/gatherings?limit=abc")
+        get(admin, "/gatherings?limit=abc")
             .await
             .starts_with("HTTP/1.1 400")
     );
     assert!(
-        get("/gatherings?limit=99999999")
+        get(admin, "/gatherings?limit=99999999")
             .await
             .starts_with("HTTP/1.1 200")
+    );
+    // Nor does the admin listener take WebSockets.
+    assert!(
+        get(admin, "/gatherings/spring-open")
+            .await
+            .starts_with("HTTP/1.1 404")
     );
     server.shutdown().await;
 }

@@ -11,6 +11,10 @@ let hostIdleMs = null; // the idle timeout `host` was opened with
 let conn = null;       // the current connection
 let nextId = 1;        // request ids
 let tournament = { players: {}, matches: [] };
+// Gatherings this page joined, latest first: in server mode the page shows
+// these, since only the server's admin listener lists every live one.
+const joined = [];
+const MAX_SHOWN = 10;
 
 // ?idle=SECONDS presets the idle timeout (the browser test uses it).
 if (params.has("idle")) $("idle").value = params.get("idle");
@@ -70,6 +74,7 @@ function send(msg) {
 }
 
 async function join(id) {
+  joined.splice(0, joined.length, id, ...joined.filter((j) => j !== id).slice(0, MAX_SHOWN - 1));
   $("setup-error").textContent = "";
   $("room-error").textContent = "";
   if (conn && !conn.closed) { conn.onclose = null; conn.close(); }
@@ -168,10 +173,12 @@ async function refreshLive() {
   const body = $("gatherings").tBodies[0];
   let rows = [];
   if (mode() === "server") {
-    try {
-      const listing = await (await fetch("/gatherings?limit=50")).json();
-      rows = listing.gatherings.map((g) => [g.id, g.connections, g.seconds_left]);
-    } catch { rows = []; }
+    const statuses = await Promise.all(joined.map(async (id) => {
+      try {
+        return await (await fetch(`/gatherings/${encodeURIComponent(id)}/status`)).json();
+      } catch { return { live: false }; }
+    }));
+    rows = statuses.filter((g) => g.live).map((g) => [g.id, g.connections, g.seconds_left]);
   } else if (host) {
     rows = host.gatherings().map((g) => [g.id, g.connections, g.dispersesInMs / 1000]);
   }

@@ -17,7 +17,7 @@ const serverBin = process.argv.slice(2).find((a) => !a.startsWith("--"))
   ?? join(root, "target/release/gathering-server");
 
 const dataDir = mkdtempSync(join(tmpdir(), "gathering-bench-"));
-const child = spawn(serverBin, ["--listen", "127.0.0.1:0", "--data-dir", dataDir,
+const child = spawn(serverBin, ["--listen", "127.0.0.1:0", "--admin-listen", "off", "--data-dir", dataDir,
   "--web-dir", join(root, "host-wasm/www")], { stdio: ["ignore", "pipe", "inherit"] });
 const addr = await new Promise((ok, fail) => {
   setTimeout(() => fail(new Error("server did not start")), 15_000);

@@ -23,6 +23,7 @@ const PATIENCE = 15_000; // ms any single expectation may take
 function startServer(dataDir) {
   const child = spawn(serverBin, [
     "--listen", "127.0.0.1:0",
+    "--admin-listen", "off",
     "--idle-timeout", "3s",
     "--data-dir", dataDir,
     "--web-dir", join(root, "host-wasm/www"),

@@ -951,6 +951,7 @@ struct ChildServer {
     child: std::process::Child,
     dir: PathBuf,
     url: String,
+    admin: String,
 }
 
 impl ChildServer {
@@ -963,7 +964,8 @@ impl ChildServer {
             std::env::temp_dir().join(format!("gathering-load-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut child = std::process::Command::new(&exe)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(&dir)
             // Every client of a load comes from 127.0.0.1.
             .args([
@@ -982,10 +984,19 @@ impl ChildServer {
                 )
             });
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
+        let field = |line: &str, name: &str| {
+            Some(
+                line.split(name)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_string(),
+            )
+        };
+        let (addr, admin) = loop {
             let line = lines.next().expect("server prints its address").unwrap();
-            if let Some(rest) = line.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
+            if let (Some(addr), Some(admin)) = (field(&line, " addr="), field(&line, " admin=")) {
+                break (addr, admin);
             }
         };
         std::thread::spawn(move || for _ in lines {});
@@ -993,6 +1004,7 @@ impl ChildServer {
             child,
             dir,
             url: format!("ws://{addr}"),
+            admin,
         }
     }
 
@@ -1007,8 +1019,7 @@ impl ChildServer {
     /// Its `/metrics` text.
     fn metrics(&self) -> String {
         use std::io::{Read, Write};
-        let addr = self.url.trim_start_matches("ws://");
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        let Ok(mut s) = std::net::TcpStream::connect(&self.admin) else {
             return String::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use gathering_core::{Encoding, GatheringId, IdError};
+use gathering_driver::Status;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -43,18 +44,33 @@ struct Listing {
     gatherings: Vec<Listed>,
 }
 
-/// The engine's routes: `/gatherings/{id}`, `/gatherings`, `/metrics`
-/// and `/healthz`; rejects what it does not serve, so that other filters
-/// (a page, an app's own routes) can follow with `.or`.
+/// The answer of `GET /gatherings/{id}/status`: the row the listing
+/// would show, or only the id when it is not live.
+#[derive(Serialize)]
+struct Live {
+    live: bool,
+    #[serde(flatten)]
+    listed: Listed,
+}
+
+#[derive(Serialize)]
+struct NotLive {
+    id: String,
+    live: bool,
+}
+
+/// The public routes: `/gatherings/{id}` (the WebSocket),
+/// `/gatherings/{id}/status` and `/healthz`. They reject what they do not
+/// serve, so that other filters (a page, an app's own routes) can follow
+/// with `.or`. Nothing here enumerates gatherings: only those who know an
+/// id learn of it.
 pub fn routes(
     shared: Arc<Front>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let with = warp::any().map(move || shared.clone());
     let join = warp::path!("gatherings" / String)
         .and(warp::get())
-        .and_then(|raw: String| async move {
-            GatheringId::parse(&raw).map_err(|e| warp::reject::custom(BadId(e)))
-        })
+        .and_then(parse_id)
         .and(warp::query::<HashMap<String, String>>())
         .and_then(|id, query: HashMap<String, String>| async move {
             let encoding = match query.get("encoding").map(String::as_str) {
@@ -101,6 +117,32 @@ pub fn routes(
                 })
             },
         );
+    let status = warp::path!("gatherings" / String / "status")
+        .and(warp::get())
+        .and_then(parse_id)
+        .and(with)
+        .map(
+            |id: GatheringId, shared: Arc<Front>| match shared.registry.get(&id) {
+                Some(s) => warp::reply::json(&Live {
+                    live: true,
+                    listed: listed(&shared, &id, &s),
+                }),
+                None => warp::reply::json(&NotLive {
+                    id: id.to_string(),
+                    live: false,
+                }),
+            },
+        );
+    join.or(status).or(health())
+}
+
+/// The admin routes, for the operator's listener (loopback by default):
+/// `/gatherings` (the live ones by id, `?limit=` at most [`MAX_LISTING`]),
+/// `/metrics` (Prometheus text) and `/healthz`.
+pub fn admin_routes(
+    shared: Arc<Front>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let with = warp::any().map(move || shared.clone());
     let list = warp::path!("gatherings")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -125,25 +167,33 @@ pub fn routes(
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         });
-    let health = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
-    join.or(list).or(metrics).or(health)
+    list.or(metrics).or(health())
+}
+
+fn health() -> impl Filter<Extract = (&'static str,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| "ok\n")
+}
+
+async fn parse_id(raw: String) -> Result<GatheringId, Rejection> {
+    GatheringId::parse(&raw).map_err(|e| warp::reject::custom(BadId(e)))
+}
+
+fn listed(shared: &Front, id: &GatheringId, s: &Status) -> Listed {
+    let now = shared.clock.now();
+    Listed {
+        id: id.to_string(),
+        connections: s.connections(),
+        idle_seconds: now.saturating_since(s.last_activity()).as_secs_f64(),
+        seconds_left: s
+            .idle_deadline(shared.idle_timeout)
+            .saturating_since(now)
+            .as_secs_f64(),
+    }
 }
 
 fn listing(shared: &Front, limit: usize) -> Listing {
-    let now = shared.clock.now();
     let (total, live) = shared.registry.list(limit);
-    let gatherings = live
-        .into_iter()
-        .map(|(id, s)| Listed {
-            id: id.to_string(),
-            connections: s.connections(),
-            idle_seconds: now.saturating_since(s.last_activity()).as_secs_f64(),
-            seconds_left: s
-                .idle_deadline(shared.idle_timeout)
-                .saturating_since(now)
-                .as_secs_f64(),
-        })
-        .collect();
+    let gatherings = live.iter().map(|(id, s)| listed(shared, id, s)).collect();
     Listing { total, gatherings }
 }
 
@@ -167,7 +217,10 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
     } else if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,
-            "no such route: try /, /gatherings/{id}, /gatherings, /metrics or /healthz".into(),
+            "no such route: the public listener serves /gatherings/{id}, \
+             /gatherings/{id}/status, /healthz and its page; the admin listener \
+             /gatherings, /metrics and /healthz"
+                .into(),
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into())

@@ -26,7 +26,7 @@ pub(crate) struct Front {
     pub clock: Clock,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Live gatherings, for `GET /gatherings`.
+    /// Live gatherings, for `GET /gatherings` and each one's status.
     pub registry: Registry,
     /// The hall task's mailbox: bounded, so that readers feel backpressure.
     pub hall: async_channel::Sender<HallMail<Outbox>>,
@@ -143,6 +143,11 @@ impl Registry {
         if let Ok(mut map) = self.0.lock() {
             map.remove(id);
         }
+    }
+
+    /// What gathering `id` publishes, if it is live.
+    pub fn get(&self, id: &GatheringId) -> Option<Arc<Status>> {
+        self.0.lock().ok()?.get(id).cloned()
     }
 
     /// The number of live gatherings and the first `limit` of them by id.

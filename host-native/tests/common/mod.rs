@@ -3,15 +3,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// Starts the server binary `exe` on a free loopback port with its data in
 /// `dir` and `args` after; returns the child and the address it printed.
 /// Its log is drained so that it never blocks on a full pipe.
-pub fn spawn(exe: &Path, dir: &Path, args: &[&str]) -> (Child, std::net::SocketAddr) {
+pub fn spawn(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr) {
+    let (child, addr, _) = spawn_admin(exe, dir, args);
+    (child, addr)
+}
+
+/// [`spawn`], with the admin listener on a free loopback port too; returns
+/// its address third.
+pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(exe)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
         .arg(dir)
         .args(args)
         .env("RUST_LOG", "info")
@@ -20,12 +29,20 @@ pub fn spawn(exe: &Path, dir: &Path, args: &[&str]) -> (Child, std::net::SocketA
         .spawn()
         .unwrap_or_else(|e| panic!("{} starts: {e}", exe.display()));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let (addr, admin) = loop {
         let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if let (Some(addr), Some(admin)) = (field(&line, "addr="), field(&line, "admin=")) {
+            break (addr.parse().unwrap(), admin.parse().unwrap());
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr, admin)
+}
+
+/// The value of ` name` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(&format!(" {name}"))
+        .nth(1)?
+        .split_whitespace()
+        .next()
 }
