@@ -344,6 +344,17 @@ pub struct Gathering<A: App> {
     retry_due: Option<Instant>,
     awaiting: VecDeque<Accepted<A::Op>>,
     actions: VecDeque<Action>,
+    /// The state as last fetched, encoded, until the next op: a crowd that
+    /// fetches a large state costs one encoding of it per encoding, not one
+    /// per fetch. Boxed, so that a gathering nobody fetches pays a pointer.
+    fetched: Option<Box<Fetched>>,
+}
+
+/// The state at op `seq`, encoded once per encoding asked for.
+struct Fetched {
+    seq: u64,
+    json: Option<Frame>,
+    postcard: Option<Frame>,
 }
 
 impl<A: App> fmt::Debug for Gathering<A> {
@@ -436,6 +447,7 @@ impl<A: App> Gathering<A> {
             retry_due: None,
             awaiting: VecDeque::new(),
             actions: VecDeque::new(),
+            fetched: None,
         }
     }
 
@@ -716,12 +728,15 @@ impl<A: App> Gathering<A> {
                 Ok(()) => self.apply(conn, encoding, id, op),
             },
             ClientMsg::Fetch { id } => {
-                let msg = ServerMsg::<&A::Op, &A>::State {
-                    id,
-                    seq: self.seq,
-                    state: &self.app,
-                };
-                reply(&mut self.actions, conn, encoding, &msg);
+                let frame = self
+                    .encoded_state(encoding)
+                    .and_then(|state| protocol::state_frame(id, self.seq, &state))
+                    .unwrap_or_else(|e| internal_error(&e, encoding));
+                self.actions.push_back(Action::Send {
+                    conn,
+                    frame,
+                    delivery: Delivery::Once,
+                });
             }
             ClientMsg::Ack { seq } => {
                 if let Some(c) = self.conns.get_mut(conn) {
@@ -729,6 +744,30 @@ impl<A: App> Gathering<A> {
                 }
             }
         }
+    }
+
+    /// The state alone, encoded in `encoding`, from the cache if no op was
+    /// applied since it was made.
+    fn encoded_state(&mut self, encoding: Encoding) -> Result<Frame, protocol::EncodeError> {
+        let seq = self.seq;
+        let fetched = match &mut self.fetched {
+            Some(f) if f.seq == seq => f,
+            slot => slot.insert(Box::new(Fetched {
+                seq,
+                json: None,
+                postcard: None,
+            })),
+        };
+        let cached = match encoding {
+            Encoding::Json => &mut fetched.json,
+            Encoding::Postcard => &mut fetched.postcard,
+        };
+        if let Some(frame) = cached {
+            return Ok(frame.clone());
+        }
+        let frame = protocol::encode(&self.app, encoding)?;
+        *cached = Some(frame.clone());
+        Ok(frame)
     }
 
     /// Whether `conn` may have one more op waiting for its commit; if not,
@@ -750,6 +789,7 @@ impl<A: App> Gathering<A> {
         match self.app.apply(conn, &op) {
             Ok(()) => {
                 self.seq += 1;
+                self.fetched = None;
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.in_flight += 1;
                 }
@@ -865,6 +905,7 @@ impl<A: App> Gathering<A> {
         }
         // Nothing after the durable state is persisted or counted again.
         self.seq = self.durable;
+        self.fetched = None;
         self.broken = true;
         match self.phase {
             Phase::Live => self.ask(DisperseReason::StorageFailed, Duration::ZERO),
@@ -1026,12 +1067,15 @@ fn reply<O: Serialize, S: Serialize>(
 /// Encodes `msg`; if the application's state cannot be encoded, the client
 /// gets an error message that says so instead of nothing.
 fn encode_or_internal_error<T: Serialize>(msg: &T, encoding: Encoding) -> Frame {
-    protocol::encode(msg, encoding).unwrap_or_else(|e| {
-        let fallback = ServerMsg::<(), ()>::Error {
-            id: None,
-            code: "internal".into(),
-            message: e.to_string(),
-        };
-        protocol::encode(&fallback, encoding).unwrap_or(Frame::Text("".into()))
-    })
+    protocol::encode(msg, encoding).unwrap_or_else(|e| internal_error(&e, encoding))
+}
+
+/// The error a client gets when what it asked for cannot be encoded.
+fn internal_error(e: &protocol::EncodeError, encoding: Encoding) -> Frame {
+    let fallback = ServerMsg::<(), ()>::Error {
+        id: None,
+        code: "internal".into(),
+        message: e.to_string(),
+    };
+    protocol::encode(&fallback, encoding).unwrap_or(Frame::Text("".into()))
 }

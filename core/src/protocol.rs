@@ -260,9 +260,49 @@ pub fn encode<T: Serialize>(msg: &T, encoding: Encoding) -> Result<Frame, Encode
     }
 }
 
+/// The `state` reply to fetch `id` at op `seq`, built around `state`, the
+/// state alone already encoded in the frame's encoding: one encoding of a
+/// large state then serves every fetch of the same seq. The same bytes as
+/// [`encode`] of [`ServerMsg::State`], whose last field is the state.
+pub fn state_frame(id: u64, seq: u64, state: &Frame) -> Result<Frame, EncodeError> {
+    let head = ServerMsg::<(), ()>::State { id, seq, state: () };
+    match state {
+        Frame::Text(state) => {
+            let head = serde_json::to_string(&head).map_err(|e| EncodeError(e.to_string()))?;
+            let open = head
+                .strip_suffix("null}")
+                .ok_or_else(|| EncodeError("a state reply must end with its state".into()))?;
+            Ok(Frame::Text([open, state, "}"].concat().into()))
+        }
+        Frame::Binary(state) => {
+            let mut frame = postcard::to_allocvec(&head).map_err(|e| EncodeError(e.to_string()))?;
+            frame.extend_from_slice(state);
+            Ok(Frame::Binary(frame.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_frame_around_an_encoded_state_is_the_state_reply() {
+        let state = vec![7u32, 300, 70_000];
+        for encoding in [Encoding::Json, Encoding::Postcard] {
+            let whole = encode(
+                &Server::State {
+                    id: 129,
+                    seq: 1 << 40,
+                    state: state.clone(),
+                },
+                encoding,
+            )
+            .unwrap();
+            let body = encode(&state, encoding).unwrap();
+            assert_eq!(state_frame(129, 1 << 40, &body).unwrap(), whole);
+        }
+    }
 
     wire_enum! {
         #[derive(Clone, Debug, PartialEq)]

@@ -23,7 +23,7 @@ fn gathering(config: Config) -> Gathering<Tournament> {
     Gathering::new(GatheringId::parse("t").unwrap(), config, T0)
 }
 
-fn drain(g: &mut Gathering<Tournament>) -> Vec<Action> {
+fn drain<A: gathering_core::App>(g: &mut Gathering<A>) -> Vec<Action> {
     std::iter::from_fn(|| g.poll_action()).collect()
 }
 
@@ -956,4 +956,116 @@ fn a_failed_final_commit_still_says_goodbye() {
             reason: DisperseReason::Shutdown
         })
     );
+}
+
+/// A counter whose every serialization is counted, to see how often a
+/// gathering encodes its state.
+#[derive(Default, serde::Deserialize)]
+struct Counted(u64);
+
+thread_local! {
+    static ENCODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl serde::Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ENCODED.set(ENCODED.get() + 1);
+        s.serialize_u64(self.0)
+    }
+}
+
+impl gathering_core::App for Counted {
+    const NAME: &'static str = "counted";
+    type Op = u64;
+    fn apply(&mut self, _: ConnId, op: &u64) -> Result<(), gathering_core::Rejection> {
+        self.0 += op;
+        Ok(())
+    }
+}
+
+#[test]
+fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
+    let mut g = Gathering::<Counted>::new(GatheringId::parse("c").unwrap(), Config::default(), T0);
+    let encodings = [Encoding::Json, Encoding::Postcard];
+    for (conn, encoding) in (1..=4).zip(encodings.into_iter().cycle()) {
+        g.handle(Event::Message(
+            T0,
+            Inbound::Join {
+                conn: ConnId(conn),
+                encoding,
+            },
+        ));
+    }
+    drain(&mut g);
+    let fetch_all = |g: &mut Gathering<Counted>, first_id: u64| {
+        for (conn, encoding) in (1..=4).zip(encodings.into_iter().cycle()) {
+            let msg = ClientMsg::<u64>::Fetch {
+                id: first_id + conn,
+            };
+            let frame = protocol::encode(&msg, encoding).unwrap();
+            g.handle(Event::Message(
+                T0,
+                Inbound::Frame {
+                    conn: ConnId(conn),
+                    frame,
+                },
+            ));
+        }
+        let before = ENCODED.get();
+        let replies: Vec<_> = drain(g)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { conn, frame, .. } => Some((
+                    conn.0,
+                    protocol::decode::<ServerMsg<u64, u64>>(&frame).unwrap(),
+                )),
+                _ => None,
+            })
+            .collect();
+        // Decoding counts nothing; the count is the gathering's.
+        assert_eq!(ENCODED.get(), before);
+        replies
+    };
+    ENCODED.set(0);
+    let replies = fetch_all(&mut g, 10);
+    assert_eq!(
+        ENCODED.get(),
+        2,
+        "one encoding per encoding for four fetches"
+    );
+    for (conn, reply) in &replies {
+        assert_eq!(
+            *reply,
+            ServerMsg::State {
+                id: 10 + conn,
+                seq: 0,
+                state: 0
+            }
+        );
+    }
+    fetch_all(&mut g, 20);
+    assert_eq!(ENCODED.get(), 2, "the same seq is served from the cache");
+
+    // An op changes the state: the next fetches encode it anew, and see it.
+    let frame = protocol::encode(&ClientMsg::Op { id: 1, op: 5u64 }, Encoding::Json).unwrap();
+    g.handle(Event::Message(
+        T0,
+        Inbound::Frame {
+            conn: ConnId(1),
+            frame,
+        },
+    ));
+    drain(&mut g);
+    let replies = fetch_all(&mut g, 30);
+    assert_eq!(ENCODED.get(), 4);
+    for (conn, reply) in &replies {
+        assert_eq!(
+            *reply,
+            ServerMsg::State {
+                id: 30 + conn,
+                seq: 1,
+                state: 5
+            }
+        );
+    }
 }
