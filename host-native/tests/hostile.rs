@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gathering_core::protocol::{CLOSE_INVALID_DATA, CLOSE_PROTOCOL, MAX_MESSAGE_BYTES};
@@ -639,13 +641,12 @@ fn resident() -> usize {
 }
 
 #[tokio::test]
-async fn pongs_to_a_client_that_never_reads_are_bounded() {
+async fn pongs_count_against_the_queue_of_a_client_that_never_reads() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let mut s = raw_upgrade(&server, "pings").await;
-    // 128 MiB of pings with the largest payload a control frame may carry,
-    // never reading a pong: without a bound the server would keep nearly
-    // all of them as pongs it cannot write.
+    // Pings with the largest payload a control frame may carry, never
+    // reading a pong: without a bound the server would keep every pong it
+    // cannot write.
     let ping = frame(0x89, &[7u8; 125], true);
     let burst: Vec<u8> = ping
         .iter()
@@ -653,7 +654,19 @@ async fn pongs_to_a_client_that_never_reads_are_bounded() {
         .cycle()
         .take(ping.len() * 512)
         .collect();
+    let mut s = raw_upgrade(&server, "pings").await;
     let before = resident();
+    // The most it held, sampled: it lets go of everything once it closes.
+    let peak = Arc::new(AtomicUsize::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(resident(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
     let mut sent = 0usize;
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while sent < 128 << 20 {
@@ -664,12 +677,39 @@ async fn pongs_to_a_client_that_never_reads_are_bounded() {
         }
     })
     .await;
-    let grown = resident().saturating_sub(before);
-    assert!(sent >= 64 << 20, "only {sent} bytes of pings went in");
-    // The WebSocket layer holds at most 32 MiB unwritten; the rest are dropped.
+    sampler.abort();
+    let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
+    println!("{sent} bytes of pings in; the process grew by at most {grown} bytes");
+    // Held pongs fill the connection's 16 MiB queue, and then it is closed
+    // (1008) like any client that does not read what it is sent.
+    assert!(sent >= 16 << 20, "only {sent} bytes of pings went in");
+    assert!(sent < 64 << 20, "still open after {sent} bytes of pings");
     assert!(
         grown < 48 << 20,
         "{grown} bytes held for {sent} bytes of pings"
     );
+
+    // A client that reads its pongs pings past that bound and stays.
+    let s = raw_upgrade(&server, "pings").await;
+    let (mut rx, mut tx) = s.into_split();
+    let bursts = (32 << 20) / burst.len() + 1;
+    // Each pong is the ping's payload behind an unmasked two-byte header.
+    let pongs = bursts * 512 * (2 + 125);
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < pongs {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    for _ in 0..bursts {
+        within(tx.write_all(&burst)).await.unwrap();
+    }
+    // Every ping answered, the connection open.
+    assert_eq!(within(reader).await.unwrap(), pongs);
     server.shutdown().await;
 }

@@ -13,7 +13,8 @@ use gathering_driver::Conn;
 /// Frames queued per connection before it counts as too slow.
 pub const CAPACITY: usize = 1024;
 /// Bytes queued per connection before it counts as too slow (a frame
-/// larger than this still goes out alone, to a client that reads).
+/// larger than this still goes out alone, to a client that reads), pongs
+/// not yet written included.
 pub const CAPACITY_BYTES: usize = 16 << 20;
 
 /// Frames a connection's reader may have on their way to the gathering or
@@ -103,6 +104,19 @@ impl Queue {
         let next = self.rx.try_recv().ok()?;
         self.queued.taken(&next);
         Some(next)
+    }
+
+    /// Counts `len` bytes of pongs the WebSocket layer holds for this
+    /// client against the queue's bytes, as if queued: a client that pings
+    /// and never reads fills the same bound as one that never reads its
+    /// replies. Returns whether they still fit in [`CAPACITY_BYTES`].
+    pub fn pongs_held(&self, len: usize) -> bool {
+        self.queued.bytes.fetch_add(len, Ordering::Relaxed) + len <= CAPACITY_BYTES
+    }
+
+    /// Uncounts `len` bytes of pongs, once written.
+    pub fn pongs_written(&self, len: usize) {
+        self.queued.bytes.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// The reader's view of this queue.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
 };
@@ -26,6 +26,9 @@ use super::upgrade::Socket;
 /// considered dead. The close frame gets a shorter bound: it is a courtesy.
 const SEND_BOUND: Duration = Duration::from_secs(10);
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// The header of a server's pong (unmasked, payload at most 125 bytes).
+const PONG_HEADER: usize = 2;
 
 /// Serves one upgraded connection to gathering `id` until it closes.
 ///
@@ -92,6 +95,9 @@ async fn pump(
     shared: &Front,
 ) {
     let gate = queue.gate();
+    // Bytes of pongs the WebSocket layer holds unwritten, counted in the
+    // queue's bytes until a flush completes.
+    let mut pongs = 0;
     loop {
         // The branches' futures are dropped before a handler runs, so the
         // handlers may use the socket.
@@ -102,7 +108,12 @@ async fn pump(
                         // Boxed: one allocation per burst written, against
                         // its whole state in every idle connection's task.
                         let written = tokio::time::timeout(SEND_BOUND, write(socket, queue, frame));
-                        match Box::pin(written).await {
+                        let written = Box::pin(written).await;
+                        if let Ok(Ok(_)) = written {
+                            // Flushed: every pong held went out too.
+                            queue.pongs_written(std::mem::take(&mut pongs));
+                        }
+                        match written {
                             Ok(Ok(None)) => continue,
                             Ok(Ok(Some(close))) => close,
                             _ => return,
@@ -138,8 +149,26 @@ async fn pump(
                         let _ = tokio::time::timeout(CLOSE_BOUND, socket.flush()).await;
                         return;
                     }
-                    // Ping and pong are answered by the WebSocket layer.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    // The WebSocket layer answers a ping with a pong; it is
+                    // counted against the queue until it is written.
+                    Message::Ping(data) => {
+                        let len = data.len() + PONG_HEADER;
+                        pongs += len;
+                        if !queue.pongs_held(len) {
+                            return Box::pin(closing(socket, CLOSE_POLICY, "send queue overflow"))
+                                .await;
+                        }
+                        // One try, without waiting: a client that reads
+                        // takes its pong now; one that does not keeps it
+                        // counted.
+                        match socket.flush().now_or_never() {
+                            Some(Ok(())) => queue.pongs_written(std::mem::take(&mut pongs)),
+                            Some(Err(_)) => return,
+                            None => {}
+                        }
+                        continue;
+                    }
+                    Message::Pong(_) | Message::Frame(_) => continue,
                 };
                 gate.routed();
                 let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
