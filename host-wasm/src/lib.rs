@@ -25,6 +25,7 @@ mod options;
 mod peer;
 mod runtime;
 pub mod storage;
+mod tabs;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -33,17 +34,18 @@ use std::rc::Rc;
 use gathering_core::chat::Chat;
 use gathering_core::protocol::CLOSE_TOO_BIG;
 use gathering_core::tournament::Tournament;
-use gathering_core::{App, ConnId, Encoding, Frame, GatheringId, Inbound};
+use gathering_core::{App, Encoding, GatheringId, Inbound};
 use gathering_driver::{HallMail, HallState, hall_task};
-use js_sys::{Array, Function, Object, Reflect, Uint8Array};
+use js_sys::{Array, Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
 pub use options::Options;
 
 use crate::clock::Clock;
-use crate::peer::{Peer, PeerRef};
+use crate::peer::{Peer, PeerRef, Upstream, data_frame};
 use crate::runtime::{Shared, Wasm};
 use crate::storage::{IndexedDb, Storage};
+use crate::tabs::{Role, Tabs};
 
 /// A hall and its gatherings of application `A`, running in this page.
 ///
@@ -54,10 +56,18 @@ use crate::storage::{IndexedDb, Storage};
 /// `shutdown()` disperses everything (reason `shutdown`, code 1001) and
 /// resolves when all of it is persisted. Export it to JavaScript with
 /// [`export_host!`].
+///
+/// With IndexedDB, one tab of the origin runs the gatherings of a database
+/// at a time (the owner, holding a Web Lock); in the others (followers),
+/// `join` reaches the owner's gatherings over a `BroadcastChannel`, with
+/// the same protocol. When the owner goes away a follower takes over,
+/// loading from IndexedDB, and the connections the old owner served close
+/// with 1012: join again. A follower's `onDispersed` is not called (the
+/// owner's is), and its `gatherings()` lags the owner's by one call.
 pub struct Host<A: App> {
     rt: Wasm<A>,
     stopped: async_channel::Receiver<()>,
-    next_conn: std::cell::Cell<u64>,
+    tabs: Option<Rc<Tabs>>,
 }
 
 impl<A: App> std::fmt::Debug for Host<A> {
@@ -92,6 +102,7 @@ impl<A: App> Host<A> {
             hall: RefCell::new(hall),
             registry: RefCell::new(BTreeMap::new()),
             on_dispersed: options.on_dispersed,
+            next_conn: std::cell::Cell::new(1),
         }));
         let (stopped_tx, stopped) = async_channel::bounded::<()>(1);
         let hall = hall_task(rt.clone(), hall_rx, settled);
@@ -100,11 +111,21 @@ impl<A: App> Host<A> {
             // How `shutdown()` learns that everything is persisted.
             drop(stopped_tx);
         });
-        Ok(Host {
-            rt,
-            stopped,
-            next_conn: std::cell::Cell::new(1),
-        })
+        // In memory, nothing is shared with other tabs.
+        let tabs = match &options.database {
+            Some(name) => Tabs::join(name, rt.clone()).await,
+            None => None,
+        };
+        Ok(Host { rt, stopped, tabs })
+    }
+
+    /// `"owner"` if this tab runs the gatherings (always, in memory or
+    /// without Web Locks), `"follower"` if another tab does.
+    pub fn role(&self) -> &'static str {
+        match self.tabs.as_ref().map(|t| t.role()) {
+            Some(Role::Follower) => "follower",
+            Some(Role::Owner) | None => "owner",
+        }
     }
 
     /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`),
@@ -112,9 +133,22 @@ impl<A: App> Host<A> {
     /// `shutdown()`.
     pub fn join(&self, id: &str) -> Result<Connection, JsError> {
         let id = GatheringId::parse(id).map_err(|e| JsError::new(&e.to_string()))?;
-        let conn = ConnId(self.next_conn.replace(self.next_conn.get().wrapping_add(1)));
         let shared = &self.rt.0;
-        let peer = Rc::new(Peer::new(conn, id.clone(), shared.mailbox.clone()));
+        if shared.mailbox.is_closed() {
+            return Err(JsError::new("this host has shut down; open a new one"));
+        }
+        let conn = self.rt.next_conn();
+        if let Some(tabs) = self.tabs.as_ref().filter(|t| t.role() == Role::Follower) {
+            return Ok(Connection {
+                peer: tabs.follow(conn, id),
+                max_frame_bytes: shared.max_frame_bytes,
+            });
+        }
+        let peer = Rc::new(Peer::new(
+            conn,
+            id.clone(),
+            Upstream::Hall(shared.mailbox.clone()),
+        ));
         let join = Inbound::Join {
             conn,
             encoding: Encoding::Json,
@@ -133,25 +167,10 @@ impl<A: App> Host<A> {
     /// idleMs, dispersesInMs}]`, where `dispersesInMs` counts down to the
     /// idle dispersal if nothing happens meanwhile.
     pub fn gatherings(&self) -> Array {
-        let shared = &self.rt.0;
-        let now = shared.clock.now();
-        let list = Array::new();
-        for (id, status) in shared.registry.borrow().iter() {
-            let entry = Object::new();
-            let set = |k: &str, v: JsValue| {
-                let _ = Reflect::set(&entry, &k.into(), &v);
-            };
-            set("id", id.as_str().into());
-            set("connections", status.connections().into());
-            set("seq", (status.seq() as f64).into());
-            let idle = now.saturating_since(status.last_activity());
-            set("idleMs", (idle.as_secs_f64() * 1e3).into());
-            let deadline = status.idle_deadline(shared.config.idle_timeout);
-            let left = deadline.saturating_since(now);
-            set("dispersesInMs", (left.as_secs_f64() * 1e3).into());
-            list.push(&entry);
+        match self.tabs.as_ref().filter(|t| t.role() == Role::Follower) {
+            Some(tabs) => tabs.listing(),
+            None => listing(&self.rt),
         }
-        list
     }
 
     /// The page clock in milliseconds, as the host reads it.
@@ -164,19 +183,51 @@ impl<A: App> Host<A> {
     pub fn shutdown(&self) -> js_sys::Promise {
         let rt = self.rt.clone();
         let stopped = self.stopped.clone();
+        let tabs = self.tabs.clone();
+        if let Some(tabs) = &tabs {
+            tabs.stop();
+        }
         wasm_bindgen_futures::future_to_promise(async move {
             let _ = rt.0.mailbox.send(HallMail::Shutdown).await;
             // Resolves with an error when the hall's task drops its sender.
             let _ = stopped.recv().await;
             rt.0.storage.close();
+            // Only now may another tab take over: everything is persisted.
+            if let Some(tabs) = tabs {
+                tabs.shutdown();
+            }
             Ok(JsValue::UNDEFINED)
         })
     }
 }
 
+/// The live gatherings of the hall in this page, sorted by id (see
+/// [`Host::gatherings`]).
+pub(crate) fn listing<A: App>(rt: &Wasm<A>) -> Array {
+    let shared = &rt.0;
+    let now = shared.clock.now();
+    let list = Array::new();
+    for (id, status) in shared.registry.borrow().iter() {
+        let entry = Object::new();
+        let set = |k: &str, v: JsValue| {
+            let _ = Reflect::set(&entry, &k.into(), &v);
+        };
+        set("id", id.as_str().into());
+        set("connections", status.connections().into());
+        set("seq", (status.seq() as f64).into());
+        let idle = now.saturating_since(status.last_activity());
+        set("idleMs", (idle.as_secs_f64() * 1e3).into());
+        let deadline = status.idle_deadline(shared.config.idle_timeout);
+        let left = deadline.saturating_since(now);
+        set("dispersesInMs", (left.as_secs_f64() * 1e3).into());
+        list.push(&entry);
+    }
+    list
+}
+
 /// Exports [`Host`] of an application to JavaScript as class `$name`, with
-/// `static async open(options)`, `join(id)`, `gatherings()`, `now()` and
-/// `shutdown()` (see [`Host`]); connections are this crate's exported
+/// `static async open(options)`, `join(id)`, `gatherings()`, `role`,
+/// `now()` and `shutdown()` (see [`Host`]); connections are this crate's exported
 /// `Connection` class. The calling crate needs no wasm-bindgen dependency
 /// of its own: the macro uses this crate's.
 ///
@@ -223,6 +274,12 @@ macro_rules! export_host {
             /// The live gatherings, sorted by id.
             pub fn gatherings(&self) -> $crate::__private::js_sys::Array {
                 self.0.gatherings()
+            }
+
+            /// `"owner"` if this tab runs the gatherings, `"follower"` if another tab does.
+            #[wasm_bindgen(getter)]
+            pub fn role(&self) -> ::std::string::String {
+                self.0.role().into()
             }
 
             /// The page clock in milliseconds, as the host reads it.
@@ -310,11 +367,7 @@ impl Connection {
                 "this connection is closed; join again to reach the gathering",
             ));
         }
-        let frame = if let Some(text) = data.as_string() {
-            Frame::Text(text.into())
-        } else if let Some(bytes) = data.dyn_ref::<Uint8Array>() {
-            Frame::Binary(bytes.to_vec().into())
-        } else {
+        let Some(frame) = data_frame(&data) else {
             return Err(JsError::new(
                 "send takes a JSON string or a Uint8Array of postcard",
             ));
@@ -323,8 +376,7 @@ impl Connection {
             self.peer.close(CLOSE_TOO_BIG, "frame too large");
             return Ok(());
         }
-        let conn = self.peer.conn;
-        if !self.peer.route(Inbound::Frame { conn, frame }) {
+        if !self.peer.route(frame) {
             // The host shut down under this connection.
             self.peer.close(1001, "host shut down");
         }

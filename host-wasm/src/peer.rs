@@ -8,6 +8,18 @@ use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
 
+use crate::tabs::Link;
+
+/// Where a connection's frames and its close go: this page's hall, or the
+/// tab that owns the database (see [`crate::tabs`]).
+#[derive(Debug)]
+pub enum Upstream {
+    /// The hall's mailbox in this page.
+    Hall(async_channel::Sender<HallMail<PeerRef>>),
+    /// The owner tab, over the database's channel.
+    Owner(Link),
+}
+
 /// One in-page connection, shared by the JS [`crate::Connection`] handle and
 /// the gathering serving it.
 ///
@@ -21,24 +33,21 @@ pub struct Peer {
     pub conn: ConnId,
     /// The gathering it joined.
     pub gathering: GatheringId,
-    /// The hall's mailbox, which hears of the connection's close.
-    hall: async_channel::Sender<HallMail<PeerRef>>,
+    /// Who hears of the connection's frames and its close.
+    upstream: Upstream,
     onmessage: RefCell<Option<Function>>,
     onclose: RefCell<Option<Function>>,
     closed: Cell<bool>,
 }
 
 impl Peer {
-    /// A new, open connection to `gathering`, whose close is routed to `hall`.
-    pub fn new(
-        conn: ConnId,
-        gathering: GatheringId,
-        hall: async_channel::Sender<HallMail<PeerRef>>,
-    ) -> Self {
+    /// A new, open connection to `gathering`, whose frames and close go
+    /// `upstream`.
+    pub fn new(conn: ConnId, gathering: GatheringId, upstream: Upstream) -> Self {
         Peer {
             conn,
             gathering,
-            hall,
+            upstream,
             onmessage: RefCell::new(None),
             onclose: RefCell::new(None),
             closed: Cell::new(false),
@@ -73,6 +82,14 @@ impl Peer {
     /// Delivers `frame` to the page, unless closed. A handler that throws
     /// is the page's bug, not the gathering's: the exception is logged.
     pub fn deliver(&self, frame: &Frame) {
+        if !self.closed.get() {
+            self.deliver_data(&frame_data(frame));
+        }
+    }
+
+    /// Delivers `data` (a string or a `Uint8Array`) to the page, unless
+    /// closed.
+    pub fn deliver_data(&self, data: &JsValue) {
         if self.closed.get() {
             return;
         }
@@ -80,12 +97,8 @@ impl Peer {
         let Some(handler) = self.onmessage() else {
             return;
         };
-        let data: JsValue = match frame {
-            Frame::Text(text) => JsValue::from_str(text),
-            Frame::Binary(bytes) => Uint8Array::from(&bytes[..]).into(),
-        };
         let event = Object::new();
-        if Reflect::set(&event, &"data".into(), &data).is_ok()
+        if Reflect::set(&event, &"data".into(), data).is_ok()
             && let Err(e) = handler.call1(&JsValue::NULL, &event)
         {
             web_sys::console::error_2(&"gathering: onmessage threw".into(), &e);
@@ -98,11 +111,14 @@ impl Peer {
         if self.closed.replace(true) {
             return false;
         }
-        let leave = Inbound::Leave { conn: self.conn };
-        // A host that shut down has nobody left to tell.
-        let _ = self
-            .hall
-            .try_send(HallMail::Route(self.gathering.clone(), leave, None));
+        match &self.upstream {
+            Upstream::Hall(hall) => {
+                let leave = Inbound::Leave { conn: self.conn };
+                // A host that shut down has nobody left to tell.
+                let _ = hall.try_send(HallMail::Route(self.gathering.clone(), leave, None));
+            }
+            Upstream::Owner(link) => link.leave(self.conn),
+        }
         if let Some(handler) = self.onclose()
             && let Err(e) = handler.call2(&JsValue::NULL, &code.into(), &reason.into())
         {
@@ -111,11 +127,39 @@ impl Peer {
         true
     }
 
-    /// Sends a frame from the page to its gathering, through the hall.
-    /// Returns `false` if the host has shut down.
-    pub fn route(&self, inbound: Inbound) -> bool {
-        let route = HallMail::Route(self.gathering.clone(), inbound, None);
-        self.hall.try_send(route).is_ok()
+    /// Sends `frame` from the page to its gathering. Returns `false` if
+    /// the host has shut down.
+    pub fn route(&self, frame: Frame) -> bool {
+        match &self.upstream {
+            Upstream::Hall(hall) => {
+                let inbound = Inbound::Frame {
+                    conn: self.conn,
+                    frame,
+                };
+                let route = HallMail::Route(self.gathering.clone(), inbound, None);
+                hall.try_send(route).is_ok()
+            }
+            Upstream::Owner(link) => link.frame(self.conn, &frame_data(&frame)),
+        }
+    }
+}
+
+/// A frame as a page sees it: a string for JSON, a `Uint8Array` for postcard.
+pub fn frame_data(frame: &Frame) -> JsValue {
+    match frame {
+        Frame::Text(text) => JsValue::from_str(text),
+        Frame::Binary(bytes) => Uint8Array::from(&bytes[..]).into(),
+    }
+}
+
+/// A frame from what a page sent: a string or a `Uint8Array`.
+pub fn data_frame(data: &JsValue) -> Option<Frame> {
+    use wasm_bindgen::JsCast;
+    if let Some(text) = data.as_string() {
+        Some(Frame::Text(text.into()))
+    } else {
+        data.dyn_ref::<Uint8Array>()
+            .map(|bytes| Frame::Binary(bytes.to_vec().into()))
     }
 }
 

@@ -47,6 +47,9 @@ pub(crate) struct Shared<A: App> {
     pub registry: RefCell<BTreeMap<GatheringId, Arc<Status>>>,
     /// The page's `onDispersed(event)` handler, if it gave one.
     pub on_dispersed: Option<Function>,
+    /// The next connection id, for this page's connections and those it
+    /// serves for other tabs.
+    pub next_conn: std::cell::Cell<u64>,
 }
 
 /// The in-page host as the driver sees it: a handle to [`Shared`].
@@ -159,6 +162,12 @@ impl<A: App> Runtime for Wasm<A> {
 }
 
 impl<A: App> Wasm<A> {
+    /// A connection id not used before in this host.
+    pub fn next_conn(&self) -> gathering_core::ConnId {
+        let next = &self.0.next_conn;
+        gathering_core::ConnId(next.replace(next.get().wrapping_add(1)))
+    }
+
     /// The page clock in milliseconds.
     pub fn now_ms(&self) -> f64 {
         to_millis_f64(self.0.clock.now())

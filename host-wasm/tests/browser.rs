@@ -402,3 +402,81 @@ async fn the_op_log_and_its_snapshots_survive_in_indexeddb() {
     );
     shutdown(&again).await;
 }
+
+/// Two hosts on one database, as two tabs of a page: the first owns it,
+/// the second's connections reach the owner's gatherings, so ops from
+/// both are acknowledged and forwarded to each other. When the owner shuts
+/// down, the follower takes over from IndexedDB: its connection closes
+/// with 1012, and joining again finds every acknowledged op.
+#[wasm_bindgen_test]
+async fn one_tab_owns_a_database_and_another_takes_over() {
+    let db = fresh_db("tabs");
+    let first = open(json!({"database": db, "retryIntervalMs": 50})).await;
+    let second = open(json!({"database": db, "retryIntervalMs": 50})).await;
+    assert_eq!(
+        (first.role(), second.role()),
+        ("owner".into(), "follower".into())
+    );
+
+    let ada = Client::join(&first, "two-tabs");
+    let bob = Client::join(&second, "two-tabs");
+    assert_eq!(bob.state().await["players"], json!({}));
+    assert_eq!(ada.op(1, register("Ada")).await["type"], "ack");
+    let forward = bob.message().await;
+    assert_eq!(
+        (forward["type"].clone(), forward["seq"].clone()),
+        (json!("forward"), json!(1))
+    );
+    bob.send(json!({"type": "ack", "seq": 1}));
+    assert_eq!(
+        bob.op(2, register("Bob")).await,
+        json!({"type": "ack", "id": 2, "seq": 2})
+    );
+    let forward = ada.message().await;
+    assert_eq!(forward["op"], register("Bob"));
+    ada.send(json!({"type": "ack", "seq": 2}));
+    // The follower lists the owner's gatherings (one call behind).
+    second.gatherings();
+    let mut listed = 0;
+    for _ in 0..50 {
+        listed = second.gatherings().length();
+        if listed > 0 {
+            break;
+        }
+        Delay::new(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed, 1);
+
+    // A follower's frame over the limit closes it with 1009, as on the owner.
+    let big = Client::join(&second, "two-tabs");
+    big.send(json!({"type": "op", "id": 3, "op": register(&"x".repeat(2 << 20))}));
+    assert_eq!(big.closed().await.0, 1009);
+
+    shutdown(&first).await;
+    assert_eq!(ada.message().await["type"], "dispersed");
+    assert_eq!(ada.closed().await.0, 1001);
+    // Bob's connection was the owner's: told of its shutdown, or of the
+    // takeover, either way closed.
+    let code = loop {
+        match bob.event(PATIENCE).await {
+            Some(Event::Closed(code, _)) => break code,
+            Some(Event::Message(m)) => assert_eq!(m["type"], "dispersed", "{m}"),
+            None => panic!("not closed within {PATIENCE:?}"),
+        }
+    };
+    assert!(code == 1001 || code == 1012, "closed with {code}");
+    let mut role = second.role();
+    for _ in 0..50 {
+        if role == "owner" {
+            break;
+        }
+        Delay::new(Duration::from_millis(20)).await;
+        role = second.role();
+    }
+    assert_eq!(role, "owner");
+    let again = Client::join(&second, "two-tabs");
+    let state = again.state().await;
+    assert!(state["players"].get("Ada").is_some(), "{state}");
+    assert!(state["players"].get("Bob").is_some(), "{state}");
+    shutdown(&second).await;
+}

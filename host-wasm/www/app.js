@@ -88,7 +88,8 @@ async function join(id) {
   $("room").hidden = false;
   $("notice").hidden = true;
   $("room-id").textContent = id;
-  $("room-status").textContent = mode() === "server" ? "(on the server)" : "(in this page)";
+  $("room-status").textContent = mode() === "server" ? "(on the server)"
+    : host.role === "follower" ? "(run by another tab of this page)" : "(in this page)";
   mine.onmessage = (event) => { if (mine === conn) onMessage(JSON.parse(event.data)); };
   mine.onclose = (code, reason) => { if (mine === conn) onClose(code, reason); };
   send({ type: "fetch", id: nextId++ });

@@ -70,6 +70,58 @@ async function flow(page, base, mode, tournament) {
   await page.waitForSelector("#standings td:text-is('Ada')", { timeout: PATIENCE });
 }
 
+// Two tabs of the page (one browser context: one origin's IndexedDB, Web
+// Locks and BroadcastChannel) open the same tournament offline. The first
+// runs it; the second's ops reach it. Reloading the owner hands the
+// tournament to the other tab, which loads it from IndexedDB.
+async function twoTabs(base, tournament, errors) {
+  const context = await browser.newContext();
+  const [a, b] = [await context.newPage(), await context.newPage()];
+  for (const page of [a, b]) {
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`${base}/?mode=offline&idle=60`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.fill("#tournament", tournament);
+    await page.click("#join");
+    await page.waitForSelector("#room:not([hidden])");
+  }
+  assert.match(await a.textContent("#room-status"), /in this page/);
+  assert.match(await b.textContent("#room-status"), /another tab/);
+  const register = async (page, name) => {
+    await page.fill("#player", name);
+    await page.click("#register");
+  };
+  await register(a, "Ada");
+  await register(b, "Bob");
+  // Each op acked (its tab fetches after the ack) and forwarded to the other tab.
+  for (const page of [a, b]) {
+    for (const name of ["Ada", "Bob"]) {
+      await page.waitForSelector(`#standings td:text-is('${name}')`, { timeout: PATIENCE });
+    }
+    assert.equal(await page.textContent("#room-error"), "", "no error in either tab");
+  }
+
+  // The owner reloads: the other tab takes over; its connection closed (1012).
+  await a.reload();
+  await a.waitForSelector("body[data-ready=true]");
+  await b.waitForFunction(() => document.querySelector("#room-status").textContent.includes("1012"),
+    null, { timeout: PATIENCE });
+  await b.click("#rejoin");
+  await b.waitForSelector("#notice", { state: "hidden" });
+  assert.match(await b.textContent("#room-status"), /in this page/);
+  await a.fill("#tournament", tournament);
+  await a.click("#join");
+  await a.waitForSelector("#room:not([hidden])");
+  assert.match(await a.textContent("#room-status"), /another tab/);
+  await register(a, "Cy");
+  for (const page of [a, b]) {
+    for (const name of ["Ada", "Bob", "Cy"]) {
+      await page.waitForSelector(`#standings td:text-is('${name}')`, { timeout: PATIENCE });
+    }
+  }
+  await context.close();
+}
+
 const dataDir = mkdtempSync(join(tmpdir(), "gathering-page-"));
 const { child, addr } = await startServer(dataDir);
 const browser = await chromium.launch({
@@ -97,6 +149,9 @@ try {
 
   await flow(page, base, "server", `server-${suffix}`);
   console.log("ok - server: the same page over a WebSocket to gathering-server");
+
+  await twoTabs(base, `tabs-${suffix}`, errors);
+  console.log("ok - offline in two tabs: one owner, ops of both acked and forwarded, a reload hands over");
 
   assert.deepEqual(errors, [], "no uncaught errors in the page");
 } catch (e) {
