@@ -4,13 +4,14 @@ use core::fmt;
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::ConnId;
+use crate::Member;
 
 /// Application state hosted by a gathering: what an app author implements.
 ///
 /// Contract: [`App::apply`] either applies the op and returns `Ok`, or returns
 /// a [`Rejection`] and leaves the state exactly as it was, and it is **a
-/// deterministic function of the state, the op and its sender**: no clock,
+/// deterministic function of the state, the op and its sender** (the
+/// [`Member`], id and role, that the host authenticated): no clock,
 /// no randomness, no outside input. Durability relies on it: what is
 /// written is the log of accepted ops, and a gathering is loaded by
 /// applying them again to its last snapshot. The whole state is the
@@ -21,7 +22,7 @@ use crate::ConnId;
 /// shapes from one definition.
 ///
 /// ```
-/// use gathering_core::{App, ConnId, Rejection, wire_enum};
+/// use gathering_core::{App, Member, Rejection, wire_enum};
 /// use serde::{Deserialize, Serialize};
 ///
 /// wire_enum! {
@@ -38,7 +39,7 @@ use crate::ConnId;
 /// impl App for Counter {
 ///     const NAME: &'static str = "counter";
 ///     type Op = CounterOp;
-///     fn apply(&mut self, _by: ConnId, op: &CounterOp) -> Result<(), Rejection> {
+///     fn apply(&mut self, _by: &Member, op: &CounterOp) -> Result<(), Rejection> {
 ///         let CounterOp::Add { by } = op;
 ///         self.total = self.total.checked_add(*by)
 ///             .ok_or_else(|| Rejection::new("overflow", "the counter is full"))?;
@@ -56,8 +57,18 @@ pub trait App: Default + Serialize + DeserializeOwned + 'static {
     /// One operation a client may ask for.
     type Op: Serialize + DeserializeOwned + 'static;
 
-    /// Applies `op` on behalf of connection `by`.
-    fn apply(&mut self, by: ConnId, op: &Self::Op) -> Result<(), Rejection>;
+    /// Applies `op` on behalf of member `by`; refuses what `by` may not do
+    /// with code [`FORBIDDEN`](crate::protocol::FORBIDDEN), changing nothing.
+    fn apply(&mut self, by: &Member, op: &Self::Op) -> Result<(), Rejection>;
+
+    /// Whether `member` may join (fetch the state and receive forwards); by
+    /// default anyone the host let in may. A refusal is sent to the
+    /// connection as an `error`, which is then closed with 1008. Not asked
+    /// for an open server's members, who have every right.
+    fn admit(&self, member: &Member) -> Result<(), Rejection> {
+        let _ = member;
+        Ok(())
+    }
 }
 
 /// Why an op was refused: a stable machine-readable `code` and a sentence for

@@ -4,13 +4,16 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::FORBIDDEN;
 use crate::wire_enum;
-use crate::{App, ConnId, Rejection};
+use crate::{App, Member, Rejection};
 
 /// Messages a room keeps; older ones are forgotten.
 pub const HISTORY: usize = 100;
 /// Longest message accepted, in characters.
 pub const MAX_TEXT_CHARS: usize = 1000;
+/// The role that may read the room but not `say`; every other role may.
+pub const SPECTATOR: &str = "spectator";
 
 wire_enum! {
     /// An operation on a [`Chat`].
@@ -41,8 +44,14 @@ impl App for Chat {
     const NAME: &'static str = "chat";
     type Op = ChatOp;
 
-    fn apply(&mut self, by: ConnId, op: &ChatOp) -> Result<(), Rejection> {
+    fn apply(&mut self, by: &Member, op: &ChatOp) -> Result<(), Rejection> {
         let ChatOp::Say { text } = op;
+        if by.role() == Some(SPECTATOR) {
+            return Err(Rejection::new(
+                FORBIDDEN,
+                "a spectator reads the room but may not say anything",
+            ));
+        }
         // Counted lazily: a 1 MB text is refused after 1,001 characters.
         if text.is_empty() || text.chars().nth(MAX_TEXT_CHARS).is_some() {
             return Err(Rejection::new(
@@ -54,7 +63,7 @@ impl App for Chat {
             self.messages.pop_front();
         }
         self.messages.push_back(Said {
-            from: by.to_string(),
+            from: by.id.clone(),
             text: text.clone(),
         });
         Ok(())
@@ -64,9 +73,24 @@ impl App for Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ConnId;
+
+    #[test]
+    fn a_message_is_from_its_member_and_spectators_say_nothing() {
+        let mut chat = Chat::default();
+        let hello = ChatOp::Say {
+            text: "hello".into(),
+        };
+        chat.apply(&Member::new("Ada", "guest"), &hello).unwrap();
+        let refused = chat.apply(&Member::new("Vic", SPECTATOR), &hello);
+        assert_eq!(refused.map_err(|e| e.code), Err(FORBIDDEN));
+        chat.apply(&Member::open(ConnId(4)), &hello).unwrap();
+        let from: Vec<&str> = chat.messages.iter().map(|m| m.from.as_str()).collect();
+        assert_eq!(from, ["Ada", "conn-4"]);
+    }
 
     fn say(chat: &mut Chat, text: &str) -> Result<(), Rejection> {
-        chat.apply(ConnId(7), &ChatOp::Say { text: text.into() })
+        chat.apply(&Member::open(ConnId(7)), &ChatOp::Say { text: text.into() })
     }
 
     #[test]
@@ -98,7 +122,7 @@ mod tests {
         let op: ChatOp = serde_json::from_str(r#"{"type":"say","text":"hi"}"#).unwrap();
         assert_eq!(op, ChatOp::Say { text: "hi".into() });
         let mut chat = Chat::default();
-        chat.apply(ConnId(1), &op).unwrap();
+        chat.apply(&Member::open(ConnId(1)), &op).unwrap();
         assert_eq!(
             serde_json::to_string(&chat).unwrap(),
             r#"{"messages":[{"from":"conn-1","text":"hi"}]}"#

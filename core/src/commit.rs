@@ -9,9 +9,9 @@
 //! older entry; the store deletes those in the same atomic write. A
 //! gathering is loaded from its latest snapshot and the entries after it.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::ConnId;
+use crate::{ConnId, Member};
 
 /// One logged op: its number and its encoding (who sent it and the op,
 /// postcard), everything `App::apply` needs to apply it again.
@@ -93,26 +93,76 @@ impl Loaded {
     }
 }
 
+/// A log entry: a zero, then the member who sent the op, then the op; or,
+/// for an open server's member (no role, named after its connection), that
+/// connection's id (never zero) and the op. The second is the first log
+/// format, which still loads as it always did, and stays the cheaper one
+/// for open servers, which log an op every time.
 #[derive(Serialize)]
 struct EntryRef<'a, O> {
-    by: u64,
+    format: u8,
+    by: &'a Member,
     op: &'a O,
 }
 
-#[derive(Deserialize)]
-struct EntryOwned<O> {
-    by: u64,
-    op: O,
+/// Encodes op `op` sent by `by` as a log entry's bytes.
+pub fn encode_entry<O: Serialize>(by: &Member, op: &O) -> Result<Vec<u8>, postcard::Error> {
+    match open_conn(by) {
+        Some(conn) => postcard::to_allocvec(&(conn, op)),
+        None => postcard::to_allocvec(&EntryRef { format: 0, by, op }),
+    }
 }
 
-/// Encodes op `op` sent by `by` as a log entry's bytes.
-pub fn encode_entry<O: Serialize>(by: ConnId, op: &O) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_allocvec(&EntryRef { by: by.0, op })
+/// The connection id an open server's member is named after, if `by` is
+/// one (and its name reads back as exactly that member).
+fn open_conn(by: &Member) -> Option<u64> {
+    let conn = by.id.strip_prefix("conn-")?.parse::<u64>().ok()?;
+    (by.role.is_none() && conn != 0 && Member::open(ConnId(conn)) == *by).then_some(conn)
 }
 
 /// Decodes a log entry's bytes: who sent the op, and the op.
 pub fn decode_entry<O: serde::de::DeserializeOwned>(
     bytes: &[u8],
-) -> Result<(ConnId, O), postcard::Error> {
-    postcard::from_bytes::<EntryOwned<O>>(bytes).map(|e| (ConnId(e.by), e.op))
+) -> Result<(Member, O), postcard::Error> {
+    match postcard::take_from_bytes::<u64>(bytes)? {
+        (0, rest) => postcard::from_bytes::<(Member, O)>(rest),
+        (conn, rest) => postcard::from_bytes::<O>(rest).map(|op| (Member::open(ConnId(conn)), op)),
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entries_carry_their_member_and_the_first_format_still_loads() {
+        let ada = Member::new("Ada", "player");
+        let bytes = encode_entry(&ada, &"op".to_string()).unwrap();
+        assert_eq!(decode_entry::<String>(&bytes).unwrap(), (ada, "op".into()));
+        // An open server's member is logged as its connection, as before;
+        // a name that only looks like one is logged as a name.
+        let open = Member::open(ConnId(300));
+        let bytes = encode_entry(&open, &"op".to_string()).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&(300u64, "op")).unwrap());
+        for member in [
+            open,
+            Member::new("conn-300", "player"),
+            Member {
+                id: "conn-0300".into(),
+                role: None,
+            },
+        ] {
+            let bytes = encode_entry(&member, &"op".to_string()).unwrap();
+            assert_eq!(
+                decode_entry::<String>(&bytes).unwrap(),
+                (member, "op".into())
+            );
+        }
+        // The first format: the sender's connection id, then the op.
+        let legacy = postcard::to_allocvec(&(300u64, "op".to_string())).unwrap();
+        assert_eq!(
+            decode_entry::<String>(&legacy).unwrap(),
+            (Member::open(ConnId(300)), "op".into())
+        );
+    }
 }

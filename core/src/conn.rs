@@ -1,8 +1,9 @@
-//! What a gathering keeps per connection: its encoding and the forwards it has
-//! not yet acknowledged.
+//! What a gathering keeps per connection: its member, its encoding and the
+//! forwards it has not yet acknowledged.
 
 use std::collections::VecDeque;
 
+use crate::SharedMember;
 use crate::clock::{Duration, Instant};
 use crate::id::ConnId;
 use crate::protocol::{Encoding, Frame};
@@ -21,6 +22,8 @@ pub(crate) struct Conn {
     pub backoff: Duration,
     /// Its ops accepted and waiting for their commit.
     pub in_flight: u32,
+    /// Who it is; `None` for an open server's member until it first acts.
+    pub member: Option<SharedMember>,
 }
 
 /// A forward sent and not yet acknowledged.
@@ -33,13 +36,14 @@ pub(crate) struct Unacked {
 }
 
 impl Conn {
-    pub fn new(encoding: Encoding, retry_interval: Duration) -> Self {
+    pub fn new(encoding: Encoding, member: Option<SharedMember>, retry_interval: Duration) -> Self {
         Conn {
             encoding,
             unacked: VecDeque::new(),
             retry_at: None,
             backoff: retry_interval,
             in_flight: 0,
+            member,
         }
     }
 
@@ -191,7 +195,7 @@ mod tests {
     use super::*;
 
     fn conn() -> Conn {
-        Conn::new(Encoding::Json, Duration::from_millis(1))
+        Conn::new(Encoding::Json, None, Duration::from_millis(1))
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::clock::{Duration, Instant};
 use crate::commit::{self, Commit, Loaded, LogEntry};
 use crate::conn::{Conn, ConnMap};
 use crate::protocol::{self, CLOSE_POLICY, ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};
-use crate::{App, ConnId, GatheringId};
+use crate::{App, ConnId, GatheringId, SharedMember};
 
 /// Ops logged between two snapshots, by default: a load replays at most
 /// this many (see BENCHMARKS.md for what that costs a spawn).
@@ -82,6 +82,10 @@ pub enum Inbound {
         conn: ConnId,
         /// The encoding to answer in before the client sends anything.
         encoding: Encoding,
+        /// Who it is, as the host authenticated it; `None` on an open
+        /// server: the member of its own named after the connection
+        /// ([`Member::open`](crate::Member::open)), made only if it acts.
+        member: Option<SharedMember>,
     },
     /// A data frame from a connection.
     Frame {
@@ -89,6 +93,12 @@ pub enum Inbound {
         conn: ConnId,
         /// The frame as received.
         frame: Frame,
+        /// Who it is (the member it joined as). A gathering acts with the
+        /// member of the join it saw, and with this one for a frame that
+        /// reaches it without a join: one sent while the connection's
+        /// gathering dispersed, which its successor applies. `None` on an
+        /// open server, as for a join.
+        member: Option<SharedMember>,
     },
     /// The connection's socket closed.
     Leave {
@@ -98,6 +108,26 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// Connection `conn` joins as the open server's member of its own
+    /// ([`Member::open`](crate::Member::open)), speaking `encoding`.
+    pub fn open_join(conn: ConnId, encoding: Encoding) -> Self {
+        Inbound::Join {
+            conn,
+            encoding,
+            member: None,
+        }
+    }
+
+    /// A data frame from connection `conn`, the open server's member of
+    /// its own.
+    pub fn open_frame(conn: ConnId, frame: Frame) -> Self {
+        Inbound::Frame {
+            conn,
+            frame,
+            member: None,
+        }
+    }
+
     /// The connection this concerns.
     pub fn conn(&self) -> ConnId {
         match self {
@@ -260,6 +290,7 @@ impl std::error::Error for RestoreError {}
 struct Accepted<O> {
     seq: u64,
     origin: ConnId,
+    by: SharedMember,
     id: u64,
     op: O,
 }
@@ -350,6 +381,9 @@ pub struct Gathering<A: App> {
     fetched: Option<Box<Fetched>>,
 }
 
+/// Encoded states smaller than this are not cached for the next fetch.
+const FETCH_CACHE_MIN_BYTES: usize = 4096;
+
 /// The state at op `seq`, encoded once per encoding asked for.
 struct Fetched {
     seq: u64,
@@ -411,7 +445,7 @@ impl<A: App> Gathering<A> {
             }
             let (by, op) = commit::decode_entry::<A::Op>(&entry.bytes)
                 .map_err(|e| fail(format!("log entry of op {}: {e}", entry.seq)))?;
-            app.apply(by, &op)
+            app.apply(&by, &op)
                 .map_err(|r| fail(format!("log entry of op {} does not apply: {r}", entry.seq)))?;
             seq = entry.seq;
             logged = add(logged, 1, entry.bytes.len());
@@ -577,7 +611,7 @@ impl<A: App> Gathering<A> {
         let mut log = Vec::with_capacity(self.awaiting.len());
         let mut bytes = 0u64;
         for a in &self.awaiting {
-            let entry = commit::encode_entry(a.origin, &a.op)?;
+            let entry = commit::encode_entry(&a.by, &a.op)?;
             bytes += entry.len() as u64;
             log.push(LogEntry {
                 seq: a.seq,
@@ -666,11 +700,33 @@ impl<A: App> Gathering<A> {
         }
         self.processed += 1;
         match inbound {
-            Inbound::Join { conn, encoding } => {
+            Inbound::Join {
+                conn,
+                encoding,
+                member,
+            } => {
                 self.last_activity = now;
+                // An open server's member has every right, joining included.
+                let admitted = member.as_ref().map_or(Ok(()), |m| self.app.admit(m));
+                if let Err(refusal) = admitted {
+                    refuse(
+                        &mut self.actions,
+                        conn,
+                        encoding,
+                        None,
+                        refusal.code,
+                        refusal.message,
+                    );
+                    self.actions.push_back(Action::Close {
+                        conn,
+                        code: CLOSE_POLICY,
+                        reason: "not allowed to join",
+                    });
+                    return;
+                }
                 self.empty_since = None;
                 if self.conns.get(conn).is_none() {
-                    let fresh = Conn::new(encoding, self.config.retry_interval);
+                    let fresh = Conn::new(encoding, member, self.config.retry_interval);
                     self.conns.insert(conn, fresh);
                 }
             }
@@ -679,11 +735,21 @@ impl<A: App> Gathering<A> {
                     self.empty_since = Some(now);
                 }
             }
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, &frame),
+            Inbound::Frame {
+                conn,
+                frame,
+                member,
+            } => self.on_frame(now, conn, &frame, member),
         }
     }
 
-    fn on_frame(&mut self, now: Instant, conn: ConnId, frame: &Frame) {
+    fn on_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        frame: &Frame,
+        member: Option<SharedMember>,
+    ) {
         let encoding = frame.encoding();
         if let Some(c) = self.conns.get_mut(conn) {
             c.encoding = encoding;
@@ -725,12 +791,11 @@ impl<A: App> Gathering<A> {
                     "too_many_in_flight",
                     message,
                 ),
-                Ok(()) => self.apply(conn, encoding, id, op),
+                Ok(()) => self.apply(conn, encoding, id, op, member),
             },
             ClientMsg::Fetch { id } => {
                 let frame = self
-                    .encoded_state(encoding)
-                    .and_then(|state| protocol::state_frame(id, self.seq, &state))
+                    .state_reply(id, encoding)
                     .unwrap_or_else(|e| internal_error(&e, encoding));
                 self.actions.push_back(Action::Send {
                     conn,
@@ -746,28 +811,61 @@ impl<A: App> Gathering<A> {
         }
     }
 
-    /// The state alone, encoded in `encoding`, from the cache if no op was
-    /// applied since it was made.
-    fn encoded_state(&mut self, encoding: Encoding) -> Result<Frame, protocol::EncodeError> {
+    /// The `state` reply to fetch `id`: built around the state's encoding
+    /// kept from an earlier fetch of this seq, or else encoded whole, a
+    /// large state's encoding then kept for the fetches after it.
+    fn state_reply(&mut self, id: u64, encoding: Encoding) -> Result<Frame, protocol::EncodeError> {
         let seq = self.seq;
-        let fetched = match &mut self.fetched {
-            Some(f) if f.seq == seq => f,
-            slot => slot.insert(Box::new(Fetched {
-                seq,
-                json: None,
-                postcard: None,
-            })),
-        };
-        let cached = match encoding {
-            Encoding::Json => &mut fetched.json,
-            Encoding::Postcard => &mut fetched.postcard,
-        };
-        if let Some(frame) = cached {
-            return Ok(frame.clone());
+        let kept = self
+            .fetched
+            .as_ref()
+            .filter(|f| f.seq == seq)
+            .and_then(|f| match encoding {
+                Encoding::Json => f.json.as_ref(),
+                Encoding::Postcard => f.postcard.as_ref(),
+            });
+        if let Some(state) = kept {
+            return protocol::state_frame(id, seq, state);
         }
-        let frame = protocol::encode(&self.app, encoding)?;
-        *cached = Some(frame.clone());
-        Ok(frame)
+        let msg = ServerMsg::<&A::Op, &A>::State {
+            id,
+            seq,
+            state: &self.app,
+        };
+        let whole = protocol::encode(&msg, encoding)?;
+        // A small state costs less to encode again than to keep: an idle
+        // gathering that was fetched once keeps nothing.
+        if whole.len() >= FETCH_CACHE_MIN_BYTES
+            && let Some(state) = protocol::state_of(&whole, id, seq)
+        {
+            let fetched = match &mut self.fetched {
+                Some(f) if f.seq == seq => f,
+                slot => slot.insert(Box::new(Fetched {
+                    seq,
+                    json: None,
+                    postcard: None,
+                })),
+            };
+            match encoding {
+                Encoding::Json => fetched.json = Some(state),
+                Encoding::Postcard => fetched.postcard = Some(state),
+            }
+        }
+        Ok(whole)
+    }
+
+    /// Who `conn` acts as: the member it joined as (a frame's own can only
+    /// repeat it), or its frame's if it joined elsewhere; made once, at
+    /// its first op, for an open server's member.
+    fn member(&mut self, conn: ConnId, sent: Option<SharedMember>) -> SharedMember {
+        let open = || std::sync::Arc::new(crate::Member::open(conn));
+        match self.conns.get_mut(conn) {
+            Some(c) => c
+                .member
+                .get_or_insert_with(|| sent.unwrap_or_else(open))
+                .clone(),
+            None => sent.unwrap_or_else(open),
+        }
     }
 
     /// Whether `conn` may have one more op waiting for its commit; if not,
@@ -785,8 +883,16 @@ impl<A: App> Gathering<A> {
 
     /// Applies an op from `conn`: accepted, it waits for its commit;
     /// refused, the client hears why at once.
-    fn apply(&mut self, conn: ConnId, encoding: Encoding, id: u64, op: A::Op) {
-        match self.app.apply(conn, &op) {
+    fn apply(
+        &mut self,
+        conn: ConnId,
+        encoding: Encoding,
+        id: u64,
+        op: A::Op,
+        member: Option<SharedMember>,
+    ) {
+        let by = self.member(conn, member);
+        match self.app.apply(&by, &op) {
             Ok(()) => {
                 self.seq += 1;
                 self.fetched = None;
@@ -796,6 +902,7 @@ impl<A: App> Gathering<A> {
                 self.awaiting.push_back(Accepted {
                     seq: self.seq,
                     origin: conn,
+                    by,
                     id,
                     op,
                 });

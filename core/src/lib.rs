@@ -20,7 +20,7 @@
 //! Every host drives a gathering the same way:
 //!
 //! ```
-//! use gathering_core::{Action, App, Config, ConnId, Event, Gathering, GatheringId, Instant, Rejection};
+//! use gathering_core::{Action, App, Config, Event, Gathering, GatheringId, Instant, Member, Rejection};
 //!
 //! // Any application: here a room that only counts its ops.
 //! #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -28,7 +28,7 @@
 //! impl App for Tally {
 //!     const NAME: &'static str = "tally";
 //!     type Op = ();
-//!     fn apply(&mut self, _by: ConnId, _op: &()) -> Result<(), Rejection> {
+//!     fn apply(&mut self, _by: &Member, _op: &()) -> Result<(), Rejection> {
 //!         self.0 += 1;
 //!         Ok(())
 //!     }
@@ -65,6 +65,7 @@ mod conn;
 mod gathering;
 mod hall;
 mod id;
+mod member;
 pub mod protocol;
 #[cfg(feature = "tournament")]
 pub mod tournament;
@@ -81,4 +82,5 @@ pub use gathering::{
 };
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
 pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};
+pub use member::{Member, SharedMember};
 pub use protocol::{ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};

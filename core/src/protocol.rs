@@ -26,6 +26,12 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a failure inside the server (e.g. storage unreadable).
 pub const CLOSE_INTERNAL: u16 = 1011;
 
+/// Close code for a connection whose token expired: reconnect with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
+
+/// Error code of an op (or a join) the member may not do.
+pub const FORBIDDEN: &str = "forbidden";
+
 /// Which of the two encodings a frame uses. A server answers each client in
 /// the encoding of the last frame that client sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -265,21 +271,51 @@ pub fn encode<T: Serialize>(msg: &T, encoding: Encoding) -> Result<Frame, Encode
 /// large state then serves every fetch of the same seq. The same bytes as
 /// [`encode`] of [`ServerMsg::State`], whose last field is the state.
 pub fn state_frame(id: u64, seq: u64, state: &Frame) -> Result<Frame, EncodeError> {
-    let head = ServerMsg::<(), ()>::State { id, seq, state: () };
     match state {
         Frame::Text(state) => {
-            let head = serde_json::to_string(&head).map_err(|e| EncodeError(e.to_string()))?;
-            let open = head
-                .strip_suffix("null}")
-                .ok_or_else(|| EncodeError("a state reply must end with its state".into()))?;
-            Ok(Frame::Text([open, state, "}"].concat().into()))
+            let head = json_head(id, seq)?;
+            Ok(Frame::Text([&head, &**state, "}"].concat().into()))
         }
         Frame::Binary(state) => {
-            let mut frame = postcard::to_allocvec(&head).map_err(|e| EncodeError(e.to_string()))?;
+            let mut frame = postcard_head(id, seq)?;
             frame.extend_from_slice(state);
             Ok(Frame::Binary(frame.into()))
         }
     }
+}
+
+/// The state alone in `frame`, the `state` reply to fetch `id` at op
+/// `seq`: what [`state_frame`] builds that reply around.
+pub fn state_of(frame: &Frame, id: u64, seq: u64) -> Option<Frame> {
+    match frame {
+        Frame::Text(text) => {
+            let head = json_head(id, seq).ok()?;
+            let state = text.strip_prefix(head.as_str())?.strip_suffix('}')?;
+            Some(Frame::Text(state.into()))
+        }
+        Frame::Binary(bytes) => {
+            let head = postcard_head(id, seq).ok()?;
+            Some(Frame::Binary(bytes.strip_prefix(head.as_slice())?.into()))
+        }
+    }
+}
+
+/// A JSON `state` reply up to its state (the last field).
+fn json_head(id: u64, seq: u64) -> Result<String, EncodeError> {
+    let head = ServerMsg::<(), ()>::State { id, seq, state: () };
+    let mut head = serde_json::to_string(&head).map_err(|e| EncodeError(e.to_string()))?;
+    if !head.ends_with("null}") {
+        return Err(EncodeError("a state reply must end with its state".into()));
+    }
+    head.truncate(head.len() - "null}".len());
+    Ok(head)
+}
+
+/// A postcard `state` reply up to its state (the last field; `()` encodes
+/// as nothing).
+fn postcard_head(id: u64, seq: u64) -> Result<Vec<u8>, EncodeError> {
+    let head = ServerMsg::<(), ()>::State { id, seq, state: () };
+    postcard::to_allocvec(&head).map_err(|e| EncodeError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -301,6 +337,12 @@ mod tests {
             .unwrap();
             let body = encode(&state, encoding).unwrap();
             assert_eq!(state_frame(129, 1 << 40, &body).unwrap(), whole);
+            assert_eq!(state_of(&whole, 129, 1 << 40), Some(body));
+            assert_eq!(
+                state_of(&whole, 128, 1 << 40),
+                None,
+                "another fetch's reply"
+            );
         }
     }
 

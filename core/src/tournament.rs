@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::quote;
+use crate::protocol::{FORBIDDEN, quote};
 use crate::wire_enum;
-use crate::{App, ConnId, Rejection};
+use crate::{App, Member, Rejection};
 
 /// Longest player name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -14,6 +14,44 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_PLAYERS: usize = 4096;
 /// Most match results one tournament holds.
 pub const MAX_MATCHES: usize = 65_536;
+/// The role that may do every op.
+pub const ORGANIZER: &str = "organizer";
+/// The role that may register and drop only the player named as it is, and
+/// record only results of its own matches. Every other role (`spectator`,
+/// say) may fetch and follows the forwards, but may do no op.
+pub const PLAYER: &str = "player";
+
+/// Whether `by` may do `op` at all (the op may still be refused on its
+/// merits).
+fn may(by: &Member, op: &TournamentOp) -> Result<(), Rejection> {
+    let own = |name: &str| by.id == name;
+    match (by.role(), op) {
+        (None | Some(ORGANIZER), _) => Ok(()),
+        (
+            Some(PLAYER),
+            TournamentOp::RegisterPlayer { name } | TournamentOp::DropPlayer { name },
+        ) if own(name) => Ok(()),
+        (Some(PLAYER), TournamentOp::RecordResult { a, b, .. }) if own(a) || own(b) => Ok(()),
+        (Some(PLAYER), TournamentOp::RecordResult { .. }) => Err(Rejection::new(
+            FORBIDDEN,
+            format!(
+                "player {} may record only results of matches it plays in",
+                quote(&by.id)
+            ),
+        )),
+        (Some(PLAYER), _) => Err(Rejection::new(
+            FORBIDDEN,
+            format!("player {} may register and drop only itself", quote(&by.id)),
+        )),
+        (Some(role), _) => Err(Rejection::new(
+            FORBIDDEN,
+            format!(
+                "role {} may follow the tournament but not change it",
+                quote(role)
+            ),
+        )),
+    }
+}
 
 wire_enum! {
     /// An operation on a [`Tournament`].
@@ -167,7 +205,8 @@ impl App for Tournament {
     const NAME: &'static str = "tournament";
     type Op = TournamentOp;
 
-    fn apply(&mut self, _by: ConnId, op: &TournamentOp) -> Result<(), Rejection> {
+    fn apply(&mut self, by: &Member, op: &TournamentOp) -> Result<(), Rejection> {
+        may(by, op)?;
         match op {
             TournamentOp::RegisterPlayer { name } => {
                 check_name(name)?;
@@ -225,10 +264,53 @@ impl App for Tournament {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ConnId;
+
+    #[test]
+    fn roles_decide_who_may_do_which_op() {
+        let organizer = Member::new("Org", ORGANIZER);
+        let ada = Member::new("Ada", PLAYER);
+        let viewer = Member::new("Vic", "spectator");
+        let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+        let drop = |name: &str| TournamentOp::DropPlayer { name: name.into() };
+        let result = |a: &str, b: &str| TournamentOp::RecordResult {
+            a: a.into(),
+            b: b.into(),
+            winner: Some(a.into()),
+        };
+        let mut t = Tournament::default();
+        let code = |r: Result<(), Rejection>| r.map_err(|e| e.code);
+
+        // A player registers itself only; an organizer anyone.
+        assert_eq!(code(t.apply(&ada, &register("Bob"))), Err(FORBIDDEN));
+        assert_eq!(code(t.apply(&ada, &register("Ada"))), Ok(()));
+        for name in ["Bob", "Cy"] {
+            assert_eq!(code(t.apply(&organizer, &register(name))), Ok(()));
+        }
+        // Results of its own matches only.
+        assert_eq!(code(t.apply(&ada, &result("Bob", "Cy"))), Err(FORBIDDEN));
+        assert_eq!(code(t.apply(&ada, &result("Bob", "Ada"))), Ok(()));
+        // Drops itself only.
+        assert_eq!(code(t.apply(&ada, &drop("Bob"))), Err(FORBIDDEN));
+        // A spectator (any other role) changes nothing; an open server's
+        // member may do everything.
+        for op in [register("Dee"), drop("Cy"), result("Bob", "Cy")] {
+            assert_eq!(code(t.apply(&viewer, &op)), Err(FORBIDDEN));
+        }
+        let before = t.clone();
+        assert_eq!(t, before, "refusals change nothing");
+        assert_eq!(code(t.apply(&ada, &drop("Ada"))), Ok(()));
+        assert_eq!(
+            code(t.apply(&Member::open(ConnId(3)), &drop("Bob"))),
+            Ok(())
+        );
+        assert!(t.players["Ada"].dropped && t.players["Bob"].dropped);
+        assert_eq!(t.matches.len(), 1);
+    }
 
     fn reg(t: &mut Tournament, name: &str) -> Result<(), Rejection> {
         t.apply(
-            ConnId(1),
+            &Member::open(ConnId(1)),
             &TournamentOp::RegisterPlayer { name: name.into() },
         )
     }
@@ -239,7 +321,7 @@ mod tests {
             b: b.into(),
             winner: w.map(Into::into),
         };
-        t.apply(ConnId(1), &op)
+        t.apply(&Member::open(ConnId(1)), &op)
     }
 
     #[test]
@@ -266,8 +348,11 @@ mod tests {
         let mut t = Tournament::default();
         reg(&mut t, "Ada").unwrap();
         reg(&mut t, "Bob").unwrap();
-        t.apply(ConnId(1), &TournamentOp::DropPlayer { name: "Bob".into() })
-            .unwrap();
+        t.apply(
+            &Member::open(ConnId(1)),
+            &TournamentOp::DropPlayer { name: "Bob".into() },
+        )
+        .unwrap();
         let before = t.clone();
         let cases = [
             (reg(&mut t, ""), "invalid_name"),
@@ -278,7 +363,10 @@ mod tests {
             (result(&mut t, "Ada", "Zed", None), "unknown_player"),
             (result(&mut t, "Ada", "Bob", None), "player_dropped"),
             (
-                t.apply(ConnId(1), &TournamentOp::DropPlayer { name: "Bob".into() }),
+                t.apply(
+                    &Member::open(ConnId(1)),
+                    &TournamentOp::DropPlayer { name: "Bob".into() },
+                ),
                 "player_dropped",
             ),
         ];

@@ -74,10 +74,10 @@ fn frame(conn: u8, msg: &ClientMsg<TournamentOp>, json: bool) -> Inbound {
     } else {
         Encoding::Postcard
     };
-    Inbound::Frame {
-        conn: ConnId(u64::from(conn % 4)),
-        frame: protocol::encode(msg, encoding).expect("client messages encode"),
-    }
+    Inbound::open_frame(
+        ConnId(u64::from(conn % 4)),
+        protocol::encode(msg, encoding).expect("client messages encode"),
+    )
 }
 
 /// Op `op` as connection `arg % 4` sends it, in JSON or postcard by `arg`.
@@ -115,14 +115,14 @@ fuzz_target!(|data: &[u8]| {
         let (what, arg) = (pair[0], pair[1]);
         let conn = ConnId(u64::from(arg % 4));
         match what % 12 {
-            0 => run.message(Inbound::Join {
+            0 => run.message(Inbound::open_join(
                 conn,
-                encoding: if arg & 0x80 == 0 {
+                if arg & 0x80 == 0 {
                     Encoding::Json
                 } else {
                     Encoding::Postcard
                 },
-            }),
+            )),
             1 => run.message(Inbound::Leave { conn }),
             2 => {
                 let op = TournamentOp::RegisterPlayer {
@@ -146,10 +146,7 @@ fuzz_target!(|data: &[u8]| {
                 true,
             )),
             5 => run.message(frame(arg, &ClientMsg::Fetch { id: 7 }, false)),
-            6 => run.message(Inbound::Frame {
-                conn,
-                frame: Frame::Binary(pair.to_vec().into()),
-            }),
+            6 => run.message(Inbound::open_frame(conn, Frame::Binary(pair.to_vec().into()))),
             7 => {
                 // To the next deadline, or a little way.
                 let next = run.g.next_deadline().map(|d| d.at);

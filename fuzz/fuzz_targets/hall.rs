@@ -34,17 +34,11 @@ fuzz_target!(|data: &[u8]| {
         let event = match what % 8 {
             0 => HallEvent::Route(
                 id.clone(),
-                Inbound::Join {
-                    conn,
-                    encoding: Encoding::Json,
-                },
+                Inbound::open_join(conn, Encoding::Json),
             ),
             1 => HallEvent::Route(
                 id.clone(),
-                Inbound::Frame {
-                    conn,
-                    frame: Frame::Text("{}".into()),
-                },
+                Inbound::open_frame(conn, Frame::Text("{}".into())),
             ),
             2 => HallEvent::Route(id.clone(), Inbound::Leave { conn }),
             3 if states.get(&id) == Some(&State::Spawning) => HallEvent::Spawned(id.clone()),

@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use gathering_core::Config;
 use tracing_subscriber::EnvFilter;
 
+use crate::front::auth::Jwt;
 use crate::front::listen::Limits;
 use crate::runtime::NativeApp;
 use crate::server::{Builder, Server};
@@ -19,6 +20,25 @@ use crate::server::{Builder, Server};
 #[derive(Clone, Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Args {
+    /// Something else than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Secret of the HS256 tokens (JWT) that joins must present, as
+    /// `Authorization: Bearer <token>` or `?token=<token>`; without it the
+    /// server runs open (every connection may do everything).
+    #[arg(
+        long,
+        env = "GATHERING_AUTH_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub auth_secret: Option<String>,
+
+    /// Run open (no --auth-secret) on an address other than loopback too.
+    #[arg(long)]
+    pub open: bool,
+
     /// Address to listen on.
     #[arg(long, env = "GATHERING_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -103,6 +123,27 @@ pub struct Args {
     pub web_dir: PathBuf,
 }
 
+/// What `gathering-server` does besides serving.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print a token for one member (signed with --auth-secret), e.g.
+    /// `token --sub Ada --role player --gathering spring-open --ttl 1h`.
+    Token {
+        /// The member's id (1 to 64 characters).
+        #[arg(long)]
+        sub: String,
+        /// Its role, which the app interprets (tournament: organizer, player, spectator).
+        #[arg(long)]
+        role: String,
+        /// The gathering it may join, or * for any.
+        #[arg(long, default_value = "*")]
+        gathering: String,
+        /// How long it is valid (e.g. 1h, 30m, 7d).
+        #[arg(long, default_value = "1h", value_parser = positive_duration)]
+        ttl: Duration,
+    },
+}
+
 /// Where the admin listener listens unless told otherwise.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8090";
 
@@ -184,8 +225,46 @@ pub fn main<A: NativeApp>(name: &'static str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Token {
+        sub,
+        role,
+        gathering,
+        ttl,
+    }) = &args.command
+    {
+        let Some(secret) = &args.auth_secret else {
+            eprintln!("{name} token: give the secret with --auth-secret or GATHERING_AUTH_SECRET");
+            return ExitCode::FAILURE;
+        };
+        return match Jwt::new(secret.as_bytes()).mint_for(sub, role, gathering, *ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{name} token: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut builder = args.builder::<A>();
+    match &args.auth_secret {
+        Some(secret) => builder = builder.authenticator(Jwt::new(secret.as_bytes())),
+        None if !args.listen.ip().is_loopback() && !args.open => {
+            eprintln!(
+                "{name}: refusing to listen on {} without --auth-secret: anyone who reaches it \
+                 could act on every gathering. Give --auth-secret (or GATHERING_AUTH_SECRET), or \
+                 --open to run open anyway.",
+                args.listen
+            );
+            return ExitCode::FAILURE;
+        }
+        None => tracing::warn!(
+            "no --auth-secret: running open, every connection may do every op in every gathering"
+        ),
+    }
     let served = runtime.block_on(async {
-        let running = args.builder::<A>().start().await?;
+        let running = builder.start().await?;
         shutdown_signal().await;
         tracing::info!("signal received");
         running.shutdown().await;

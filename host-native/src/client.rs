@@ -132,6 +132,19 @@ impl<A: App> Client<A> {
         id: &GatheringId,
         encoding: Encoding,
     ) -> Result<Self, ClientError> {
+        Self::connect_as(base, id, encoding, None).await
+    }
+
+    /// [`Client::connect`] with `token` (a server's `--auth-secret` JWT),
+    /// sent as `Authorization: Bearer`; a refusal is
+    /// [`ClientError::Connect`] naming the HTTP status (401 or 403).
+    pub async fn connect_as(
+        base: &str,
+        id: &GatheringId,
+        encoding: Encoding,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let query = match encoding {
             Encoding::Json => "json",
             Encoding::Postcard => "postcard",
@@ -140,7 +153,17 @@ impl<A: App> Client<A> {
             "{}/gatherings/{id}?encoding={query}",
             base.trim_end_matches('/')
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        if let Some(token) = token {
+            let bearer = format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::Connect("the token is not a valid header value".into())
+            })?;
+            request.headers_mut().insert("authorization", bearer);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {

@@ -27,6 +27,8 @@ mod server;
 mod storage;
 
 #[cfg(feature = "server")]
+pub use front::auth::{Admission, Authenticator, Claims, Credentials, Jwt, Refusal};
+#[cfg(feature = "server")]
 pub use front::http::recover;
 #[cfg(feature = "server")]
 pub use front::listen::Limits;

@@ -14,6 +14,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label of `joins_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabel {
+    /// `unauthorized` (401) or `forbidden` (403).
+    pub answer: &'static str,
+}
+
 /// Every metric the server exports, updated lock-free from any task.
 pub struct Metrics {
     /// Gatherings spawned and not yet dispersed.
@@ -42,6 +49,8 @@ pub struct Metrics {
     pub storage_failures: Counter,
     /// Connections refused at a connection cap.
     pub connections_refused: Counter,
+    /// Upgrades refused by the authenticator, by answer.
+    pub joins_refused: Family<AnswerLabel, Counter>,
     registry: Registry,
 }
 
@@ -63,6 +72,7 @@ impl Default for Metrics {
         let storage_snapshots = Counter::default();
         let storage_failures = Counter::default();
         let connections_refused = Counter::default();
+        let joins_refused = Family::<AnswerLabel, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "gatherings_live",
@@ -125,6 +135,11 @@ impl Default for Metrics {
             "Connections refused at --max-connections or --max-connections-per-address",
             connections_refused.clone(),
         );
+        registry.register(
+            "joins_refused",
+            "WebSocket upgrades refused by authentication, by answer",
+            joins_refused.clone(),
+        );
         Metrics {
             gatherings_live,
             gatherings_dispersed,
@@ -139,6 +154,7 @@ impl Default for Metrics {
             storage_snapshots,
             storage_failures,
             connections_refused,
+            joins_refused,
             registry,
         }
     }

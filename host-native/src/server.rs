@@ -15,6 +15,9 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::front::auth::Authenticator;
+#[cfg(doc)]
+use crate::front::auth::Jwt;
 use crate::front::listen::Limits;
 use crate::front::outbox::Outbox;
 use crate::front::{Front, Open, Origins, Registry};
@@ -81,6 +84,7 @@ impl<A: NativeApp> Server<A> {
             max_frame_bytes: 1 << 20,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             origins: Origins::default(),
+            auth: None,
             limits: Limits::default(),
             web_dir: None,
             store: None,
@@ -101,6 +105,7 @@ pub struct Builder<A> {
     max_frame_bytes: usize,
     shutdown_grace: Duration,
     origins: Origins,
+    auth: Option<Arc<dyn Authenticator>>,
     limits: Limits,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
@@ -177,6 +182,16 @@ impl<A: NativeApp> Builder<A> {
         self
     }
 
+    /// Checks every WebSocket upgrade with `auth` (for example [`Jwt`]):
+    /// refused ones get HTTP 401 or 403 before the upgrade, admitted ones
+    /// act as the member it names, until it expires (then 4003). Without
+    /// one the server runs open: each connection a member of its own,
+    /// with every right.
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
     /// Caps on connections and deadlines for HTTP requests of the listener
     /// [`Builder::start`] runs (routes mounted elsewhere get only the frame
     /// deadline).
@@ -235,6 +250,7 @@ impl<A: NativeApp> Builder<A> {
             max_frame_bytes: self.max_frame_bytes,
             shutdown_grace: self.shutdown_grace,
             origins: self.origins,
+            auth: self.auth,
             frame_timeout: self.limits.frame_timeout,
             idle_timeout: self.gathering.idle_timeout,
             next_conn: AtomicU64::new(1),
@@ -407,10 +423,7 @@ impl Engine {
     /// gatherings without sockets. Fails only once the server is stopping.
     pub async fn touch(&self, id: GatheringId) -> Result<(), Stopping> {
         let conn = ConnId(self.front.next_conn.fetch_add(1, Ordering::Relaxed));
-        let join = Inbound::Join {
-            conn,
-            encoding: Encoding::Json,
-        };
+        let join = Inbound::open_join(conn, Encoding::Json);
         let hall = &self.front.hall;
         hall.send(HallMail::Route(id.clone(), join, None::<Outbox>))
             .await

@@ -68,12 +68,7 @@ fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::status_and_body(&out)
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ const BOUND: Duration = Duration::from_secs(10);
 
 type Client = gathering_native::client::Client<Tournament>;
 
+mod common;
+
 fn config(dir: &Path, idle: Duration) -> Builder<Tournament> {
     Server::<Tournament>::builder()
         .listen("127.0.0.1:0".parse().unwrap())
@@ -56,12 +58,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::status_and_body(&out)
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -339,3 +339,67 @@ async fn sigterm_exits_while_a_request_is_half_sent() {
     exits_zero(&mut child).await;
     drop(half);
 }
+
+/// `gathering-server token` mints what the server, given the same secret,
+/// admits; without a secret the server refuses a public address unless
+/// told `--open`.
+#[tokio::test]
+async fn the_token_command_mints_what_the_server_admits_and_open_mode_is_explicit() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
+    let minted = Command::new(exe)
+        .args([
+            "token",
+            "--sub",
+            "Ada",
+            "--role",
+            "player",
+            "--gathering",
+            "spring-open",
+        ])
+        .args(["--ttl", "1h", "--auth-secret", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_server_with(dir.path(), &["--auth-secret", "s3cret"]);
+    let g = GatheringId::parse("spring-open").unwrap();
+    let refused = Client::connect(&url, &g, Encoding::Json).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("401")),
+        "{:?}",
+        refused.err()
+    );
+    let mut ada = tokio::time::timeout(
+        BOUND,
+        Client::connect_as(&url, &g, Encoding::Json, Some(&token)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let register = TournamentOp::RegisterPlayer { name: "Ada".into() };
+    assert_eq!(
+        tokio::time::timeout(BOUND, ada.op(register)).await.unwrap(),
+        Ok(1)
+    );
+    terminate(&child);
+    exits_zero(&mut child).await;
+
+    let public = Command::new(exe)
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!public.status.success());
+    let said = String::from_utf8_lossy(&public.stderr);
+    assert!(
+        said.contains("--auth-secret") && said.contains("--open"),
+        "{said}"
+    );
+}

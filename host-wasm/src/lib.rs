@@ -21,6 +21,7 @@
 //! strings, postcard in `Uint8Array`s.
 
 mod clock;
+mod member;
 mod options;
 mod peer;
 mod runtime;
@@ -34,6 +35,8 @@ use std::rc::Rc;
 use gathering_core::chat::Chat;
 use gathering_core::protocol::CLOSE_TOO_BIG;
 use gathering_core::tournament::Tournament;
+use std::sync::Arc;
+
 use gathering_core::{App, Encoding, GatheringId, Inbound};
 use gathering_driver::{HallMail, HallState, hall_task};
 use js_sys::{Array, Function, Object, Reflect};
@@ -128,11 +131,14 @@ impl<A: App> Host<A> {
         }
     }
 
-    /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`),
-    /// spawning or respawning it as needed. Fails on a bad id or after
-    /// `shutdown()`.
-    pub fn join(&self, id: &str) -> Result<Connection, JsError> {
+    /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`) as
+    /// `member` (`{sub, role}`, which the app decides with; omitted, the
+    /// connection is a member of its own with every right, as on an open
+    /// server), spawning or respawning it as needed. Fails on a bad id or
+    /// member, or after `shutdown()`.
+    pub fn join(&self, id: &str, member: &JsValue) -> Result<Connection, JsError> {
         let id = GatheringId::parse(id).map_err(|e| JsError::new(&e.to_string()))?;
+        let member = member::from_js(member).map_err(|e| JsError::new(&e))?;
         let shared = &self.rt.0;
         if shared.mailbox.is_closed() {
             return Err(JsError::new("this host has shut down; open a new one"));
@@ -140,18 +146,21 @@ impl<A: App> Host<A> {
         let conn = self.rt.next_conn();
         if let Some(tabs) = self.tabs.as_ref().filter(|t| t.role() == Role::Follower) {
             return Ok(Connection {
-                peer: tabs.follow(conn, id),
+                peer: tabs.follow(conn, id, member.as_ref()),
                 max_frame_bytes: shared.max_frame_bytes,
             });
         }
+        let member = member.map(Arc::new);
         let peer = Rc::new(Peer::new(
             conn,
             id.clone(),
+            member.clone(),
             Upstream::Hall(shared.mailbox.clone()),
         ));
         let join = Inbound::Join {
             conn,
             encoding: Encoding::Json,
+            member,
         };
         shared
             .mailbox
@@ -262,13 +271,15 @@ macro_rules! export_host {
                 $crate::Host::<$app>::open(options).await.map($name)
             }
 
-            /// A new connection to gathering `id`; throws on a bad id or after `shutdown()`.
+            /// A new connection to gathering `id` as `member` (`{sub, role}`, or
+            /// omitted: every right); throws on a bad id or member, or after `shutdown()`.
             pub fn join(
                 &self,
                 id: &str,
+                member: $crate::__private::wasm_bindgen::JsValue,
             ) -> ::std::result::Result<$crate::Connection, $crate::__private::wasm_bindgen::JsError>
             {
-                self.0.join(id)
+                self.0.join(id, &member)
             }
 
             /// The live gatherings, sorted by id.

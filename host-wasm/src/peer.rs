@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound};
+use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound, SharedMember};
 use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
@@ -33,6 +33,8 @@ pub struct Peer {
     pub conn: ConnId,
     /// The gathering it joined.
     pub gathering: GatheringId,
+    /// Who it is (`None`: a member of its own, with every right).
+    pub member: Option<SharedMember>,
     /// Who hears of the connection's frames and its close.
     upstream: Upstream,
     onmessage: RefCell<Option<Function>>,
@@ -43,10 +45,16 @@ pub struct Peer {
 impl Peer {
     /// A new, open connection to `gathering`, whose frames and close go
     /// `upstream`.
-    pub fn new(conn: ConnId, gathering: GatheringId, upstream: Upstream) -> Self {
+    pub fn new(
+        conn: ConnId,
+        gathering: GatheringId,
+        member: Option<SharedMember>,
+        upstream: Upstream,
+    ) -> Self {
         Peer {
             conn,
             gathering,
+            member,
             upstream,
             onmessage: RefCell::new(None),
             onclose: RefCell::new(None),
@@ -135,6 +143,7 @@ impl Peer {
                 let inbound = Inbound::Frame {
                     conn: self.conn,
                     frame,
+                    member: self.member.clone(),
                 };
                 let route = HallMail::Route(self.gathering.clone(), inbound, None);
                 hall.try_send(route).is_ok()

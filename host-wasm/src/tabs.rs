@@ -19,12 +19,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_timer::Delay;
 use futures_util::future::{Either, select};
 use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG};
-use gathering_core::{App, ConnId, Encoding, GatheringId, Inbound};
+use gathering_core::{App, ConnId, Encoding, GatheringId, Inbound, Member};
 use gathering_driver::HallMail;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::JsCast;
@@ -71,11 +72,17 @@ impl Link {
         self.channel.post_message(&msg).is_ok()
     }
 
-    /// Asks the owner to join `conn` to gathering `id`.
-    fn join(&self, conn: ConnId, id: &GatheringId) -> bool {
+    /// Asks the owner to join `conn` to gathering `id`, as `member` if
+    /// given.
+    fn join(&self, conn: ConnId, id: &GatheringId, member: Option<&Member>) -> bool {
+        let member = member.map_or(JsValue::UNDEFINED, crate::member::to_js);
         self.post(
             "join",
-            &[("conn", conn_value(conn)), ("id", id.as_str().into())],
+            &[
+                ("conn", conn_value(conn)),
+                ("id", id.as_str().into()),
+                ("member", member),
+            ],
         )
     }
 
@@ -242,17 +249,19 @@ impl Tabs {
     }
 
     /// A follower's new connection to gathering `id`, served by the owner.
-    pub fn follow(&self, conn: ConnId, id: GatheringId) -> Rc<Peer> {
+    pub fn follow(&self, conn: ConnId, id: GatheringId, member: Option<&Member>) -> Rc<Peer> {
+        // The owner acts with the member the join message names.
         let peer = Rc::new(Peer::new(
             conn,
             id.clone(),
+            None,
             Upstream::Owner(self.link.clone()),
         ));
         let mut proxied = self.proxied.borrow_mut();
         proxied.retain(|_, p| !p.is_closed());
         proxied.insert(conn.0, peer.clone());
         drop(proxied);
-        if !self.link.join(conn, &id) {
+        if !self.link.join(conn, &id, member) {
             peer.close(CLOSE_GOING_AWAY, "host shut down");
         }
         peer
@@ -308,7 +317,7 @@ impl Tabs {
             }
             (Role::Owner, "join") => {
                 if let (Some(conn), Some(id)) = (conn, get("id").as_string()) {
-                    self.serve(rt, from, conn, &id);
+                    self.serve(rt, from, conn, &id, &get("member"));
                 }
             }
             (Role::Owner, "frame") => {
@@ -368,7 +377,7 @@ impl Tabs {
 
     /// The owner joins connection `conn` of tab `from` to gathering `id`:
     /// a peer in this page whose messages and close go back to that tab.
-    fn serve<A: App>(&self, rt: &Wasm<A>, from: String, conn: u64, id: &str) {
+    fn serve<A: App>(&self, rt: &Wasm<A>, from: String, conn: u64, id: &str, member: &JsValue) {
         let reply = |t: &'static str| {
             let link = self.link.clone();
             let to = JsValue::from(from.as_str());
@@ -378,14 +387,17 @@ impl Tabs {
                 link.post(t, &all);
             }
         };
-        let Ok(id) = GatheringId::parse(id) else {
-            reply("close")(&[("code", 1008.into()), ("reason", "bad gathering id".into())]);
+        // The follower checked both; a message that fails is not from it.
+        let (Ok(id), Ok(member)) = (GatheringId::parse(id), crate::member::from_js(member)) else {
+            reply("close")(&[("code", 1008.into()), ("reason", "bad join".into())]);
             return;
         };
         let local = rt.next_conn();
+        let member = member.map(Arc::new);
         let peer = Rc::new(Peer::new(
             local,
             id.clone(),
+            member.clone(),
             Upstream::Hall(rt.0.mailbox.clone()),
         ));
         let out = reply("out");
@@ -406,6 +418,7 @@ impl Tabs {
         let join = Inbound::Join {
             conn: local,
             encoding: Encoding::Json,
+            member,
         };
         let route = HallMail::Route(id, join, Some(PeerRef(peer.clone())));
         if rt.0.mailbox.try_send(route).is_err() {

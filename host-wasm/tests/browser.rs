@@ -36,7 +36,11 @@ struct Client {
 
 impl Client {
     fn join(host: &Host, id: &str) -> Client {
-        Client::with(host.join(id).map_err(JsValue::from).unwrap())
+        Client::with(
+            host.join(id, JsValue::UNDEFINED)
+                .map_err(JsValue::from)
+                .unwrap(),
+        )
     }
 
     fn with(conn: Connection) -> Client {
@@ -248,7 +252,7 @@ async fn state_survives_the_host_in_indexeddb() {
     assert!(state["players"].get("Bob").is_some(), "{state}");
     shutdown(&host).await;
     assert!(
-        host.join("spring-open").is_err(),
+        host.join("spring-open", JsValue::UNDEFINED).is_err(),
         "a shut-down host refuses joins"
     );
 }
@@ -281,7 +285,7 @@ async fn bad_input_gets_an_error_and_the_connection_carries_on() {
     assert_eq!(ada.op(4, register("Ada")).await["type"], "ack");
     assert_eq!(ada.state().await["matches"], json!([]));
 
-    assert!(host.join("not a valid id!").is_err());
+    assert!(host.join("not a valid id!", JsValue::UNDEFINED).is_err());
     assert!(ada.conn.send(JsValue::from_f64(7.0)).is_err());
     assert!(Host::open(JsValue::from_str("fast")).await.is_err());
     let bad = js_sys::JSON::parse(r#"{"idleTimeoutMs": -5}"#).unwrap();
@@ -327,7 +331,13 @@ async fn a_chat_host_runs_the_chat_protocol() {
         .await
         .map_err(JsValue::from)
         .unwrap();
-    let join = |id: &str| Client::with(host.join(id).map_err(JsValue::from).unwrap());
+    let join = |id: &str| {
+        Client::with(
+            host.join(id, JsValue::UNDEFINED)
+                .map_err(JsValue::from)
+                .unwrap(),
+        )
+    };
     let ada = join("lobby");
     let bob = join("lobby");
     let say = |text: &str| json!({"type": "say", "text": text});
@@ -479,4 +489,47 @@ async fn one_tab_owns_a_database_and_another_takes_over() {
     assert!(state["players"].get("Ada").is_some(), "{state}");
     assert!(state["players"].get("Bob").is_some(), "{state}");
     shutdown(&second).await;
+}
+
+/// `join(id, {sub, role})` passes the member to the app, through an owner
+/// tab too: a player registers only itself, a spectator follows but may
+/// not act, and a malformed member is refused at `join`.
+#[wasm_bindgen_test]
+async fn members_given_at_join_decide_what_an_op_may_do() {
+    let db = fresh_db("members");
+    let owner = open(json!({"database": db})).await;
+    let follower = open(json!({"database": db})).await;
+    let as_member = |host: &Host, sub: &str, role: &str| {
+        let member = js_sys::JSON::parse(&json!({"sub": sub, "role": role}).to_string()).unwrap();
+        Client::with(host.join("members", member).map_err(JsValue::from).unwrap())
+    };
+    let ada = as_member(&owner, "Ada", "player");
+    let bob = as_member(&follower, "Bob", "player");
+    let vic = as_member(&follower, "Vic", "spectator");
+    let refused = ada.op(1, register("Bob")).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{refused}"
+    );
+    assert_eq!(ada.op(2, register("Ada")).await["type"], "ack");
+    assert_eq!(bob.message().await["type"], "forward");
+    let refused = bob.op(3, register("Ada")).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    // Vic follows: it receives the forward, but may not register.
+    assert_eq!(vic.message().await["type"], "forward");
+    let refused = vic.op(4, register("Vic")).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(vic.state().await["players"].as_object().unwrap().len(), 1);
+
+    for bad in [
+        json!({"sub": "", "role": "player"}),
+        json!({"sub": "Ada"}),
+        json!("Ada"),
+    ] {
+        let bad = js_sys::JSON::parse(&bad.to_string()).unwrap();
+        assert!(owner.join("members", bad).is_err());
+    }
+    shutdown(&follower).await;
+    shutdown(&owner).await;
 }

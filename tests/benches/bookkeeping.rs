@@ -76,10 +76,7 @@ fn setup() -> (Gathering<Tournament>, Frame) {
     for conn in [1, 2] {
         g.handle(Event::Message(
             Instant::ZERO,
-            Inbound::Join {
-                conn: ConnId(conn),
-                encoding: Encoding::Postcard,
-            },
+            Inbound::open_join(ConnId(conn), Encoding::Postcard),
         ));
     }
     while g.poll_action().is_some() {}
@@ -104,10 +101,7 @@ fn run(strategy: Strategy, n: u64, rt: &tokio::runtime::Runtime) -> Instant {
         now = Instant::from_nanos(i * 1_000);
         g.handle(Event::Message(
             now,
-            Inbound::Frame {
-                conn: ConnId(1),
-                frame: frame.clone(),
-            },
+            Inbound::open_frame(ConnId(1), frame.clone()),
         ));
         while let Some(a) = g.poll_action() {
             black_box(a);
@@ -165,13 +159,7 @@ fn lateness(strategy: Strategy, n: usize, seed: u64) -> Vec<StdDuration> {
         let (mut g, frame) = setup();
         // Last activity somewhere in the first hour, to the nanosecond.
         let last = Instant::from_nanos(splitmix(&mut rng) % 3_600_000_000_000);
-        g.handle(Event::Message(
-            last,
-            Inbound::Frame {
-                conn: ConnId(1),
-                frame,
-            },
-        ));
+        g.handle(Event::Message(last, Inbound::open_frame(ConnId(1), frame)));
         while g.poll_action().is_some() {}
         let due = last + g.config().idle_timeout;
         let tick = match strategy {

@@ -24,7 +24,8 @@ fn main() {
     let name = |i: usize| format!("player-{i:04}");
     for i in 0..players {
         let op = TournamentOp::RegisterPlayer { name: name(i) };
-        gathering_core::App::apply(&mut state, ConnId(0), &op).unwrap();
+        gathering_core::App::apply(&mut state, &gathering_core::Member::open(ConnId(1)), &op)
+            .unwrap();
     }
     for i in 0..results {
         let op = TournamentOp::RecordResult {
@@ -32,7 +33,8 @@ fn main() {
             b: name((i + 1) % players),
             winner: Some(name(i % players)),
         };
-        gathering_core::App::apply(&mut state, ConnId(0), &op).unwrap();
+        gathering_core::App::apply(&mut state, &gathering_core::Member::open(ConnId(1)), &op)
+            .unwrap();
     }
     let bytes = postcard::to_allocvec(&state).unwrap();
     let now = Instant::from_millis(1_000);
@@ -57,10 +59,7 @@ fn main() {
         }
     };
     for c in 0..crowd {
-        let join = Inbound::Join {
-            conn: ConnId(c),
-            encoding: encoding(c),
-        };
+        let join = Inbound::open_join(ConnId(c), encoding(c));
         g.handle(Event::Message(now, join));
     }
     while g.poll_action().is_some() {}
@@ -78,13 +77,7 @@ fn main() {
         let t = std::time::Instant::now();
         sent = 0;
         for (c, frame) in (0..crowd).zip(frames) {
-            g.handle(Event::Message(
-                now,
-                Inbound::Frame {
-                    conn: ConnId(c),
-                    frame,
-                },
-            ));
+            g.handle(Event::Message(now, Inbound::open_frame(ConnId(c), frame)));
             while let Some(action) = g.poll_action() {
                 if let Action::Send { frame, .. } = action {
                     sent += frame.len();

@@ -416,7 +416,7 @@ impl Driven {
             conn,
             world: self.world.clone(),
         };
-        self.route(id, Inbound::Join { conn, encoding }, Some(handle));
+        self.route(id, Inbound::open_join(conn, encoding), Some(handle));
     }
 
     fn client(&self, conn: ConnId) -> Option<(GatheringId, Encoding)> {
@@ -433,7 +433,7 @@ impl Driven {
             return;
         };
         let frame = protocol::encode(msg, encoding).expect("client messages encode");
-        self.route(&id, Inbound::Frame { conn, frame }, None);
+        self.route(&id, Inbound::open_frame(conn, frame), None);
     }
 
     /// Client `conn` leaves.
@@ -496,7 +496,7 @@ impl Driven {
             Encoding::Json => Frame::Text("{\"type\":\"op\"".into()),
             Encoding::Postcard => Frame::Binary(vec![7, 7, 7].into()),
         };
-        self.route_as(&id, Inbound::Frame { conn, frame }, None, false);
+        self.route_as(&id, Inbound::open_frame(conn, frame), None, false);
     }
 
     /// The oldest pending load finishes. Returns whether there was one.

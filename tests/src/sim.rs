@@ -190,7 +190,7 @@ impl Sim {
         );
         self.hall_inbox.push_back(HallEvent::Route(
             id.clone(),
-            Inbound::Join { conn, encoding },
+            Inbound::open_join(conn, encoding),
         ));
         conn
     }
@@ -219,7 +219,7 @@ impl Sim {
         let frame = protocol::encode(msg, c.encoding).expect("client messages encode");
         let id = c.gathering.clone();
         self.hall_inbox
-            .push_back(HallEvent::Route(id, Inbound::Frame { conn, frame }));
+            .push_back(HallEvent::Route(id, Inbound::open_frame(conn, frame)));
     }
 
     /// Client `conn` registers a player: a fresh unique name when `valid`,
@@ -285,7 +285,7 @@ impl Sim {
         };
         let id = c.gathering.clone();
         self.hall_inbox
-            .push_back(HallEvent::Route(id, Inbound::Frame { conn, frame }));
+            .push_back(HallEvent::Route(id, Inbound::open_frame(conn, frame)));
     }
 
     /// The hall processes its oldest input. Returns whether there was one.

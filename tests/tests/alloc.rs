@@ -60,18 +60,12 @@ fn processing_a_message_and_an_early_tick_does_not_allocate() {
         Gathering::new(GatheringId::parse("alloc").unwrap(), Config::default(), t0);
     g.handle(Event::Message(
         t0,
-        Inbound::Join {
-            conn: ConnId(1),
-            encoding: Encoding::Postcard,
-        },
+        Inbound::open_join(ConnId(1), Encoding::Postcard),
     ));
     while g.poll_action().is_some() {}
     let ack = ClientMsg::<TournamentOp>::Ack { seq: 0 };
     let frame = protocol::encode(&ack, Encoding::Postcard).unwrap();
-    let inbound = Inbound::Frame {
-        conn: ConnId(1),
-        frame,
-    };
+    let inbound = Inbound::open_frame(ConnId(1), frame);
     let mut deadlines = Vec::with_capacity(1_000);
 
     let n = allocations_during(|| {
@@ -98,10 +92,7 @@ fn a_gathering_whose_connections_left_gives_their_memory_back() {
     let t0 = Instant::from_millis(1);
     let mut g: Gathering<Tournament> =
         Gathering::new(GatheringId::parse("empty").unwrap(), Config::default(), t0);
-    let join = |conn| Inbound::Join {
-        conn: ConnId(conn),
-        encoding: Encoding::Json,
-    };
+    let join = |conn| Inbound::open_join(ConnId(conn), Encoding::Json);
     // Warm up: whatever the first join and leave grow (the action queue)
     // stays, as it would in a server.
     g.handle(Event::Message(t0, join(1)));

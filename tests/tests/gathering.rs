@@ -30,10 +30,7 @@ fn drain<A: gathering_core::App>(g: &mut Gathering<A>) -> Vec<Action> {
 fn join(g: &mut Gathering<Tournament>, at: Instant, conn: u64) {
     g.handle(Event::Message(
         at,
-        Inbound::Join {
-            conn: ConnId(conn),
-            encoding: Encoding::Json,
-        },
+        Inbound::open_join(ConnId(conn), Encoding::Json),
     ));
 }
 
@@ -45,13 +42,7 @@ fn send(
     enc: Encoding,
 ) {
     let frame = protocol::encode(&msg, enc).unwrap();
-    g.handle(Event::Message(
-        at,
-        Inbound::Frame {
-            conn: ConnId(conn),
-            frame,
-        },
-    ));
+    g.handle(Event::Message(at, Inbound::open_frame(ConnId(conn), frame)));
 }
 
 fn register(id: u64, name: &str) -> ClientMsg<TournamentOp> {
@@ -189,10 +180,7 @@ fn own_retries_and_garbage_do_not_keep_it_alive() {
             send(&mut g, now, 1, ClientMsg::Ack { seq: 0 }, Encoding::Json);
             g.handle(Event::Message(
                 now,
-                Inbound::Frame {
-                    conn: ConnId(1),
-                    frame: Frame::Text("nope".into()),
-                },
+                Inbound::open_frame(ConnId(1), Frame::Text("nope".into())),
             ));
             drain(&mut g);
         }
@@ -210,10 +198,7 @@ fn ops_are_acked_and_forwarded_only_once_durable_and_batched() {
     join(&mut g, T0, 2);
     g.handle(Event::Message(
         T0,
-        Inbound::Join {
-            conn: ConnId(3),
-            encoding: Encoding::Postcard,
-        },
+        Inbound::open_join(ConnId(3), Encoding::Postcard),
     ));
     send(&mut g, T0, 1, register(7, "Ada"), Encoding::Json);
     let actions = drain(&mut g);
@@ -286,10 +271,7 @@ fn rejected_ops_get_an_error_and_change_nothing() {
 
     g.handle(Event::Message(
         T0,
-        Inbound::Frame {
-            conn: ConnId(1),
-            frame: Frame::Binary(vec![0xff].into()),
-        },
+        Inbound::open_frame(ConnId(1), Frame::Binary(vec![0xff].into())),
     ));
     match &sends(&drain(&mut g))[..] {
         [
@@ -390,10 +372,7 @@ fn dispersal_persists_then_says_goodbye_once_then_closes() {
     join(&mut g, T0, 1);
     g.handle(Event::Message(
         T0,
-        Inbound::Join {
-            conn: ConnId(2),
-            encoding: Encoding::Postcard,
-        },
+        Inbound::open_join(ConnId(2), Encoding::Postcard),
     ));
     send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
     drain(&mut g);
@@ -451,10 +430,7 @@ fn dispersal_persists_then_says_goodbye_once_then_closes() {
     assert_eq!(g.phase(), Phase::Dispersed(DisperseReason::Idle));
     assert_eq!(g.next_deadline(), None);
     // Anything that still reaches it goes back to the hall.
-    let late = Inbound::Join {
-        conn: ConnId(9),
-        encoding: Encoding::Json,
-    };
+    let late = Inbound::open_join(ConnId(9), Encoding::Json);
     g.handle(Event::Message(due + secs(2), late.clone()));
     assert_eq!(drain(&mut g), [Action::Bounce(late)]);
 }
@@ -659,7 +635,7 @@ fn restore_refuses_garbage_gaps_and_entries_that_do_not_apply() {
     let op = |seq, name: &str| LogEntry {
         seq,
         bytes: gathering_core::commit::encode_entry(
-            ConnId(1),
+            &gathering_core::Member::open(ConnId(1)),
             &TournamentOp::RegisterPlayer { name: name.into() },
         )
         .unwrap(),
@@ -823,19 +799,13 @@ fn error_messages_quote_a_short_escaped_prefix_of_the_input() {
     let unknown = format!(r#"{{"type":"op","id":2,"op":{{"type":"{huge}"}}}}"#);
     g.handle(Event::Message(
         T0,
-        Inbound::Frame {
-            conn: ConnId(1),
-            frame: Frame::Text(unknown.into()),
-        },
+        Inbound::open_frame(ConnId(1), Frame::Text(unknown.into())),
     ));
     let mut garbage = vec![0u8, 9];
     garbage.extend(huge.as_bytes());
     g.handle(Event::Message(
         T0,
-        Inbound::Frame {
-            conn: ConnId(1),
-            frame: Frame::Binary(garbage.into()),
-        },
+        Inbound::open_frame(ConnId(1), Frame::Binary(garbage.into())),
     ));
     let errors: Vec<String> = sends(&drain(&mut g))
         .into_iter()
@@ -959,41 +929,49 @@ fn a_failed_final_commit_still_says_goodbye() {
 }
 
 /// A counter whose every serialization is counted, to see how often a
-/// gathering encodes its state.
+/// gathering encodes its state, padded to `PAD` bytes to be large or small.
 #[derive(Default, serde::Deserialize)]
 struct Counted(u64);
 
 thread_local! {
     static ENCODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static PAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl serde::Serialize for Counted {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         ENCODED.set(ENCODED.get() + 1);
-        s.serialize_u64(self.0)
+        serde::Serialize::serialize(&(self.0, "x".repeat(PAD.get())), s)
     }
 }
+
+/// What a fetch of `Counted` answers.
+type CountedReply = ServerMsg<u64, (u64, String)>;
 
 impl gathering_core::App for Counted {
     const NAME: &'static str = "counted";
     type Op = u64;
-    fn apply(&mut self, _: ConnId, op: &u64) -> Result<(), gathering_core::Rejection> {
+    fn apply(
+        &mut self,
+        _: &gathering_core::Member,
+        op: &u64,
+    ) -> Result<(), gathering_core::Rejection> {
         self.0 += op;
         Ok(())
     }
 }
 
 #[test]
-fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
+fn fetches_of_one_seq_share_one_encoding_of_a_large_state_per_encoding() {
+    // Large: past the size below which re-encoding is cheaper than keeping.
+    PAD.set(5000);
+    let pad = || "x".repeat(5000);
     let mut g = Gathering::<Counted>::new(GatheringId::parse("c").unwrap(), Config::default(), T0);
     let encodings = [Encoding::Json, Encoding::Postcard];
     for (conn, encoding) in (1..=4).zip(encodings.into_iter().cycle()) {
         g.handle(Event::Message(
             T0,
-            Inbound::Join {
-                conn: ConnId(conn),
-                encoding,
-            },
+            Inbound::open_join(ConnId(conn), encoding),
         ));
     }
     drain(&mut g);
@@ -1003,22 +981,15 @@ fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
                 id: first_id + conn,
             };
             let frame = protocol::encode(&msg, encoding).unwrap();
-            g.handle(Event::Message(
-                T0,
-                Inbound::Frame {
-                    conn: ConnId(conn),
-                    frame,
-                },
-            ));
+            g.handle(Event::Message(T0, Inbound::open_frame(ConnId(conn), frame)));
         }
         let before = ENCODED.get();
         let replies: Vec<_> = drain(g)
             .into_iter()
             .filter_map(|a| match a {
-                Action::Send { conn, frame, .. } => Some((
-                    conn.0,
-                    protocol::decode::<ServerMsg<u64, u64>>(&frame).unwrap(),
-                )),
+                Action::Send { conn, frame, .. } => {
+                    Some((conn.0, protocol::decode::<CountedReply>(&frame).unwrap()))
+                }
                 _ => None,
             })
             .collect();
@@ -1039,7 +1010,7 @@ fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
             ServerMsg::State {
                 id: 10 + conn,
                 seq: 0,
-                state: 0
+                state: (0, pad())
             }
         );
     }
@@ -1048,13 +1019,7 @@ fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
 
     // An op changes the state: the next fetches encode it anew, and see it.
     let frame = protocol::encode(&ClientMsg::Op { id: 1, op: 5u64 }, Encoding::Json).unwrap();
-    g.handle(Event::Message(
-        T0,
-        Inbound::Frame {
-            conn: ConnId(1),
-            frame,
-        },
-    ));
+    g.handle(Event::Message(T0, Inbound::open_frame(ConnId(1), frame)));
     drain(&mut g);
     let replies = fetch_all(&mut g, 30);
     assert_eq!(ENCODED.get(), 4);
@@ -1064,8 +1029,103 @@ fn fetches_of_one_seq_share_one_encoding_of_the_state_per_encoding() {
             ServerMsg::State {
                 id: 30 + conn,
                 seq: 1,
-                state: 5
+                state: (5, pad())
             }
         );
     }
+
+    // A small state is encoded for each fetch and kept for none.
+    PAD.set(10);
+    let frame = protocol::encode(&ClientMsg::Op { id: 2, op: 1u64 }, Encoding::Json).unwrap();
+    g.handle(Event::Message(T0, Inbound::open_frame(ConnId(1), frame)));
+    drain(&mut g);
+    ENCODED.set(0);
+    fetch_all(&mut g, 40);
+    fetch_all(&mut g, 50);
+    assert_eq!(ENCODED.get(), 8);
+}
+
+/// A tally that admits anyone but role `banned`, and counts who added.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Guarded(Vec<String>);
+
+impl gathering_core::App for Guarded {
+    const NAME: &'static str = "guarded";
+    type Op = ();
+    fn apply(
+        &mut self,
+        by: &gathering_core::Member,
+        _: &(),
+    ) -> Result<(), gathering_core::Rejection> {
+        self.0.push(by.id.clone());
+        Ok(())
+    }
+    fn admit(&self, member: &gathering_core::Member) -> Result<(), gathering_core::Rejection> {
+        match member.role() {
+            Some("banned") => Err(gathering_core::Rejection::new(
+                protocol::FORBIDDEN,
+                "banned here",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn the_app_decides_joins_and_ops_with_the_member() {
+    use gathering_core::Member;
+    use std::sync::Arc;
+    let mut g = Gathering::<Guarded>::new(GatheringId::parse("g").unwrap(), Config::default(), T0);
+    let as_member = |conn: u64, member: Member| Inbound::Join {
+        conn: ConnId(conn),
+        encoding: Encoding::Json,
+        member: Some(Arc::new(member)),
+    };
+    g.handle(Event::Message(
+        T0,
+        as_member(1, Member::new("Eve", "banned")),
+    ));
+    let refused = drain(&mut g);
+    assert!(
+        matches!(
+            &refused[..],
+            [
+                Action::Send {
+                    conn: ConnId(1),
+                    ..
+                },
+                Action::Close {
+                    conn: ConnId(1),
+                    code: CLOSE_POLICY,
+                    ..
+                }
+            ]
+        ),
+        "{refused:?}"
+    );
+    let Action::Send { frame, .. } = &refused[0] else {
+        unreachable!()
+    };
+    let error = protocol::decode::<ServerMsg<(), Guarded>>(frame).unwrap();
+    assert!(matches!(error, ServerMsg::Error { code, .. } if code == "forbidden"));
+
+    g.handle(Event::Message(
+        T0,
+        as_member(2, Member::new("Ada", "player")),
+    ));
+    let op = |conn: u64, member: Member| Inbound::Frame {
+        conn: ConnId(conn),
+        frame: protocol::encode(&ClientMsg::Op { id: 1, op: () }, Encoding::Json).unwrap(),
+        member: Some(Arc::new(member)),
+    };
+    // A joined connection acts as the member it joined as, whatever its
+    // frame says; one that never joined here (its gathering dispersed
+    // while the frame was on its way) as its frame's.
+    g.handle(Event::Message(
+        T0,
+        op(2, Member::new("Mallory", "organizer")),
+    ));
+    g.handle(Event::Message(T0, op(3, Member::new("Bob", "player"))));
+    drain(&mut g);
+    assert_eq!(g.app().0, ["Ada", "Bob"]);
 }

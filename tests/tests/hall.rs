@@ -11,10 +11,7 @@ fn id(s: &str) -> GatheringId {
 }
 
 fn join(c: u64) -> Inbound {
-    Inbound::Join {
-        conn: ConnId(c),
-        encoding: Encoding::Json,
-    }
+    Inbound::open_join(ConnId(c), Encoding::Json)
 }
 
 fn drain(h: &mut Hall) -> Vec<HallAction> {

@@ -46,7 +46,7 @@
 //! use futures_executor::LocalPool;
 //! use futures_util::task::LocalSpawnExt;
 //! use gathering_core::{App, Commit, Config, ConnId, Deadline, Delivery, Encoding, Frame};
-//! use gathering_core::{GatheringId, Inbound, Instant, Loaded, Rejection};
+//! use gathering_core::{GatheringId, Inbound, Instant, Loaded, Member, Rejection};
 //! use gathering_driver::{
 //!     Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Runtime, hall_task,
 //! };
@@ -56,7 +56,7 @@
 //! impl App for Tally {
 //!     const NAME: &'static str = "tally";
 //!     type Op = ();
-//!     fn apply(&mut self, _by: ConnId, _op: &()) -> Result<(), Rejection> {
+//!     fn apply(&mut self, _by: &Member, _op: &()) -> Result<(), Rejection> {
 //!         self.0 += 1;
 //!         Ok(())
 //!     }
@@ -122,10 +122,10 @@
 //!
 //! let id = GatheringId::parse("room").unwrap();
 //! let inbox = Inbox::default();
-//! let join = Inbound::Join { conn: ConnId(1), encoding: Encoding::Json };
+//! let join = Inbound::open_join(ConnId(1), Encoding::Json);
 //! to_hall.try_send(HallMail::Route(id.clone(), join, Some(inbox.clone()))).unwrap();
 //! let op = Frame::Text(r#"{"type":"op","id":7,"op":null}"#.into());
-//! to_hall.try_send(HallMail::Route(id.clone(), Inbound::Frame { conn: ConnId(1), frame: op }, None)).unwrap();
+//! to_hall.try_send(HallMail::Route(id.clone(), Inbound::open_frame(ConnId(1), op), None)).unwrap();
 //! pool.run_until_stalled();
 //!
 //! assert_eq!(inbox.0.borrow().as_slice(), [Frame::Text(r#"{"type":"ack","id":7,"seq":1}"#.into())]);

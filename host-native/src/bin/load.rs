@@ -854,7 +854,7 @@ fn replay(smoke: bool) {
         let store = RedbStore::open(&dir, "tournament").unwrap();
         let gid = id("replayed");
         let mut state = Tournament::default();
-        let by = gathering_core::ConnId(1);
+        let by = &gathering_core::Member::open(gathering_core::ConnId(1));
         use gathering_core::App;
         for name in ["a", "b"] {
             state

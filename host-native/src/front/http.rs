@@ -7,10 +7,12 @@ use std::sync::Arc;
 use gathering_core::{Encoding, GatheringId, IdError};
 use gathering_driver::Status;
 use serde::Serialize;
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::{self, Admission, Credentials, Refusal};
 use super::{Front, upgrade, ws};
+use crate::metrics::AnswerLabel;
 
 #[derive(Debug)]
 struct BadId(IdError);
@@ -23,6 +25,17 @@ impl warp::reject::Reject for BadQuery {}
 #[derive(Debug)]
 struct ForbiddenOrigin(String);
 impl warp::reject::Reject for ForbiddenOrigin {}
+
+#[derive(Debug)]
+struct Refused(Refusal);
+impl warp::reject::Reject for Refused {}
+
+/// The body of a refused upgrade.
+#[derive(Serialize)]
+struct RefusedBody<'a> {
+    error: &'static str,
+    message: &'a str,
+}
 
 /// Most gatherings `GET /gatherings` lists at once (`?limit=` is capped).
 pub const MAX_LISTING: usize = 1000;
@@ -72,7 +85,7 @@ pub fn routes(
         .and(warp::get())
         .and_then(parse_id)
         .and(warp::query::<HashMap<String, String>>())
-        .and_then(|id, query: HashMap<String, String>| async move {
+        .and_then(|id, mut query: HashMap<String, String>| async move {
             let encoding = match query.get("encoding").map(String::as_str) {
                 None | Some("json") => Encoding::Json,
                 Some("postcard") => Encoding::Postcard,
@@ -82,23 +95,54 @@ pub fn routes(
                     ))));
                 }
             };
-            Ok::<_, Rejection>((id, encoding))
+            Ok::<_, Rejection>((id, encoding, query.remove("token")))
         })
         .untuple_one()
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
+        .and(warp::header::headers_cloned())
         .and(with.clone())
         .and_then(
-            |id, encoding, origin: Option<String>, host: Option<String>, shared: Arc<Front>| async move {
+            |id: GatheringId,
+             encoding,
+             token: Option<String>,
+             headers: HeaderMap,
+             shared: Arc<Front>| async move {
                 // A page on another site must not drive this server with the
                 // visitor's reach (cross-site WebSocket hijacking); clients
                 // that are not browsers send no Origin.
-                match origin {
-                    Some(origin) if !shared.origins.allows(&origin, host.as_deref()) => {
-                        Err(warp::reject::custom(ForbiddenOrigin(origin)))
-                    }
-                    _ => Ok((id, encoding)),
+                let origin = headers.get("origin").and_then(|o| o.to_str().ok());
+                let host = headers.get("host").and_then(|h| h.to_str().ok());
+                if let Some(origin) = origin
+                    && !shared.origins.allows(origin, host)
+                {
+                    return Err(warp::reject::custom(ForbiddenOrigin(origin.to_owned())));
                 }
+                // Before the upgrade: a refusal is an HTTP answer a client
+                // can read, not a socket that closes.
+                let admission = match &shared.auth {
+                    None => None,
+                    Some(auth) => {
+                        let credentials = Credentials {
+                            token: auth::token(&headers, token.as_deref()),
+                            headers: &headers,
+                        };
+                        match auth.authenticate(&credentials, &id) {
+                            Ok(admission) => Some(admission),
+                            Err(refusal) => {
+                                let answer = match refusal {
+                                    Refusal::Unauthorized(_) => "unauthorized",
+                                    Refusal::Forbidden(_) => "forbidden",
+                                };
+                                shared
+                                    .metrics
+                                    .joins_refused
+                                    .get_or_create(&AnswerLabel { answer })
+                                    .inc();
+                                return Err(warp::reject::custom(Refused(refusal)));
+                            }
+                        }
+                    }
+                };
+                Ok((id, encoding, admission))
             },
         )
         .untuple_one()
@@ -107,13 +151,14 @@ pub fn routes(
         .map(
             |id: GatheringId,
              encoding: Encoding,
+             admission: Option<Admission>,
              handshake: upgrade::Handshake,
              shared: Arc<Front>| {
                 // Larger frames are refused by the WebSocket layer itself
                 // (1009), from their header, before their payload is read.
                 let max = shared.max_frame_bytes;
                 handshake.accept(max, shared.frame_timeout, move |socket, slot| {
-                    ws::serve(socket, slot, id, encoding, shared)
+                    ws::serve(socket, slot, id, encoding, admission, shared)
                 })
             },
         );
@@ -199,6 +244,15 @@ fn listing(shared: &Front, limit: usize) -> Listing {
 
 /// Answers every rejection with a status and a message a client can act on.
 pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
+    if let Some(Refused(refusal)) = rejection.find() {
+        let (status, error, message) = match refusal {
+            Refusal::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+        };
+        let body = warp::reply::json(&RefusedBody { error, message });
+        let reply = warp::reply::with_header(body, "www-authenticate", "Bearer");
+        return Ok(warp::reply::with_status(reply, status).into_response());
+    }
     let (status, message) = if let Some(BadId(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(BadQuery(e)) = rejection.find() {
@@ -227,5 +281,5 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
     } else {
         (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
     };
-    Ok(warp::reply::with_status(format!("{message}\n"), status))
+    Ok(warp::reply::with_status(format!("{message}\n"), status).into_response())
 }

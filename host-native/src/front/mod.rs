@@ -2,6 +2,7 @@
 //! connection and its outbox. It knows the hall only by its mailbox, so it
 //! is the same for every application.
 
+pub(crate) mod auth;
 pub(crate) mod http;
 pub(crate) mod listen;
 pub(crate) mod outbox;
@@ -32,6 +33,9 @@ pub(crate) struct Front {
     pub hall: async_channel::Sender<HallMail<Outbox>>,
     /// Which pages' origins may open WebSockets.
     pub origins: Origins,
+    /// Who may join which gathering; `None` runs open (each connection a
+    /// member of its own, with every right).
+    pub auth: Option<Arc<dyn auth::Authenticator>>,
     /// How long the bytes of one message may take to arrive once begun.
     pub frame_timeout: std::time::Duration,
     /// Largest frame accepted from a client, in bytes.

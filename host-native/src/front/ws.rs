@@ -2,15 +2,18 @@
 //! hall and drains its outbox to the socket.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{
-    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
+    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_BIG,
 };
-use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound};
+use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound, SharedMember};
 use gathering_driver::HallMail;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -18,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Front;
+use super::auth::Admission;
 use super::listen::Held;
 use super::outbox::{Outbox, Outgoing, Queue};
 use super::upgrade::Socket;
@@ -43,8 +47,13 @@ pub fn serve(
     slot: Option<Held>,
     id: GatheringId,
     encoding: Encoding,
+    admission: Option<Admission>,
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
+    // Taken apart here, not in the task: what a task captures stays in it
+    // for its whole life. Open (no authenticator), the gathering names the
+    // member after the connection, and only if it acts.
+    let mut ends = Ends::of(admission);
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
@@ -56,11 +65,15 @@ pub fn serve(
         // when it was closed for overflow, never because a gathering let go.
         let join = HallMail::Route(
             id.clone(),
-            Inbound::Join { conn, encoding },
+            Inbound::Join {
+                conn,
+                encoding,
+                member: ends.member.clone(),
+            },
             Some(outbox.clone()),
         );
         if shared.hall.send(join).await.is_ok() {
-            pump(&mut socket, &mut queue, conn, &id, &shared).await;
+            pump(&mut socket, &mut queue, conn, &mut ends, &id, &shared).await;
             let _ = shared
                 .hall
                 .send(HallMail::Route(id, Inbound::Leave { conn }, None))
@@ -91,6 +104,7 @@ async fn pump(
     socket: &mut Socket,
     queue: &mut Queue,
     conn: ConnId,
+    ends: &mut Ends,
     id: &GatheringId,
     shared: &Front,
 ) {
@@ -127,6 +141,9 @@ async fn pump(
                 return Box::pin(closing(socket, code, reason)).await;
             }
             () = gate.taken_by_gathering(), if !gate.may_read() => continue,
+            () = std::future::poll_fn(|cx| ends.expired(cx)) => {
+                return Box::pin(closing(socket, CLOSE_TOKEN_EXPIRED, "token expired")).await;
+            }
             next = socket.next(), if gate.may_read() => {
                 let msg = match next {
                     Some(Ok(msg)) => msg,
@@ -171,7 +188,8 @@ async fn pump(
                     Message::Pong(_) | Message::Frame(_) => continue,
                 };
                 gate.routed();
-                let route = HallMail::Route(id.clone(), Inbound::Frame { conn, frame }, None);
+                let inbound = Inbound::Frame { conn, frame, member: ends.member.clone() };
+                let route = HallMail::Route(id.clone(), inbound, None);
                 if shared.hall.send(route).await.is_err() {
                     // The hall is gone: a shutdown has completed, and the
                     // gathering's goodbye, if it had one for this
@@ -179,6 +197,41 @@ async fn pump(
                     return Box::pin(farewell(socket, queue)).await;
                 }
             }
+        }
+    }
+}
+
+/// Who a connection is, and when its right to stay ends.
+struct Ends {
+    member: Option<SharedMember>,
+    /// Boxed: an open server's connections have none, and a timer would
+    /// enlarge every idle connection's task.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Ends {
+    fn of(admission: Option<Admission>) -> Self {
+        let Some(Admission { member, expires }) = admission else {
+            return Ends {
+                member: None,
+                expiry: None,
+            };
+        };
+        let expiry = expires.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Box::pin(tokio::time::sleep(left))
+        });
+        Ends {
+            member: Some(Arc::new(member)),
+            expiry,
+        }
+    }
+
+    /// Ready once the connection's token has expired; never without one.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match &mut self.expiry {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! What the process tests share: starting a server binary as users run it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Each test file uses the part it needs.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -45,4 +47,14 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
         .nth(1)?
         .split_whitespace()
         .next()
+}
+
+/// The status and body of an HTTP response read whole.
+pub fn status_and_body(response: &str) -> (u16, String) {
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,160 @@
+//! Only those who belong: JWT checks at the upgrade and the app's decision
+//! with the member, over real sockets on 127.0.0.1. Real clock: short
+//! timeouts, generous bounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+use std::time::Duration;
+
+use gathering_core::protocol::CLOSE_TOKEN_EXPIRED;
+use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::{Encoding, GatheringId};
+use gathering_native::client::{ClientError, Incoming};
+use gathering_native::{Jwt, Running, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Client = gathering_native::client::Client<Tournament>;
+
+mod common;
+
+const BOUND: Duration = Duration::from_secs(10);
+const SECRET: &[u8] = b"a secret for the tests";
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn start(dir: &std::path::Path) -> Running {
+    Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .authenticator(Jwt::new(SECRET))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f).await.expect("timed out")
+}
+
+fn token(sub: &str, role: &str, gathering: &str, ttl: Duration) -> String {
+    Jwt::new(SECRET)
+        .mint_for(sub, role, gathering, ttl)
+        .unwrap()
+}
+
+/// The status line and body of an upgrade request with `auth` headers.
+async fn upgrade(server: &Running, path: &str, auth: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = within(s.read(&mut out)).await.unwrap();
+    common::status_and_body(&String::from_utf8_lossy(&out[..n]))
+}
+
+#[tokio::test]
+async fn upgrades_without_a_valid_token_for_the_gathering_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let path = "/gatherings/spring-open";
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    let foreign = Jwt::new(b"another secret")
+        .mint_for("Ada", "player", "*", HOUR)
+        .unwrap();
+    let expired = token("Ada", "player", "*", Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.\
+                eyJzdWIiOiJBZGEiLCJyb2xlIjoib3JnYW5pemVyIiwiZ2F0aGVyaW5nIjoiKiIsImV4cCI6OTk5OTk5OTk5OTl9.";
+    for (auth, why) in [
+        (String::new(), "a token is required"),
+        (bearer("not.a.jwt"), "malformed"),
+        (bearer(&foreign), "signature"),
+        (bearer(none), "HS256"),
+        (bearer(&expired), "expired"),
+    ] {
+        let (status, body) = upgrade(&server, path, &auth).await;
+        assert_eq!(status, 401, "{auth}: {body}");
+        assert!(body.contains(r#""error":"unauthorized""#), "{body}");
+        assert!(body.contains(why), "{why}: {body}");
+    }
+    let other = token("Ada", "player", "autumn-cup", HOUR);
+    let (status, body) = upgrade(&server, path, &bearer(&other)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(r#""error":"forbidden""#), "{body}");
+    // A browser passes it in the query.
+    let ok = token("Ada", "player", "spring-open", HOUR);
+    let (status, _) = upgrade(&server, &format!("{path}?token={ok}"), "").await;
+    assert_eq!(status, 101);
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains(r#"joins_refused_total{answer="unauthorized"} 5"#),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn members_act_as_their_role_allows_and_an_expired_token_closes_with_4003() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let url = format!("ws://{}", server.addr);
+    let g = GatheringId::parse("spring-open").unwrap();
+    let join = |sub: &str, role: &str, ttl| {
+        let t = token(sub, role, "spring-open", ttl);
+        let (url, g) = (url.clone(), g.clone());
+        async move {
+            within(Client::connect_as(&url, &g, Encoding::Json, Some(&t)))
+                .await
+                .unwrap()
+        }
+    };
+    let mut org = join("Org", "organizer", HOUR).await;
+    let mut ada = join("Ada", "player", HOUR).await;
+    let mut vic = join("Vic", "spectator", HOUR).await;
+    let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+    let forbidden = |r: Result<u64, ClientError>| matches!(r, Err(ClientError::Rejected { ref code, .. }) if code == "forbidden");
+    assert_eq!(within(org.op(register("Bob"))).await, Ok(1));
+    assert!(forbidden(within(ada.op(register("Cy"))).await));
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(2));
+    let drop_bob = TournamentOp::DropPlayer { name: "Bob".into() };
+    assert!(forbidden(within(ada.op(drop_bob)).await));
+    let others = TournamentOp::RecordResult {
+        a: "Bob".into(),
+        b: "Org".into(),
+        winner: None,
+    };
+    assert!(forbidden(within(ada.op(others)).await));
+    let own = TournamentOp::RecordResult {
+        a: "Ada".into(),
+        b: "Bob".into(),
+        winner: Some("Ada".into()),
+    };
+    assert_eq!(within(ada.op(own)).await, Ok(3));
+    // The spectator follows every op, may fetch, and may do none.
+    for seq in 1..=3 {
+        assert!(
+            matches!(within(vic.next()).await, Ok(Incoming::Forward { seq: s, .. }) if s == seq)
+        );
+    }
+    assert!(forbidden(within(vic.op(register("Vic"))).await));
+    assert_eq!(within(vic.fetch()).await.unwrap().1.players.len(), 2);
+
+    // A token that expires in a second closes its connection then.
+    let mut brief = join("Bea", "player", Duration::from_secs(2)).await;
+    let ended = within(async {
+        loop {
+            match brief.next().await {
+                Ok(Incoming::Forward { .. }) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&ended, Err(ClientError::Closed { code: Some(CLOSE_TOKEN_EXPIRED), reason }) if reason == "token expired"),
+        "{ended:?}"
+    );
+    server.shutdown().await;
+}
