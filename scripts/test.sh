@@ -62,5 +62,6 @@ step "benchmarks, smoke mode (seconds; figures meaningless, nothing asserted on 
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench bookkeeping --profile dev --locked
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench fetch --profile dev --locked
 BENCH_SMOKE=1 cargo bench -p gathering-native --bench auth --profile dev --locked
+BENCH_SMOKE=1 cargo bench -p gathering-tests --bench limits --profile dev --locked
 RUST_LOG=warn target/debug/gathering-load all --smoke
 node tests/browser/bench.mjs --smoke target/debug/gathering-server

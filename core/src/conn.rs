@@ -24,6 +24,48 @@ pub(crate) struct Conn {
     pub in_flight: u32,
     /// Who it is; `None` for an open server's member until it first acts.
     pub member: Option<SharedMember>,
+    /// Its op rate, when the gathering limits it.
+    pub rate: Bucket,
+    /// Ops refused for the rate in a row since one was let through.
+    pub rate_refused: u16,
+}
+
+/// A token bucket of ops: `burst` ops at once, refilled at `per_sec`. Eight
+/// bytes per connection: tokens in thousandths (a slow refill is not lost
+/// to rounding), and the time of the last refill in milliseconds of the
+/// host's clock, wrapping (elapsed times are taken modulo 49 days; a
+/// connection silent that long merely refills less than it could).
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    /// Thousandths of an op available, plus one (0: never used, so full).
+    milli: u32,
+    /// When `milli` was last brought up to date, in wrapping milliseconds.
+    at_ms: u32,
+}
+
+impl Bucket {
+    /// Whether an op may go at `now` under `per_sec` ops a second and a
+    /// burst of `burst`; takes its token if so.
+    pub fn take(&mut self, now: Instant, per_sec: u32, burst: u32) -> bool {
+        let full = burst.max(1).saturating_mul(1000);
+        // Truncated on purpose: the clock's milliseconds, wrapping.
+        let now_ms = (now.as_nanos() / 1_000_000) as u32;
+        let available = if self.milli == 0 {
+            full
+        } else {
+            let elapsed = u64::from(now_ms.wrapping_sub(self.at_ms));
+            let refill = elapsed.saturating_mul(u64::from(per_sec));
+            let refill = u32::try_from(refill).unwrap_or(u32::MAX);
+            (self.milli - 1).saturating_add(refill).min(full)
+        };
+        self.at_ms = now_ms;
+        let (ok, left) = match available.checked_sub(1000) {
+            Some(left) => (true, left),
+            None => (false, available),
+        };
+        self.milli = left + 1;
+        ok
+    }
 }
 
 /// A forward sent and not yet acknowledged.
@@ -44,6 +86,8 @@ impl Conn {
             backoff: retry_interval,
             in_flight: 0,
             member,
+            rate: Bucket::default(),
+            rate_refused: 0,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -56,6 +57,16 @@ pub struct Config {
     /// ... or once the log since the last snapshot holds this many bytes.
     /// (Both are `u32`: every idle gathering holds its config.)
     pub snapshot_bytes: u32,
+    /// Connections at once; the next is closed with 1013 (try again
+    /// later). `u32::MAX` for no bound.
+    pub max_connections: u32,
+    /// Ops a second one connection may send, after a burst of
+    /// `op_burst`; more are refused with error `rate_limited` and not
+    /// applied, and a connection that goes on sending `op_burst` more in a
+    /// row is closed with 1008. `0` for no limit.
+    pub max_ops_per_sec: u32,
+    /// See `max_ops_per_sec`.
+    pub op_burst: u32,
 }
 
 impl Default for Config {
@@ -69,6 +80,9 @@ impl Default for Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             snapshot_ops: DEFAULT_SNAPSHOT_OPS,
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
+            max_connections: u32::MAX,
+            max_ops_per_sec: 0,
+            op_burst: 0,
         }
     }
 }
@@ -338,7 +352,8 @@ struct Persisting {
 /// the commit that holds it is durable.**
 pub struct Gathering<A: App> {
     id: GatheringId,
-    config: Config,
+    /// Shared by every gathering of a host: one pointer each.
+    config: Arc<Config>,
     app: A,
     phase: Phase,
     /// Number of the last op applied.
@@ -406,8 +421,8 @@ impl<A: App> fmt::Debug for Gathering<A> {
 
 impl<A: App> Gathering<A> {
     /// A gathering that was never persisted, spawned at `now`.
-    pub fn new(id: GatheringId, config: Config, now: Instant) -> Self {
-        Self::with_state(id, config, now, A::default(), 0)
+    pub fn new(id: GatheringId, config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        Self::with_state(id, config.into(), now, A::default(), 0)
     }
 
     /// A gathering loaded from what its commits ([`Action::Persist`]) left:
@@ -415,7 +430,7 @@ impl<A: App> Gathering<A> {
     /// order (which the [`App`] contract makes give the same state).
     pub fn restore(
         id: GatheringId,
-        config: Config,
+        config: impl Into<Arc<Config>>,
         now: Instant,
         loaded: &Loaded,
     ) -> Result<Self, RestoreError> {
@@ -450,7 +465,7 @@ impl<A: App> Gathering<A> {
             seq = entry.seq;
             logged = add(logged, 1, entry.bytes.len());
         }
-        let mut gathering = Self::with_state(id, config, now, app, seq);
+        let mut gathering = Self::with_state(id, config.into(), now, app, seq);
         gathering.logged = logged;
         gathering.snapshot_len = loaded
             .snapshot
@@ -459,7 +474,7 @@ impl<A: App> Gathering<A> {
         Ok(gathering)
     }
 
-    fn with_state(id: GatheringId, config: Config, now: Instant, app: A, seq: u64) -> Self {
+    fn with_state(id: GatheringId, config: Arc<Config>, now: Instant, app: A, seq: u64) -> Self {
         Gathering {
             id,
             config,
@@ -724,6 +739,16 @@ impl<A: App> Gathering<A> {
                     });
                     return;
                 }
+                if self.conns.get(conn).is_none()
+                    && self.conns.len() >= self.config.max_connections as usize
+                {
+                    self.actions.push_back(Action::Close {
+                        conn,
+                        code: protocol::CLOSE_TRY_AGAIN,
+                        reason: "this gathering is full; try again later",
+                    });
+                    return;
+                }
                 self.empty_since = None;
                 if self.conns.get(conn).is_none() {
                     let fresh = Conn::new(encoding, member, self.config.retry_interval);
@@ -782,6 +807,31 @@ impl<A: App> Gathering<A> {
                  reconnect and send it again"
                     .into(),
             ),
+            ClientMsg::Op { id, .. } if !self.within_rate(now, conn) => {
+                let (per_sec, burst) = (self.config.max_ops_per_sec, self.config.op_burst);
+                let far_over = self
+                    .conns
+                    .get(conn)
+                    .is_some_and(|c| u32::from(c.rate_refused) > burst.max(1));
+                refuse(
+                    &mut self.actions,
+                    conn,
+                    encoding,
+                    Some(id),
+                    protocol::RATE_LIMITED,
+                    format!(
+                        "at most {per_sec} ops a second (bursts of {burst}); this one was not \
+                         applied: send it again later"
+                    ),
+                );
+                if far_over {
+                    self.actions.push_back(Action::Close {
+                        conn,
+                        code: CLOSE_POLICY,
+                        reason: "op rate far over the limit",
+                    });
+                }
+            }
             ClientMsg::Op { id, op } => match self.admit(conn) {
                 Err(message) => refuse(
                     &mut self.actions,
@@ -866,6 +916,25 @@ impl<A: App> Gathering<A> {
                 .clone(),
             None => sent.unwrap_or_else(open),
         }
+    }
+
+    /// Whether `conn` may send an op at `now` under the rate limit (always,
+    /// without one); takes its token if so.
+    fn within_rate(&mut self, now: Instant, conn: ConnId) -> bool {
+        let (per_sec, burst) = (self.config.max_ops_per_sec, self.config.op_burst);
+        if per_sec == 0 {
+            return true;
+        }
+        let Some(c) = self.conns.get_mut(conn) else {
+            return true;
+        };
+        let ok = c.rate.take(now, per_sec, burst);
+        c.rate_refused = if ok {
+            0
+        } else {
+            c.rate_refused.saturating_add(1)
+        };
+        ok
     }
 
     /// Whether `conn` may have one more op waiting for its commit; if not,

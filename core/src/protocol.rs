@@ -29,6 +29,12 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a connection whose token expired: reconnect with a fresh one.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 
+/// Close code for a join to a gathering at its connection bound.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// Error code of an op over the connection's rate; not applied.
+pub const RATE_LIMITED: &str = "rate_limited";
+
 /// Error code of an op (or a join) the member may not do.
 pub const FORBIDDEN: &str = "forbidden";
 

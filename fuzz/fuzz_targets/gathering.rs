@@ -99,6 +99,10 @@ fuzz_target!(|data: &[u8]| {
         max_in_flight: 4,
         snapshot_ops: 4,
         snapshot_bytes: 64,
+        // Small, so that runs meet them: four connection ids, three fit.
+        max_connections: 3,
+        max_ops_per_sec: 50,
+        op_burst: 3,
     };
     let now = Instant::from_millis(1_000);
     let id = GatheringId::parse("fuzz").expect("a valid id");

@@ -118,6 +118,25 @@ pub struct Args {
     #[arg(long, env = "GATHERING_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub frame_timeout: Duration,
 
+    /// Connections one gathering holds at once; more are answered 503
+    /// before the upgrade (or closed with 1013). 0 for no bound.
+    #[arg(
+        long,
+        env = "GATHERING_MAX_CONNECTIONS_PER_GATHERING",
+        default_value_t = 1000
+    )]
+    pub max_connections_per_gathering: u32,
+
+    /// Ops a second one connection may send, after a burst of --op-burst;
+    /// more get error `rate_limited`, and a connection that keeps on is
+    /// closed with 1008. 0 for no limit.
+    #[arg(long, env = "GATHERING_MAX_OPS_PER_SEC", default_value_t = 100)]
+    pub max_ops_per_sec: u32,
+
+    /// See --max-ops-per-sec.
+    #[arg(long, env = "GATHERING_OP_BURST", default_value_t = 200)]
+    pub op_burst: u32,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -179,6 +198,12 @@ impl Args {
                 snapshot_ops: self.snapshot_ops,
                 snapshot_bytes: self.snapshot_bytes,
                 max_in_flight: self.max_in_flight,
+                max_connections: match self.max_connections_per_gathering {
+                    0 => u32::MAX,
+                    n => n,
+                },
+                max_ops_per_sec: self.max_ops_per_sec,
+                op_burst: self.op_burst,
                 ..Config::default()
             })
             .shutdown_grace(self.shutdown_grace)

@@ -17,7 +17,8 @@ pub struct ReasonLabel {
 /// Label of `joins_refused_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AnswerLabel {
-    /// `unauthorized` (401) or `forbidden` (403).
+    /// `unauthorized` (401), `forbidden` (403) or `full` (503: the
+    /// gathering holds its most connections).
     pub answer: &'static str,
 }
 
@@ -137,7 +138,7 @@ impl Default for Metrics {
         );
         registry.register(
             "joins_refused",
-            "WebSocket upgrades refused by authentication, by answer",
+            "WebSocket upgrades refused, by answer: unauthorized, forbidden, full",
             joins_refused.clone(),
         );
         Metrics {

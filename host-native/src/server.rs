@@ -253,12 +253,13 @@ impl<A: NativeApp> Builder<A> {
             auth: self.auth,
             frame_timeout: self.limits.frame_timeout,
             idle_timeout: self.gathering.idle_timeout,
+            max_per_gathering: self.gathering.max_connections,
             next_conn: AtomicU64::new(1),
             open: Open::default(),
         });
         let (hall, settled) = HallState::new();
         let native = Native::<A>(Arc::new(Shared {
-            config: self.gathering,
+            config: self.gathering.into(),
             front: front.clone(),
             timers,
             hall: Mutex::new(hall),

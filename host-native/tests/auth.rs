@@ -158,3 +158,51 @@ async fn members_act_as_their_role_allows_and_an_expired_token_closes_with_4003(
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_gathering_answers_503_and_ops_over_the_rate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .gathering(gathering_core::Config {
+            max_connections: 2,
+            max_ops_per_sec: 1,
+            op_burst: 2,
+            ..gathering_core::Config::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.addr);
+    let g = GatheringId::parse("small-room").unwrap();
+    let mut ada = within(Client::connect(&url, &g, Encoding::Json))
+        .await
+        .unwrap();
+    within(ada.fetch()).await.unwrap();
+    let _bob = within(Client::connect(&url, &g, Encoding::Json))
+        .await
+        .unwrap();
+    // Both joined once the gathering counts them.
+    let deadline = std::time::Instant::now() + BOUND;
+    let (status, body) = loop {
+        let (status, body) = upgrade(&server, "/gatherings/small-room", "").await;
+        if status != 101 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""error":"full""#), "{body}");
+
+    let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+    assert_eq!(within(ada.op(register("A"))).await, Ok(1));
+    assert_eq!(within(ada.op(register("B"))).await, Ok(2));
+    let third = within(ada.op(register("C"))).await;
+    assert!(
+        matches!(&third, Err(ClientError::Rejected { code, .. }) if code == "rate_limited"),
+        "{third:?}"
+    );
+    assert_eq!(within(ada.fetch()).await.unwrap().1.players.len(), 2);
+    server.shutdown().await;
+}

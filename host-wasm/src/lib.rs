@@ -98,7 +98,7 @@ impl<A: App> Host<A> {
         let (hall, settled) = HallState::new();
         let rt = Wasm(Rc::new(Shared {
             clock,
-            config: options.config,
+            config: options.config.into(),
             max_frame_bytes: options.max_frame_bytes,
             storage,
             mailbox,

@@ -34,7 +34,7 @@ pub(crate) struct Shared<A: App> {
     /// The page's clock.
     pub clock: Clock,
     /// Tunables given to every gathering.
-    pub config: Config,
+    pub config: std::sync::Arc<Config>,
     /// Frames larger than this close their connection with 1009.
     pub max_frame_bytes: usize,
     /// Where gatherings are loaded from and persisted to.
@@ -92,7 +92,7 @@ impl<A: App> Runtime for Wasm<A> {
         }
     }
 
-    fn config(&self) -> &Config {
+    fn config(&self) -> &std::sync::Arc<Config> {
         &self.0.config
     }
 

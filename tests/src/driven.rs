@@ -42,7 +42,7 @@ pub struct Client {
 /// Everything the fake runtime and the checker share.
 pub struct World {
     now: Cell<Instant>,
-    config: Config,
+    config: std::sync::Arc<Config>,
     hall: RefCell<HallState<Fake>>,
     mailbox: async_channel::Sender<HallMail<FakeConn>>,
     /// Traffic sent by clients and not yet in the hall's mailbox, oldest
@@ -221,7 +221,7 @@ impl Runtime for Fake {
         Poll::Pending
     }
 
-    fn config(&self) -> &Config {
+    fn config(&self) -> &std::sync::Arc<Config> {
         &self.0.config
     }
 
@@ -315,7 +315,7 @@ impl Driven {
         let (hall, settled) = HallState::new();
         let world = Rc::new(World {
             now: Cell::new(Instant::from_millis(1_000)),
-            config,
+            config: config.into(),
             hall: RefCell::new(hall),
             mailbox,
             in_flight: RefCell::default(),

@@ -56,6 +56,8 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
                 // Small, so that runs compact their logs often.
                 snapshot_ops,
                 snapshot_bytes,
+                // Unlimited, as above: their bounds have their own tests.
+                ..Config::default()
             },
         )
 }
@@ -73,6 +75,7 @@ pub fn racing_config() -> gathering_core::Config {
         max_in_flight: u32::MAX,
         snapshot_ops: 3,
         snapshot_bytes: 1 << 20,
+        ..Config::default()
     }
 }
 

@@ -1129,3 +1129,85 @@ fn the_app_decides_joins_and_ops_with_the_member() {
     drain(&mut g);
     assert_eq!(g.app().0, ["Ada", "Bob"]);
 }
+
+#[test]
+fn ops_over_the_rate_are_refused_and_a_flood_is_closed() {
+    let mut g = gathering(Config {
+        max_ops_per_sec: 10,
+        op_burst: 3,
+        ..Config::default()
+    });
+    join(&mut g, T0, 1);
+    drain(&mut g);
+    let codes = |actions: &[Action]| {
+        errors(actions)
+            .into_iter()
+            .map(|(_, _, code)| code)
+            .collect::<Vec<_>>()
+    };
+    // A burst of three goes; the fourth, at the same instant, does not.
+    for i in 1..=4 {
+        send(&mut g, T0, 1, register(i, &format!("p{i}")), Encoding::Json);
+    }
+    let actions = drain(&mut g);
+    assert_eq!(codes(&actions), ["rate_limited"]);
+    assert_eq!(g.app().players.len(), 3, "the refused op was not applied");
+    // 100 ms refill one op at 10 a second.
+    send(
+        &mut g,
+        T0 + Duration::from_millis(100),
+        1,
+        register(5, "p5"),
+        Encoding::Json,
+    );
+    assert_eq!(codes(&drain(&mut g)), Vec::<String>::new());
+    // Going on regardless: refused, then closed once past a burst in a row.
+    let at = T0 + Duration::from_millis(100);
+    for i in 6..=9 {
+        send(&mut g, at, 1, register(i, &format!("p{i}")), Encoding::Json);
+    }
+    let actions = drain(&mut g);
+    assert_eq!(codes(&actions).len(), 4);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Close {
+                conn: ConnId(1),
+                code: CLOSE_POLICY,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_join_past_the_connection_bound_is_closed_with_1013() {
+    let mut g = gathering(Config {
+        max_connections: 2,
+        ..Config::default()
+    });
+    for conn in 1..=3 {
+        join(&mut g, T0, conn);
+    }
+    let actions = drain(&mut g);
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Close {
+                conn: ConnId(3),
+                code: 1013,
+                ..
+            }]
+        ),
+        "{actions:?}"
+    );
+    // One leaves: the next fits.
+    g.handle(Event::Message(T0, Inbound::Leave { conn: ConnId(1) }));
+    join(&mut g, T0, 4);
+    assert!(
+        drain(&mut g)
+            .iter()
+            .all(|a| !matches!(a, Action::Close { .. }))
+    );
+}

@@ -75,7 +75,7 @@
 //!
 //! struct Inner {
 //!     now: Cell<Instant>,
-//!     config: Config,
+//!     config: std::sync::Arc<Config>,
 //!     hall: RefCell<HallState<Host>>,
 //!     store: RefCell<BTreeMap<GatheringId, Loaded>>,
 //!     spawner: futures_executor::LocalSpawner,
@@ -92,7 +92,7 @@
 //!     fn poll_timer(&self, _: &mut (), _: Deadline, _: &mut Context<'_>) -> Poll<()> {
 //!         Poll::Pending
 //!     }
-//!     fn config(&self) -> &Config { &self.0.config }
+//!     fn config(&self) -> &std::sync::Arc<Config> { &self.0.config }
 //!     fn hall(&self) -> RefMut<'_, HallState<Host>> { self.0.hall.borrow_mut() }
 //!     fn load(&self, loading: Loading<Host>) {
 //!         // Finished later, never from inside this call (the hall is locked).
@@ -112,7 +112,7 @@
 //! let (hall, settled) = HallState::new();
 //! let host = Host(Rc::new(Inner {
 //!     now: Cell::new(Instant::ZERO),
-//!     config: Config::default(),
+//!     config: Config::default().into(),
 //!     hall: RefCell::new(hall),
 //!     store: RefCell::default(),
 //!     spawner: pool.spawner(),

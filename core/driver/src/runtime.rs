@@ -161,8 +161,9 @@ pub trait Runtime: Clone + 'static {
         cx: &mut Context<'_>,
     ) -> Poll<()>;
 
-    /// The tunables of every gathering.
-    fn config(&self) -> &Config;
+    /// The tunables of every gathering, shared by all of them (one
+    /// allocation per host, not a copy per gathering).
+    fn config(&self) -> &Arc<Config>;
 
     /// Locks the hall.
     fn hall(&self) -> Self::HallGuard<'_>;

@@ -973,6 +973,10 @@ impl ChildServer {
                 "0",
                 "--max-connections-per-address",
                 "0",
+                "--max-ops-per-sec",
+                "0",
+                "--max-connections-per-gathering",
+                "0",
             ])
             .env("RUST_LOG", "warn,gathering_native::server=info")
             .stdout(std::process::Stdio::piped())

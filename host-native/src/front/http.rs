@@ -30,6 +30,10 @@ impl warp::reject::Reject for ForbiddenOrigin {}
 struct Refused(Refusal);
 impl warp::reject::Reject for Refused {}
 
+#[derive(Debug)]
+struct Full(u32);
+impl warp::reject::Reject for Full {}
+
 /// The body of a refused upgrade.
 #[derive(Serialize)]
 struct RefusedBody<'a> {
@@ -142,6 +146,18 @@ pub fn routes(
                         }
                     }
                 };
+                // Full: told before the upgrade. (One that fills meanwhile
+                // closes the newcomer with 1013.)
+                if let Some(status) = shared.registry.get(&id)
+                    && status.connections() >= shared.max_per_gathering
+                {
+                    shared
+                        .metrics
+                        .joins_refused
+                        .get_or_create(&AnswerLabel { answer: "full" })
+                        .inc();
+                    return Err(warp::reject::custom(Full(shared.max_per_gathering)));
+                }
                 Ok((id, encoding, admission))
             },
         )
@@ -252,6 +268,18 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         let body = warp::reply::json(&RefusedBody { error, message });
         let reply = warp::reply::with_header(body, "www-authenticate", "Bearer");
         return Ok(warp::reply::with_status(reply, status).into_response());
+    }
+    if let Some(Full(bound)) = rejection.find() {
+        let message =
+            format!("this gathering holds {bound} connections, its most; try again later");
+        let body = warp::reply::json(&RefusedBody {
+            error: "full",
+            message: &message,
+        });
+        let reply = warp::reply::with_header(body, "retry-after", "5");
+        return Ok(
+            warp::reply::with_status(reply, StatusCode::SERVICE_UNAVAILABLE).into_response(),
+        );
     }
     let (status, message) = if let Some(BadId(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.to_string())

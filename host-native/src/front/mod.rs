@@ -42,6 +42,8 @@ pub(crate) struct Front {
     pub max_frame_bytes: usize,
     /// The gatherings' idle timeout, for the listing's countdown.
     pub idle_timeout: Duration,
+    /// Connections a gathering holds at once; more are answered 503.
+    pub max_per_gathering: u32,
     /// Connection ids, unique for the life of the server.
     pub next_conn: AtomicU64,
     /// How long a shutdown waits for connections and requests.

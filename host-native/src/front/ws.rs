@@ -68,7 +68,7 @@ pub fn serve(
             Inbound::Join {
                 conn,
                 encoding,
-                member: ends.member.clone(),
+                member: ends.member(),
             },
             Some(outbox.clone()),
         );
@@ -188,7 +188,7 @@ async fn pump(
                     Message::Pong(_) | Message::Frame(_) => continue,
                 };
                 gate.routed();
-                let inbound = Inbound::Frame { conn, frame, member: ends.member.clone() };
+                let inbound = Inbound::Frame { conn, frame, member: ends.member() };
                 let route = HallMail::Route(id.clone(), inbound, None);
                 if shared.hall.send(route).await.is_err() {
                     // The hall is gone: a shutdown has completed, and the
@@ -201,35 +201,38 @@ async fn pump(
     }
 }
 
-/// Who a connection is, and when its right to stay ends.
-struct Ends {
+/// Who a connection is, and when its right to stay ends: nothing for an
+/// open server's connections, one pointer in every connection's task.
+struct Ends(Option<Box<Admitted>>);
+
+/// An authenticated connection's member, and its token's expiry.
+struct Admitted {
     member: Option<SharedMember>,
-    /// Boxed: an open server's connections have none, and a timer would
-    /// enlarge every idle connection's task.
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Ends {
     fn of(admission: Option<Admission>) -> Self {
-        let Some(Admission { member, expires }) = admission else {
-            return Ends {
-                member: None,
-                expiry: None,
-            };
-        };
-        let expiry = expires.map(|at| {
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            Box::pin(tokio::time::sleep(left))
-        });
-        Ends {
-            member: Some(Arc::new(member)),
-            expiry,
-        }
+        Ends(admission.map(|Admission { member, expires }| {
+            let expiry = expires.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                Box::pin(tokio::time::sleep(left))
+            });
+            Box::new(Admitted {
+                member: Some(Arc::new(member)),
+                expiry,
+            })
+        }))
+    }
+
+    /// The member its frames carry (`None`: the gathering names it).
+    fn member(&self) -> Option<SharedMember> {
+        self.0.as_ref().and_then(|a| a.member.clone())
     }
 
     /// Ready once the connection's token has expired; never without one.
     fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match &mut self.expiry {
+        match self.0.as_mut().and_then(|a| a.expiry.as_mut()) {
             Some(sleep) => sleep.as_mut().poll(cx),
             None => std::task::Poll::Pending,
         }

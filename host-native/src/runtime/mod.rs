@@ -34,7 +34,7 @@ impl<A: App<Op: Send> + Send> NativeApp for A {}
 /// State shared by every task of one server.
 pub(crate) struct Shared<A: NativeApp> {
     /// Tunables of every gathering.
-    pub config: Config,
+    pub config: std::sync::Arc<Config>,
     /// What the HTTP front shares (clock, metrics, listing, hall mailbox).
     pub front: Arc<Front>,
     /// Wakes gathering tasks at their deadlines.
@@ -101,7 +101,7 @@ impl<A: NativeApp> Runtime for Native<A> {
             .poll(timer, self.clock().to_std(deadline.at), cx)
     }
 
-    fn config(&self) -> &Config {
+    fn config(&self) -> &std::sync::Arc<Config> {
         &self.0.config
     }
 

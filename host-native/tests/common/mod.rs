@@ -22,6 +22,8 @@ pub fn spawn(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr) {
 pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(exe)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        // The tests send as fast as acks come back; the limit has its own.
+        .args(["--max-ops-per-sec", "0"])
         .arg("--data-dir")
         .arg(dir)
         .args(args)
