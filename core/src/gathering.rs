@@ -67,6 +67,10 @@ pub struct Config {
     pub max_ops_per_sec: u32,
     /// See `max_ops_per_sec`.
     pub op_burst: u32,
+    /// Live gatherings a host holds; when another is wanted at the bound,
+    /// the least recently active disperses early (reason `evicted`).
+    /// `u32::MAX` for no bound. Read by the host's hall, not a gathering.
+    pub max_gatherings: u32,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             max_connections: u32::MAX,
             max_ops_per_sec: 0,
             op_burst: 0,
+            max_gatherings: u32::MAX,
         }
     }
 }
@@ -179,6 +184,9 @@ pub enum Event {
     Verdict(Instant, Verdict),
     /// The host is shutting down: persist, say goodbye, close.
     Shutdown(Instant),
+    /// The host wants room: disperse (reason `evicted`) if the hall agrees,
+    /// as for an idle dispersal; a refusal (traffic on its way) keeps it.
+    Evict(Instant),
 }
 
 /// How hard the host should try to deliver a [`Action::Send`].
@@ -582,6 +590,12 @@ impl<A: App> Gathering<A> {
                 self.now = self.now.max(now);
                 if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
                     self.start_closing(DisperseReason::Shutdown);
+                }
+            }
+            Event::Evict(now) => {
+                self.now = self.now.max(now);
+                if self.phase == Phase::Live {
+                    self.ask(DisperseReason::Evicted, Duration::ZERO);
                 }
             }
         }

@@ -94,6 +94,9 @@ pub enum DisperseReason {
     Shutdown,
     /// A commit failed: the gathering restarts from its durable state.
     StorageFailed,
+    /// The host holds its most live gatherings, and this one was the least
+    /// recently active when another was wanted; its state is saved.
+    Evicted,
 }
 
 impl DisperseReason {
@@ -104,13 +107,16 @@ impl DisperseReason {
             DisperseReason::Empty => "empty",
             DisperseReason::Shutdown => "shutdown",
             DisperseReason::StorageFailed => "storage_failed",
+            DisperseReason::Evicted => "evicted",
         }
     }
 
     /// The WebSocket close code that follows the `dispersed` message.
     pub fn close_code(self) -> u16 {
         match self {
-            DisperseReason::Idle | DisperseReason::Empty => CLOSE_DISPERSED,
+            DisperseReason::Idle | DisperseReason::Empty | DisperseReason::Evicted => {
+                CLOSE_DISPERSED
+            }
             DisperseReason::Shutdown => CLOSE_GOING_AWAY,
             DisperseReason::StorageFailed => CLOSE_INTERNAL,
         }
@@ -124,6 +130,7 @@ impl DisperseReason {
             DisperseReason::Empty => "gathering dispersed: empty",
             DisperseReason::Shutdown => "gathering dispersed: server shutting down",
             DisperseReason::StorageFailed => "gathering restarting: storage failed",
+            DisperseReason::Evicted => "gathering dispersed: evicted to make room",
         }
     }
 }

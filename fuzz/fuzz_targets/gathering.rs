@@ -103,6 +103,8 @@ fuzz_target!(|data: &[u8]| {
         max_connections: 3,
         max_ops_per_sec: 50,
         op_burst: 3,
+        // Read by the host's hall, not the gathering.
+        max_gatherings: u32::MAX,
     };
     let now = Instant::from_millis(1_000);
     let id = GatheringId::parse("fuzz").expect("a valid id");

@@ -133,6 +133,12 @@ pub struct Args {
     #[arg(long, env = "GATHERING_MAX_OPS_PER_SEC", default_value_t = 100)]
     pub max_ops_per_sec: u32,
 
+    /// Live gatherings at once; when another is wanted, the least recently
+    /// active disperses early (reason `evicted`, close 4000; its state is
+    /// saved first). 0 for no bound.
+    #[arg(long, env = "GATHERING_MAX_GATHERINGS", default_value_t = 100_000)]
+    pub max_gatherings: u32,
+
     /// See --max-ops-per-sec.
     #[arg(long, env = "GATHERING_OP_BURST", default_value_t = 200)]
     pub op_burst: u32,
@@ -203,6 +209,10 @@ impl Args {
                     n => n,
                 },
                 max_ops_per_sec: self.max_ops_per_sec,
+                max_gatherings: match self.max_gatherings {
+                    0 => u32::MAX,
+                    n => n,
+                },
                 op_burst: self.op_burst,
                 ..Config::default()
             })

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 /// Label of `gatherings_dispersed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `idle`, `empty`, `shutdown` or `storage_failed`.
+    /// `idle`, `empty`, `shutdown`, `storage_failed` or `evicted`.
     pub reason: &'static str,
 }
 

@@ -206,3 +206,60 @@ async fn a_full_gathering_answers_503_and_ops_over_the_rate_are_refused() {
     assert_eq!(within(ada.fetch()).await.unwrap().1.players.len(), 2);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn at_the_bound_on_live_gatherings_the_least_recently_active_is_evicted() {
+    use gathering_core::DisperseReason;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .gathering(gathering_core::Config {
+            max_gatherings: 2,
+            ..gathering_core::Config::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.addr);
+    let id = |s: &str| GatheringId::parse(s).unwrap();
+    let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+    let mut first = within(Client::connect(&url, &id("first"), Encoding::Json))
+        .await
+        .unwrap();
+    assert_eq!(within(first.op(register("Ada"))).await, Ok(1));
+    let mut second = within(Client::connect(&url, &id("second"), Encoding::Json))
+        .await
+        .unwrap();
+    assert_eq!(within(second.op(register("Bob"))).await, Ok(1));
+    // A third is wanted: the first, least recently active, makes room.
+    let mut third = within(Client::connect(&url, &id("third"), Encoding::Json))
+        .await
+        .unwrap();
+    assert_eq!(within(third.op(register("Cy"))).await, Ok(1));
+    assert_eq!(
+        within(first.next()).await,
+        Ok(Incoming::Dispersed {
+            reason: DisperseReason::Evicted,
+            code: Some(gathering_core::protocol::CLOSE_DISPERSED)
+        })
+    );
+    // Its state was saved: rejoining loads it (evicting the next oldest).
+    let mut again = within(Client::connect(&url, &id("first"), Encoding::Json))
+        .await
+        .unwrap();
+    assert!(
+        within(again.fetch())
+            .await
+            .unwrap()
+            .1
+            .players
+            .contains_key("Ada")
+    );
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains(r#"gatherings_dispersed_total{reason="evicted"}"#),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}

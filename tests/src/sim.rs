@@ -697,7 +697,10 @@ impl Sim {
                             slot.empty_since
                         );
                     }
-                    DisperseReason::Shutdown | DisperseReason::StorageFailed => {}
+                    // The sim never evicts (no bound on live gatherings).
+                    DisperseReason::Shutdown
+                    | DisperseReason::StorageFailed
+                    | DisperseReason::Evicted => {}
                 }
                 assert!(
                     slot.inbox.iter().all(|m| !matches!(m, Mail::Inbound(_))),

@@ -1211,3 +1211,55 @@ fn a_join_past_the_connection_bound_is_closed_with_1013() {
             .all(|a| !matches!(a, Action::Close { .. }))
     );
 }
+
+#[test]
+fn an_evicted_gathering_asks_the_hall_then_disperses_like_an_idle_one() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    drain(&mut g);
+    g.handle(Event::Persisted(T0, 1));
+    drain(&mut g);
+    g.handle(Event::Evict(T0));
+    let asked = drain(&mut g);
+    assert!(
+        matches!(
+            &asked[..],
+            [Action::Disperse {
+                reason: DisperseReason::Evicted,
+                ..
+            }]
+        ),
+        "{asked:?}"
+    );
+    // Refused (traffic on its way): it lives on, and only asks again if told.
+    g.handle(Event::Verdict(T0, Verdict::Refused));
+    assert!(drain(&mut g).is_empty());
+    assert_eq!(g.phase(), Phase::Live);
+    g.handle(Event::Evict(T0));
+    drain(&mut g);
+    g.handle(Event::Verdict(T0, Verdict::Granted));
+    let actions = drain(&mut g);
+    let told = sends(&actions);
+    assert_eq!(
+        told.iter()
+            .map(|(c, m, _)| (*c, m.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            1,
+            Server::Dispersed {
+                reason: DisperseReason::Evicted
+            }
+        )]
+    );
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Close {
+                code: CLOSE_DISPERSED,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+}

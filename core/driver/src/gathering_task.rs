@@ -54,7 +54,7 @@ struct Task<R: Runtime> {
 pub(crate) fn new<R: Runtime>(
     gathering: Gathering<R::App>,
     rt: &R,
-) -> (GatheringLoop<R>, Mailbox<R::Conn>) {
+) -> (GatheringLoop<R>, Mailbox<R::Conn>, Arc<Status>) {
     let (tx, rx) = futures_channel::mpsc::unbounded();
     let status = Arc::new(Status::default());
     rt.observe(Observed::Spawned {
@@ -67,11 +67,11 @@ pub(crate) fn new<R: Runtime>(
         me: tx.clone(),
         rt: rt.clone(),
         conns: ConnMap::default(),
-        status,
+        status: status.clone(),
         late_nanos: 0,
         done: false,
     };
-    (GatheringLoop { task, mailbox: rx }, tx)
+    (GatheringLoop { task, mailbox: rx }, tx, status)
 }
 
 /// What woke the task.
@@ -206,6 +206,7 @@ impl<R: Runtime> Task<R> {
                 Event::PersistFailed(now)
             }
             Mail::Shutdown => Event::Shutdown(now),
+            Mail::Evict => Event::Evict(now),
         };
         self.gathering.handle(event);
         inbound
@@ -269,7 +270,9 @@ impl<R: Runtime> Task<R> {
     fn dispersed(&mut self, reason: DisperseReason) {
         let late = match reason {
             DisperseReason::Idle | DisperseReason::Empty => Duration::from_nanos(self.late_nanos),
-            DisperseReason::Shutdown | DisperseReason::StorageFailed => Duration::ZERO,
+            DisperseReason::Shutdown | DisperseReason::StorageFailed | DisperseReason::Evicted => {
+                Duration::ZERO
+            }
         };
         self.rt.observe(Observed::Dispersed {
             id: self.gathering.id(),

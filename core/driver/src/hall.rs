@@ -11,6 +11,7 @@
 //! load.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::future::{Either, select};
 use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_INTERNAL};
@@ -22,6 +23,7 @@ use gathering_core::{
 use crate::gathering_task;
 use crate::mail::{HallMail, Loading, Mail, Mailbox};
 use crate::runtime::{Conn, Observed, Runtime};
+use crate::status::Status;
 
 /// What the hall knows, shared by the hall's task, gathering tasks and
 /// loads; the host keeps it behind its lock ([`Runtime::hall`]).
@@ -33,6 +35,10 @@ pub struct HallState<R: Runtime> {
     mailboxes: HashMap<GatheringId, Mailbox<R::Conn>>,
     /// Handles of joins the hall holds until it delivers them.
     pending: HashMap<ConnId, R::Conn>,
+    /// What each live gathering publishes, kept only under a bound on live
+    /// gatherings (`Config::max_gatherings`), to find the least recently
+    /// active; one that was asked to make room leaves it.
+    activity: HashMap<GatheringId, Arc<Status>>,
     loading: usize,
     /// Tells the hall's task that a shutdown may have completed.
     settled: async_channel::Sender<()>,
@@ -60,6 +66,7 @@ impl<R: Runtime> HallState<R> {
         let state = HallState {
             hall: Hall::new(),
             mailboxes: HashMap::new(),
+            activity: HashMap::new(),
             pending: HashMap::new(),
             loading: 0,
             settled,
@@ -140,18 +147,27 @@ impl<R: Runtime> HallState<R> {
             self.route(id.clone(), inbound, conn, rt);
         }
         self.mailboxes.remove(&id);
+        self.activity.remove(&id);
         self.hall.handle(HallEvent::Dispersed(id));
         self.carry_out(rt);
         self.settle();
     }
 
     /// A load finished: the gathering's mailbox, or why it failed.
-    fn spawned(&mut self, id: GatheringId, result: Result<Mailbox<R::Conn>, String>, rt: &R) {
+    fn spawned(
+        &mut self,
+        id: GatheringId,
+        result: Result<(Mailbox<R::Conn>, Arc<Status>), String>,
+        rt: &R,
+    ) {
         self.loading = self.loading.saturating_sub(1);
         match result {
-            Ok(mailbox) => {
+            Ok((mailbox, status)) => {
                 if self.hall.is_shutting_down() {
                     let _ = mailbox.unbounded_send(Mail::Shutdown);
+                }
+                if rt.config().max_gatherings != u32::MAX {
+                    self.activity.insert(id.clone(), status);
                 }
                 self.mailboxes.insert(id.clone(), mailbox);
                 self.hall.handle(HallEvent::Spawned(id));
@@ -175,6 +191,28 @@ impl<R: Runtime> HallState<R> {
         }
     }
 
+    /// At the bound on live gatherings, asks the least recently active to
+    /// disperse (it agrees with the hall first, as an idle one does), so
+    /// that the one about to spawn has room. Ties go to the smallest id:
+    /// what happens does not depend on hash order.
+    fn make_room(&mut self, rt: &R) {
+        let bound = rt.config().max_gatherings;
+        if bound == u32::MAX || self.mailboxes.len() + self.loading < bound as usize {
+            return;
+        }
+        let oldest = self
+            .activity
+            .iter()
+            .min_by(|(a, x), (b, y)| (x.last_activity(), *a).cmp(&(y.last_activity(), *b)))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.activity.remove(&id);
+            if let Some(mailbox) = self.mailboxes.get(&id) {
+                let _ = mailbox.unbounded_send(Mail::Evict);
+            }
+        }
+    }
+
     fn carry_out(&mut self, rt: &R) {
         while let Some(action) = self.hall.poll_action() {
             self.carry_out_one(action, rt);
@@ -184,6 +222,7 @@ impl<R: Runtime> HallState<R> {
     fn carry_out_one(&mut self, action: HallAction, rt: &R) {
         match action {
             HallAction::Spawn(id) => {
+                self.make_room(rt);
                 self.loading += 1;
                 rt.load(Loading { id, rt: rt.clone() });
             }
@@ -241,9 +280,9 @@ pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Loaded, 
         Gathering::<R::App>::restore(id.clone(), config, now, &loaded).map_err(|e| e.to_string())
     });
     let mailbox = gathering.map(|gathering| {
-        let (task, mailbox) = gathering_task::new(gathering, &rt);
+        let (task, mailbox, status) = gathering_task::new(gathering, &rt);
         rt.spawn(task);
-        mailbox
+        (mailbox, status)
     });
     rt.hall().spawned(id, mailbox, &rt);
 }

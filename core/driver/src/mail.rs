@@ -22,6 +22,8 @@ pub enum Mail<C> {
     PersistFailed(String),
     /// The host is shutting down.
     Shutdown,
+    /// The host wants room: disperse early if nothing is on its way.
+    Evict,
 }
 
 /// Mail for the hall's task: what connections send.

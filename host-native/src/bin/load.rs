@@ -977,6 +977,8 @@ impl ChildServer {
                 "0",
                 "--max-connections-per-gathering",
                 "0",
+                "--max-gatherings",
+                "0",
             ])
             .env("RUST_LOG", "warn,gathering_native::server=info")
             .stdout(std::process::Stdio::piped())
