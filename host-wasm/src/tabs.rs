@@ -39,6 +39,9 @@ use crate::runtime::Wasm;
 /// (RFC 6455 "service restart"): join again, and the new owner serves.
 pub const CLOSE_OWNER_GONE: u16 = 1012;
 
+/// The reason of that close.
+const OWNER_GONE: &str = "the tab that ran this gathering went away; join again";
+
 /// How long a tab that finds the lock taken waits for the owner to answer
 /// (or for the lock) before it serves as a follower anyway.
 const HELLO_PATIENCE: Duration = Duration::from_secs(2);
@@ -238,10 +241,7 @@ impl Tabs {
         let was = self.role.replace(Role::Owner);
         if was == Role::Follower {
             // What an owner that went away served is gone with it.
-            self.close_proxied(
-                CLOSE_OWNER_GONE,
-                "the tab that ran this gathering went away; join again",
-            );
+            self.close_proxied(CLOSE_OWNER_GONE, OWNER_GONE);
             self.link.post("owner", &[]);
         }
         let _ = self.settled.try_send(());
@@ -346,10 +346,7 @@ impl Tabs {
                 // Sent to everyone, it is a takeover: the old owner is gone,
                 // and so is what it served.
                 if to.is_none() {
-                    self.close_proxied(
-                        CLOSE_OWNER_GONE,
-                        "the tab that ran this gathering went away; join again",
-                    );
+                    self.close_proxied(CLOSE_OWNER_GONE, OWNER_GONE);
                 }
                 let _ = self.settled.try_send(());
             }

@@ -42,6 +42,16 @@ pub enum Refusal {
     Forbidden(String),
 }
 
+impl Refusal {
+    /// The `error` of its answer (and its label in `joins_refused_total`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
 /// Decides who may join which gathering. Called once per upgrade, on the
 /// accept path, so it must answer at once (no I/O): a check against keys
 /// it holds, like [`Jwt`].

@@ -132,10 +132,7 @@ pub fn routes(
                         match auth.authenticate(&credentials, &id) {
                             Ok(admission) => Some(admission),
                             Err(refusal) => {
-                                let answer = match refusal {
-                                    Refusal::Unauthorized(_) => "unauthorized",
-                                    Refusal::Forbidden(_) => "forbidden",
-                                };
+                                let answer = refusal.code();
                                 shared
                                     .metrics
                                     .joins_refused
@@ -258,28 +255,39 @@ fn listing(shared: &Front, limit: usize) -> Listing {
     Listing { total, gatherings }
 }
 
+/// A refused upgrade's answer: `status`, a JSON body `{error, message}`,
+/// and `header`.
+fn refused(
+    status: StatusCode,
+    error: &'static str,
+    message: &str,
+    header: (&'static str, &'static str),
+) -> warp::reply::Response {
+    let body = warp::reply::json(&RefusedBody { error, message });
+    let reply = warp::reply::with_header(body, header.0, header.1);
+    warp::reply::with_status(reply, status).into_response()
+}
+
 /// Answers every rejection with a status and a message a client can act on.
 pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
     if let Some(Refused(refusal)) = rejection.find() {
-        let (status, error, message) = match refusal {
-            Refusal::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
-            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+        let (status, message) = match refusal {
+            Refusal::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            Refusal::Forbidden(m) => (StatusCode::FORBIDDEN, m),
         };
-        let body = warp::reply::json(&RefusedBody { error, message });
-        let reply = warp::reply::with_header(body, "www-authenticate", "Bearer");
-        return Ok(warp::reply::with_status(reply, status).into_response());
+        let header = ("www-authenticate", "Bearer");
+        return Ok(refused(status, refusal.code(), message, header));
     }
     if let Some(Full(bound)) = rejection.find() {
         let message =
             format!("this gathering holds {bound} connections, its most; try again later");
-        let body = warp::reply::json(&RefusedBody {
-            error: "full",
-            message: &message,
-        });
-        let reply = warp::reply::with_header(body, "retry-after", "5");
-        return Ok(
-            warp::reply::with_status(reply, StatusCode::SERVICE_UNAVAILABLE).into_response(),
-        );
+        let header = ("retry-after", "5");
+        return Ok(refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "full",
+            &message,
+            header,
+        ));
     }
     let (status, message) = if let Some(BadId(e)) = rejection.find() {
         (StatusCode::BAD_REQUEST, e.to_string())
