@@ -63,7 +63,8 @@ pub struct Config {
     /// Ops a second one connection may send, after a burst of
     /// `op_burst`; more are refused with error `rate_limited` and not
     /// applied, and a connection that goes on sending `op_burst` more in a
-    /// row is closed with 1008. `0` for no limit.
+    /// row is closed with 1008. A fetch counts as an op here: it costs the
+    /// gathering at least as much. `0` for no limit.
     pub max_ops_per_sec: u32,
     /// See `max_ops_per_sec`.
     pub op_burst: u32,
@@ -248,6 +249,18 @@ pub enum Action {
     /// This was routed here after dispersal began; hand it back to the hall,
     /// which will deliver it to the successor.
     Bounce(Inbound),
+    /// A request of `conn` was refused; the error reply or close that tells
+    /// its client comes next. Nothing to carry out: it is there
+    /// for the host's counters.
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// The error's code (`forbidden`, `rate_limited`, `bad_frame`, an
+        /// app's own, ...), or, for a connection closed without one, `full`
+        /// (a join past `max_connections`, closed with 1013), `flood` (far
+        /// over the op rate, 1008) or `lagging` (at `max_unacked`, 1008).
+        code: &'static str,
+    },
 }
 
 /// Why a deadline is set; readable in logs and tests.
@@ -756,6 +769,8 @@ impl<A: App> Gathering<A> {
                 if self.conns.get(conn).is_none()
                     && self.conns.len() >= self.config.max_connections as usize
                 {
+                    self.actions
+                        .push_back(Action::Refused { conn, code: "full" });
                     self.actions.push_back(Action::Close {
                         conn,
                         code: protocol::CLOSE_TRY_AGAIN,
@@ -821,7 +836,8 @@ impl<A: App> Gathering<A> {
                  reconnect and send it again"
                     .into(),
             ),
-            ClientMsg::Op { id, .. } if !self.within_rate(now, conn) => {
+            // A fetch is a request too, and can cost more than an op.
+            ClientMsg::Op { id, .. } | ClientMsg::Fetch { id } if !self.within_rate(now, conn) => {
                 let (per_sec, burst) = (self.config.max_ops_per_sec, self.config.op_burst);
                 let far_over = self
                     .conns
@@ -834,11 +850,15 @@ impl<A: App> Gathering<A> {
                     Some(id),
                     protocol::RATE_LIMITED,
                     format!(
-                        "at most {per_sec} ops a second (bursts of {burst}); this one was not \
-                         applied: send it again later"
+                        "at most {per_sec} ops and fetches a second (bursts of {burst}); this \
+                         one was refused and changed nothing: send it again later"
                     ),
                 );
                 if far_over {
+                    self.actions.push_back(Action::Refused {
+                        conn,
+                        code: "flood",
+                    });
                     self.actions.push_back(Action::Close {
                         conn,
                         code: CLOSE_POLICY,
@@ -1180,6 +1200,10 @@ impl<A: App> Gathering<A> {
         }
         for conn in lagging {
             self.conns.remove(conn);
+            self.actions.push_back(Action::Refused {
+                conn,
+                code: "lagging",
+            });
             self.actions.push_back(Action::Close {
                 conn,
                 code: CLOSE_POLICY,
@@ -1229,7 +1253,7 @@ fn refuse(
     conn: ConnId,
     encoding: Encoding,
     id: Option<u64>,
-    code: &str,
+    code: &'static str,
     message: String,
 ) {
     let msg = ServerMsg::<(), ()>::Error {
@@ -1237,6 +1261,8 @@ fn refuse(
         code: code.into(),
         message: protocol::bounded(message),
     };
+    // Counted first, so that a client reading its error finds it counted.
+    actions.push_back(Action::Refused { conn, code });
     reply(actions, conn, encoding, &msg);
 }
 

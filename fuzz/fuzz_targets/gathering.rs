@@ -1,6 +1,6 @@
 //! One gathering fed an arbitrary sequence of joins, leaves, frames (ops,
-//! acks, fetches, garbage), ticks, commit outcomes, verdicts and a shutdown,
-//! on a fake clock. Checked: nothing is acknowledged or forwarded before it
+//! acks, fetches, garbage), ticks, commit outcomes, verdicts, evictions and
+//! a shutdown, on a fake clock. Checked: nothing is acknowledged or forwarded before it
 //! is durable, at most one commit is outstanding and commits go forward,
 //! nothing but hand-backs follows the end, and nothing panics.
 #![no_main]
@@ -59,6 +59,7 @@ impl Run {
                     self.ended = true;
                 }
                 Action::Bounce(_) => {}
+                Action::Refused { .. } => assert!(!self.ended, "a refusal after the end"),
             }
         }
     }
@@ -120,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     for pair in bytes.by_ref() {
         let (what, arg) = (pair[0], pair[1]);
         let conn = ConnId(u64::from(arg % 4));
-        match what % 12 {
+        match what % 13 {
             0 => run.message(Inbound::open_join(
                 conn,
                 if arg & 0x80 == 0 {
@@ -184,6 +185,7 @@ fuzz_target!(|data: &[u8]| {
                     run.g.handle(Event::Verdict(run.now, verdict));
                 }
             }
+            11 => run.g.handle(Event::Evict(run.now)),
             _ => run.g.handle(Event::Shutdown(run.now)),
         }
         run.drain();

@@ -127,9 +127,9 @@ pub struct Args {
     )]
     pub max_connections_per_gathering: u32,
 
-    /// Ops a second one connection may send, after a burst of --op-burst;
-    /// more get error `rate_limited`, and a connection that keeps on is
-    /// closed with 1008. 0 for no limit.
+    /// Ops a second one connection may send (a fetch counts as one), after
+    /// a burst of --op-burst; more get error `rate_limited`, and a
+    /// connection that keeps on is closed with 1008. 0 for no limit.
     #[arg(long, env = "GATHERING_MAX_OPS_PER_SEC", default_value_t = 100)]
     pub max_ops_per_sec: u32,
 

@@ -38,7 +38,7 @@ pub enum Incoming<O> {
 pub enum ClientError {
     /// Could not connect, or the server refused the join (e.g. HTTP 400).
     Connect(String),
-    /// The server refused the op; nothing changed.
+    /// The server refused the op or fetch; nothing changed.
     Rejected {
         /// Stable error code.
         code: String,
@@ -255,7 +255,8 @@ impl<A: App> Client<A> {
         }
     }
 
-    /// Fetches the whole state and the number of the last op it holds.
+    /// Fetches the whole state and the number of the last op it holds; a
+    /// refused fetch (over the rate limit, say) is [`ClientError::Rejected`].
     pub async fn fetch(&mut self) -> Result<(u64, A), ClientError> {
         self.next_id += 1;
         let id = self.next_id;
@@ -267,6 +268,11 @@ impl<A: App> Client<A> {
                     seq,
                     state,
                 } if got == id => return Ok((seq, state)),
+                ServerMsg::Error {
+                    id: Some(got),
+                    code,
+                    message,
+                } if got == id => return Err(ClientError::Rejected { code, message }),
                 other => self.stash_or_end(other).await?,
             }
         }

@@ -22,6 +22,15 @@ pub struct AnswerLabel {
     pub answer: &'static str,
 }
 
+/// Label of `requests_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code a gathering answered with (`rate_limited`,
+    /// `forbidden`, `too_many_in_flight`, `bad_frame`, an app's own), or
+    /// `full`, `flood` or `lagging` for a connection closed without one.
+    pub code: &'static str,
+}
+
 /// Every metric the server exports, updated lock-free from any task.
 pub struct Metrics {
     /// Gatherings spawned and not yet dispersed.
@@ -52,6 +61,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Upgrades refused by the authenticator, by answer.
     pub joins_refused: Family<AnswerLabel, Counter>,
+    /// Requests refused inside gatherings, after the upgrade, by code.
+    pub requests_refused: Family<CodeLabel, Counter>,
     registry: Registry,
 }
 
@@ -74,6 +85,7 @@ impl Default for Metrics {
         let storage_failures = Counter::default();
         let connections_refused = Counter::default();
         let joins_refused = Family::<AnswerLabel, Counter>::default();
+        let requests_refused = Family::<CodeLabel, Counter>::default();
         let mut registry = Registry::default();
         registry.register(
             "gatherings_live",
@@ -141,6 +153,12 @@ impl Default for Metrics {
             "WebSocket upgrades refused, by answer: unauthorized, forbidden, full",
             joins_refused.clone(),
         );
+        registry.register(
+            "requests_refused",
+            "Joins, ops and fetches a gathering refused, by error code; full, flood and lagging \
+             for connections it closed at a limit",
+            requests_refused.clone(),
+        );
         Metrics {
             gatherings_live,
             gatherings_dispersed,
@@ -156,6 +174,7 @@ impl Default for Metrics {
             storage_failures,
             connections_refused,
             joins_refused,
+            requests_refused,
             registry,
         }
     }

@@ -140,6 +140,11 @@ async fn members_act_as_their_role_allows_and_an_expired_token_closes_with_4003(
     }
     assert!(forbidden(within(vic.op(register("Vic"))).await));
     assert_eq!(within(vic.fetch()).await.unwrap().1.players.len(), 2);
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains(r#"requests_refused_total{code="forbidden"} 4"#),
+        "{metrics}"
+    );
 
     // A token that expires in a second closes its connection then.
     let mut brief = join("Bea", "player", Duration::from_secs(2)).await;
@@ -168,7 +173,7 @@ async fn a_full_gathering_answers_503_and_ops_over_the_rate_are_refused() {
         .gathering(gathering_core::Config {
             max_connections: 2,
             max_ops_per_sec: 1,
-            op_burst: 2,
+            op_burst: 3,
             ..gathering_core::Config::default()
         })
         .start()
@@ -203,7 +208,21 @@ async fn a_full_gathering_answers_503_and_ops_over_the_rate_are_refused() {
         matches!(&third, Err(ClientError::Rejected { code, .. }) if code == "rate_limited"),
         "{third:?}"
     );
-    assert_eq!(within(ada.fetch()).await.unwrap().1.players.len(), 2);
+    // A fetch draws on the same tokens as ops.
+    let fetch = within(ada.fetch()).await;
+    assert!(
+        matches!(&fetch, Err(ClientError::Rejected { code, .. }) if code == "rate_limited"),
+        "{fetch:?}"
+    );
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains(r#"requests_refused_total{code="rate_limited"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"joins_refused_total{answer="full"} 1"#),
+        "{metrics}"
+    );
     server.shutdown().await;
 }
 

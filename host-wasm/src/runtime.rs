@@ -156,7 +156,9 @@ impl<A: App> Runtime for Wasm<A> {
             Observed::Unavailable { id } => web_sys::console::error_1(
                 &format!("gathering {id}: no mailbox while live; connection closed").into(),
             ),
-            Observed::DisperseRequested { .. } | Observed::ShuttingDown { .. } => {}
+            Observed::DisperseRequested { .. }
+            | Observed::ShuttingDown { .. }
+            | Observed::Refused { .. } => {}
         }
     }
 }

@@ -620,6 +620,7 @@ impl Sim {
 
     fn on_action(&mut self, id: &GatheringId, generation: u64, now: Instant, action: &Action) {
         match action {
+            Action::Refused { .. } => {}
             Action::Send {
                 conn,
                 frame,

@@ -357,6 +357,9 @@ fn a_connection_that_never_acks_is_closed_not_buffered_forever() {
                 code: CLOSE_POLICY,
                 reason: "too many unacknowledged forwards"
             }));
+            assert_eq!(refusals(&actions), ["lagging"]);
+        } else {
+            assert_eq!(refusals(&actions), Vec::<&str>::new());
         }
     }
     assert_eq!(g.connections(), 1);
@@ -833,6 +836,17 @@ fn error_messages_quote_a_short_escaped_prefix_of_the_input() {
     );
 }
 
+/// The codes of the `Refused` actions, in order.
+fn refusals(actions: &[Action]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Refused { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
 fn errors(actions: &[Action]) -> Vec<(u64, Option<u64>, String)> {
     sends(actions)
         .into_iter()
@@ -1090,6 +1104,10 @@ fn the_app_decides_joins_and_ops_with_the_member() {
         matches!(
             &refused[..],
             [
+                Action::Refused {
+                    conn: ConnId(1),
+                    code: "forbidden",
+                },
                 Action::Send {
                     conn: ConnId(1),
                     ..
@@ -1103,7 +1121,7 @@ fn the_app_decides_joins_and_ops_with_the_member() {
         ),
         "{refused:?}"
     );
-    let Action::Send { frame, .. } = &refused[0] else {
+    let Action::Send { frame, .. } = &refused[1] else {
         unreachable!()
     };
     let error = protocol::decode::<ServerMsg<(), Guarded>>(frame).unwrap();
@@ -1151,7 +1169,14 @@ fn ops_over_the_rate_are_refused_and_a_flood_is_closed() {
     }
     let actions = drain(&mut g);
     assert_eq!(codes(&actions), ["rate_limited"]);
+    assert_eq!(refusals(&actions), ["rate_limited"], "counted for the host");
     assert_eq!(g.app().players.len(), 3, "the refused op was not applied");
+    // A fetch draws on the same tokens: it costs at least an op's work.
+    send(&mut g, T0, 1, ClientMsg::Fetch { id: 9 }, Encoding::Json);
+    assert_eq!(
+        errors(&drain(&mut g)),
+        [(1, Some(9), "rate_limited".into())]
+    );
     // 100 ms refill one op at 10 a second.
     send(
         &mut g,
@@ -1168,6 +1193,16 @@ fn ops_over_the_rate_are_refused_and_a_flood_is_closed() {
     }
     let actions = drain(&mut g);
     assert_eq!(codes(&actions).len(), 4);
+    assert_eq!(
+        refusals(&actions),
+        [
+            "rate_limited",
+            "rate_limited",
+            "rate_limited",
+            "rate_limited",
+            "flood"
+        ]
+    );
     assert!(
         actions.iter().any(|a| matches!(
             a,
@@ -1194,11 +1229,17 @@ fn a_join_past_the_connection_bound_is_closed_with_1013() {
     assert!(
         matches!(
             &actions[..],
-            [Action::Close {
-                conn: ConnId(3),
-                code: 1013,
-                ..
-            }]
+            [
+                Action::Refused {
+                    conn: ConnId(3),
+                    code: "full",
+                },
+                Action::Close {
+                    conn: ConnId(3),
+                    code: 1013,
+                    ..
+                }
+            ]
         ),
         "{actions:?}"
     );

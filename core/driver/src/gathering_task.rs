@@ -254,6 +254,10 @@ impl<R: Runtime> Task<R> {
                     self.gathering
                         .handle(Event::Verdict(self.rt.now(), verdict));
                 }
+                Action::Refused { code, .. } => self.rt.observe(Observed::Refused {
+                    id: self.gathering.id(),
+                    code,
+                }),
                 Action::Dispersed { reason } => self.dispersed(reason),
                 Action::Bounce(inbound) => {
                     let conn = match &inbound {

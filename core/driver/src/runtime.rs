@@ -103,6 +103,14 @@ pub enum Observed<'a> {
         /// Live gatherings.
         gatherings: usize,
     },
+    /// A gathering refused a request of one of its connections (see
+    /// `Action::Refused`): for counters.
+    Refused {
+        /// The gathering.
+        id: &'a GatheringId,
+        /// The error's code, or `full`, `flood` or `lagging` for a close.
+        code: &'static str,
+    },
     /// The hall delivered to a gathering whose mailbox was gone; the
     /// connection was closed. Not expected: a sign of a bug.
     Unavailable {

@@ -18,7 +18,7 @@ pub use detection::Detection;
 
 use crate::front::Front;
 use crate::front::outbox::Outbox;
-use crate::metrics::ReasonLabel;
+use crate::metrics::{CodeLabel, ReasonLabel};
 use crate::server::{Dispersal, DispersalHook};
 use crate::storage::persist::Persister;
 use crate::storage::{Store, Write};
@@ -209,6 +209,12 @@ impl<A: NativeApp> Runtime for Native<A> {
             }
             Observed::ShuttingDown { gatherings } => {
                 tracing::info!(gatherings, "shutting down: dispersing every gathering");
+            }
+            Observed::Refused { code, .. } => {
+                metrics
+                    .requests_refused
+                    .get_or_create(&CodeLabel { code })
+                    .inc();
             }
             Observed::Unavailable { id } => {
                 tracing::error!(id = %id, "no mailbox for a live gathering; closing the connection");
