@@ -5,13 +5,36 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{self, Encoding, Frame};
 use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long an automatic ack waits for an op or fetch to travel with. Acks
+/// are cumulative, so the one ack then covers every forward that arrived
+/// meanwhile, and the server reads one frame, in one wake-up, where it
+/// would read one per forward. Far below the server's retry interval (1 s
+/// by default), so nothing is re-sent for it.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Forwards an automatic ack covers at most: far below the unacknowledged
+/// forwards a server holds for one connection (1,024 by default).
+const ACK_EVERY: u32 = 32;
+
+/// The automatic ack owed and not yet queued.
+struct OwedAck {
+    /// The highest forward received.
+    seq: u64,
+    /// Forwards it covers.
+    count: u32,
+    /// When it goes alone at the latest.
+    due: Instant,
+}
 
 /// Something the server pushed that was not an answer to a request.
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +141,7 @@ pub struct Client<A: App> {
     encoding: Encoding,
     next_id: u64,
     auto_ack: bool,
+    owed: Option<OwedAck>,
     inbox: VecDeque<Incoming<A::Op>>,
     /// Set once the gathering said it dispersed.
     ended: Option<DisperseReason>,
@@ -163,7 +187,9 @@ impl<A: App> Client<A> {
             })?;
             request.headers_mut().insert("authorization", bearer);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        // Without Nagle's algorithm (`true`): a small frame written after
+        // another is sent at once, not held for the server's delayed ACK.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {
@@ -171,13 +197,17 @@ impl<A: App> Client<A> {
             encoding,
             next_id: 0,
             auto_ack: true,
+            owed: None,
             inbox: VecDeque::new(),
             ended: None,
             _app: PhantomData,
         })
     }
 
-    /// Whether forwards are acknowledged as soon as they arrive (the default).
+    /// Whether forwards are acknowledged automatically (the default): with
+    /// the next op or fetch this client sends, or alone 20 ms after the
+    /// first forward it covers, or at once when 32 are owed, whichever
+    /// comes first; one cumulative ack covers them all.
     pub fn set_auto_ack(&mut self, on: bool) {
         self.auto_ack = on;
     }
@@ -239,9 +269,7 @@ impl<A: App> Client<A> {
                     return Ok(Reply::Rejected { id, code, message });
                 }
                 ServerMsg::Forward { seq, op } => {
-                    if self.auto_ack {
-                        self.send_later(&ClientMsg::Ack { seq }).await?;
-                    }
+                    self.owe_ack(seq).await?;
                     return Ok(Reply::Forward { seq, op });
                 }
                 msg @ ServerMsg::Dispersed { .. } => {
@@ -289,8 +317,11 @@ impl<A: App> Client<A> {
         }
     }
 
-    /// Acknowledges every forward up to and including `seq`.
+    /// Acknowledges every forward up to and including `seq`, now.
     pub async fn ack(&mut self, seq: u64) -> Result<(), ClientError> {
+        if self.owed.as_ref().is_some_and(|o| o.seq <= seq) {
+            self.owed = None;
+        }
         self.send(&ClientMsg::Ack { seq }).await
     }
 
@@ -306,8 +337,17 @@ impl<A: App> Client<A> {
             let next = match self.ws.next().now_or_never() {
                 Some(next) => next,
                 None => {
+                    if self.owed.as_ref().is_some_and(|o| o.due <= Instant::now()) {
+                        self.queue_owed_ack().await?;
+                    }
                     self.flush().await?;
-                    self.ws.next().await
+                    match self.owed.as_ref().map(|o| o.due) {
+                        None => self.ws.next().await,
+                        Some(due) => tokio::select! {
+                            next = self.ws.next() => next,
+                            () = tokio::time::sleep_until(due) => continue,
+                        },
+                    }
                 }
             };
             let Some(next) = next else {
@@ -347,9 +387,7 @@ impl<A: App> Client<A> {
     async fn stash(&mut self, msg: ServerMsg<A::Op, A>) -> Result<(), ClientError> {
         match msg {
             ServerMsg::Forward { seq, op } => {
-                if self.auto_ack {
-                    self.send_later(&ClientMsg::Ack { seq }).await?;
-                }
+                self.owe_ack(seq).await?;
                 self.inbox.push_back(Incoming::Forward { seq, op });
                 Ok(())
             }
@@ -375,8 +413,42 @@ impl<A: App> Client<A> {
         self.flush().await
     }
 
-    /// Queues `msg`; it is written by the next flush or read that waits.
+    /// Notes that forward `seq` arrived; the ack goes with the next request,
+    /// or alone when due.
+    async fn owe_ack(&mut self, seq: u64) -> Result<(), ClientError> {
+        if !self.auto_ack {
+            return Ok(());
+        }
+        let owed = self.owed.get_or_insert_with(|| OwedAck {
+            seq,
+            count: 0,
+            due: Instant::now() + ACK_DELAY,
+        });
+        owed.seq = owed.seq.max(seq);
+        owed.count += 1;
+        if owed.count >= ACK_EVERY {
+            self.queue_owed_ack().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the ack owed, if any.
+    async fn queue_owed_ack(&mut self) -> Result<(), ClientError> {
+        match self.owed.take() {
+            Some(owed) => self.feed(&ClientMsg::Ack { seq: owed.seq }).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues `msg`, and before it the ack owed; both are written by the
+    /// next flush or read that waits.
     async fn send_later(&mut self, msg: &ClientMsg<A::Op>) -> Result<(), ClientError> {
+        self.queue_owed_ack().await?;
+        self.feed(msg).await
+    }
+
+    /// Queues `msg` alone.
+    async fn feed(&mut self, msg: &ClientMsg<A::Op>) -> Result<(), ClientError> {
         if self.ended.is_some() {
             return Err(closed("the gathering dispersed; rejoin to continue"));
         }

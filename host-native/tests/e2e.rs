@@ -160,6 +160,52 @@ async fn a_forward_is_retried_until_acknowledged() {
 }
 
 #[tokio::test]
+async fn automatic_acks_are_cumulative_and_go_out_unprompted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let g = id("acks");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Postcard))
+        .await
+        .unwrap();
+    let mut bob: Client = within(Client::connect(&url(&server), &g, Encoding::Postcard))
+        .await
+        .unwrap();
+    within(bob.fetch()).await.unwrap();
+    let processed = || metric(&server.metrics.render(), "messages_processed_total").unwrap();
+    let before = processed();
+    for i in 0..20 {
+        within(ada.submit(register(&format!("p{i}"))))
+            .await
+            .unwrap();
+    }
+    for _ in 0..20 {
+        assert!(matches!(
+            within(ada.reply()).await,
+            Ok(gathering_native::client::Reply::Acked { .. })
+        ));
+    }
+    for seq in 1..=20 {
+        assert!(
+            matches!(within(bob.next()).await, Ok(Incoming::Forward { seq: s, .. }) if s == seq)
+        );
+    }
+    // Bob sends nothing else, yet its ack goes out: nothing is re-sent
+    // (the retry interval is 100 ms).
+    let quiet = tokio::time::timeout(Duration::from_millis(800), bob.next()).await;
+    assert!(quiet.is_err(), "re-sent or ended: {quiet:?}");
+    // Ada's 20 ops, and Bob's acks: fewer than one per forward.
+    let acks = processed() - before - 20.0;
+    assert!(
+        (1.0..=10.0).contains(&acks),
+        "{acks} ack frames for 20 forwards"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_gathering_disperses_at_its_deadline_and_rejoin_sees_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let idle = Duration::from_millis(400);

@@ -122,6 +122,11 @@ pub async fn serve<F>(
             tokio::spawn(refuse(stream, peer, limits));
             continue;
         };
+        // Frames are small and each is written when ready: Nagle's algorithm
+        // would hold one behind the peer's delayed ACK of the one before.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let held = Held {
             _slot: Arc::new(slot),
         };
