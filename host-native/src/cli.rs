@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, env = "GATHERING_SNAPSHOT_BYTES", default_value_t = gathering_core::DEFAULT_SNAPSHOT_BYTES, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_bytes: u32,
 
+    /// Under load, how far apart storage commits start, so that more ops
+    /// share each fsync: at most this much more ack latency, for less CPU
+    /// per op; a commit of one gathering alone never waits. 0s for none.
+    #[arg(long, env = "GATHERING_COMMIT_INTERVAL", default_value = "3ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
     /// Ops of one connection waiting for their commit; more are refused with
     /// error `too_many_in_flight` until acks arrive. At most 256: the acks a
     /// commit releases at once must fit in the connection's queue beside its
@@ -217,6 +223,7 @@ impl Args {
                 ..Config::default()
             })
             .shutdown_grace(self.shutdown_grace)
+            .commit_interval(self.commit_interval)
             .allowed_origins(self.allowed_origins.clone())
             .limits(Limits {
                 max_connections: self.max_connections,

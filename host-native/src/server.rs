@@ -34,6 +34,10 @@ use crate::storage::{RedbStore, Store};
 /// enough for a close handshake (2 s) with a client that reads.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Under load, storage commits start at least this far apart (see
+/// [`Builder::commit_interval`]); measured in BENCHMARKS.md section 5.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
+
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
 
@@ -83,6 +87,7 @@ impl<A: NativeApp> Server<A> {
             gathering: Config::default(),
             max_frame_bytes: 1 << 20,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             origins: Origins::default(),
             auth: None,
             limits: Limits::default(),
@@ -104,6 +109,7 @@ pub struct Builder<A> {
     gathering: Config,
     max_frame_bytes: usize,
     shutdown_grace: Duration,
+    commit_interval: Duration,
     origins: Origins,
     auth: Option<Arc<dyn Authenticator>>,
     limits: Limits,
@@ -169,6 +175,18 @@ impl<A: NativeApp> Builder<A> {
     /// open past it.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Under load, how far apart storage commits start: after one that
+    /// held several gatherings' writes, the next waits out the rest of
+    /// this, so that the ops arriving meanwhile share its fsync. A commit
+    /// costs about the same however many ops it holds, so this bounds the
+    /// CPU durability takes, for at most this much more ack latency; a
+    /// commit of one gathering alone never waits. Zero commits whenever
+    /// the writer is free.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
         self
     }
 
@@ -239,7 +257,8 @@ impl<A: NativeApp> Builder<A> {
         };
         let metrics = Arc::new(Metrics::default());
         let (persister, writer) =
-            Persister::start(store.clone(), metrics.clone()).map_err(ServerError::Thread)?;
+            Persister::start(store.clone(), metrics.clone(), self.commit_interval)
+                .map_err(ServerError::Thread)?;
         let timers = Timers::start().map_err(ServerError::Thread)?;
         let (hall_tx, hall_rx) = async_channel::bounded(HALL_MAILBOX);
         let front = Arc::new(Front {

@@ -1,9 +1,11 @@
 //! Group commit: every gathering's commit waiting when the writer is free
 //! goes into one durable transaction, so throughput does not collapse to
-//! one fsync per op.
+//! one fsync per op; under load, commits are also paced (see
+//! [`Persister::start`]), so that more ops share each fsync.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use gathering_driver::Durable;
 
@@ -28,15 +30,21 @@ pub(crate) struct Persister {
 }
 
 impl Persister {
-    /// Starts the writer thread over `store`.
+    /// Starts the writer thread over `store`. After a commit that held the
+    /// writes of several gatherings, the next one starts no sooner than
+    /// `interval` after it began: a commit costs about the same CPU however
+    /// many ops it holds, so under load this bounds what durability costs a
+    /// second, for at most `interval` more latency per op. A commit of one
+    /// gathering alone (a lone client, a quiet server) is never held.
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        interval: Duration,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, rx) = async_channel::unbounded::<Job>();
         let thread = std::thread::Builder::new()
             .name("gathering-store".into())
-            .spawn(move || write_loop(&*store, &rx, &metrics))?;
+            .spawn(move || write_loop(&*store, &rx, &metrics, interval))?;
         Ok((Persister { jobs }, thread))
     }
 
@@ -50,8 +58,18 @@ impl Persister {
     }
 }
 
-fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Metrics) {
+fn write_loop(
+    store: &dyn Store,
+    rx: &async_channel::Receiver<Job>,
+    metrics: &Metrics,
+    interval: Duration,
+) {
+    let mut pace = Pace::new(interval);
     while let Ok(first) = rx.recv_blocking() {
+        if let Some(wait) = pace.wait(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let began = Instant::now();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
         let mut next = Some(first);
@@ -62,6 +80,7 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
                 next = rx.try_recv().ok();
             }
         }
+        pace.began(began, writes.len());
         let result = store.commit(&writes);
         metrics.storage_commits.inc();
         metrics.storage_writes.inc_by(writes.len() as u64);
@@ -81,5 +100,62 @@ fn write_loop(store: &dyn Store, rx: &async_channel::Receiver<Job>, metrics: &Me
         for durable in replies {
             durable.report(result.clone().map_err(|e| e.to_string()));
         }
+    }
+}
+
+/// When the next commit may start: `interval` after one that held several
+/// gatherings' writes began, at once after any other.
+struct Pace {
+    interval: Duration,
+    /// When the last commit began, if it held several gatherings' writes.
+    shared: Option<Instant>,
+}
+
+impl Pace {
+    fn new(interval: Duration) -> Self {
+        Pace {
+            interval,
+            shared: None,
+        }
+    }
+
+    /// How long a commit wanted at `now` waits first, if at all.
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        let began = self.shared?;
+        let wait = (began + self.interval).saturating_duration_since(now);
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    /// A commit of `writes` gatherings' writes began at `at`.
+    fn began(&mut self, at: Instant, writes: usize) {
+        self.shared = (writes > 1).then_some(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_of_several_gatherings_are_paced_and_a_lone_one_never_waits() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut pace = Pace::new(ms(3));
+        assert_eq!(pace.wait(t0), None, "the first commit goes at once");
+        pace.began(t0, 5);
+        assert_eq!(
+            pace.wait(t0 + ms(1)),
+            Some(ms(2)),
+            "the rest of the interval"
+        );
+        assert_eq!(pace.wait(t0 + ms(3)), None);
+        assert_eq!(pace.wait(t0 + ms(10)), None, "after a quiet spell, at once");
+        // One gathering alone (a lone client): its next commit never waits.
+        pace.began(t0 + ms(10), 1);
+        assert_eq!(pace.wait(t0 + ms(10)), None);
+        // No interval: commits whenever the writer is free.
+        let mut eager = Pace::new(Duration::ZERO);
+        eager.began(t0, 9);
+        assert_eq!(eager.wait(t0), None);
     }
 }
