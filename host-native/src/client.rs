@@ -330,6 +330,12 @@ impl<A: App> Client<A> {
         self.ws.send(msg).await.map_err(|e| closed(&e.to_string()))
     }
 
+    /// Queues a raw WebSocket message, written with the next flush or read
+    /// that waits (for tests and benchmarks that write many at once).
+    pub async fn feed_raw(&mut self, msg: Message) -> Result<(), ClientError> {
+        self.ws.feed(msg).await.map_err(|e| closed(&e.to_string()))
+    }
+
     /// Reads the next raw server message, answers included. Before it
     /// waits, it writes what was queued (the answer may depend on it).
     pub async fn read(&mut self) -> Result<ServerMsg<A::Op, A>, ClientError> {

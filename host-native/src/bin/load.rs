@@ -302,8 +302,10 @@ const DETECTIONS: &[(Detection, &str)] = &[
 const DETECTIONS: &[(Detection, &str)] = &[(Detection::Exact, "exact")];
 
 /// Sends `n` postcard acks on one connection as fast as the socket takes
-/// them, then a fetch; returns messages per second once the fetch answers
-/// (the gathering handles its mailbox in order, so all were processed).
+/// them, 64 to a write (the client disables Nagle's algorithm, which used
+/// to gather them), then a fetch; returns messages per second once the
+/// fetch answers (the gathering handles its mailbox in order, so all were
+/// processed).
 async fn pump(url: &str, n: u64) -> f64 {
     let g = id("overhead");
     let mut client: Client<Tournament> =
@@ -317,11 +319,14 @@ async fn pump(url: &str, n: u64) -> f64 {
     };
     client.fetch().await.unwrap();
     let start = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
         client
-            .send_raw(Message::binary(ack.to_vec()))
+            .feed_raw(Message::binary(ack.to_vec()))
             .await
             .unwrap();
+        if i % 64 == 63 {
+            client.flush().await.unwrap();
+        }
     }
     client.fetch().await.unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -691,6 +696,25 @@ struct Seen {
     forwards: Vec<u64>,
     /// Forwards received again (a seq not above the highest seen).
     resent: u64,
+    /// Moves to a fresh tournament once this one held its most results.
+    rollovers: u64,
+}
+
+/// A client of the tournament after `client`'s, once that one holds its most
+/// results (65,536: at 16 in flight a 30 s window fills it): the state grows
+/// from nothing again, and its peers follow as their ops are refused too.
+async fn roll_over(url: &str, gi: usize, generation: u64) -> Client<Tournament> {
+    let gid = id(&format!("s{gi}-{generation}"));
+    let mut client: Client<Tournament> = Client::connect(url, &gid, Encoding::Postcard)
+        .await
+        .unwrap();
+    for name in ["a", "b"] {
+        // The first of the peers here registers them; the rest are told so.
+        let _ = client
+            .op(TournamentOp::RegisterPlayer { name: name.into() })
+            .await;
+    }
+    client
 }
 
 async fn sustained(smoke: bool, seconds: u64, shapes: &[String]) {
@@ -728,7 +752,8 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for mut client in clients {
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let url = server.url.clone();
         tasks.push(tokio::spawn(async move {
             let op = a_beats_b();
             let mut seen = Seen {
@@ -761,6 +786,12 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
                             }
                         }
                     }
+                    Reply::Rejected { code, .. } if code == "limit_reached" => {
+                        seen.rollovers += 1;
+                        client = roll_over(&url, i / c, seen.rollovers).await;
+                        sent_at.clear();
+                        highest = 0;
+                    }
                     Reply::Rejected { message, .. } => panic!("op refused: {message}"),
                     Reply::Dispersed { .. } => panic!("dispersed under load"),
                 }
@@ -771,6 +802,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let mut latencies = Vec::new();
     let mut per_bucket = vec![0u64; buckets];
     let mut resent = 0;
+    let mut rollovers = 0;
     let mut clients = Vec::new();
     for t in tasks {
         let (seen, client) = t.await.unwrap();
@@ -779,6 +811,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
             *total += n;
         }
         resent += seen.resent;
+        rollovers += seen.rollovers;
         clients.push(client);
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -806,7 +839,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let first = per_bucket.first().copied().unwrap_or(0) as f64;
     let last = per_bucket.last().copied().unwrap_or(0) as f64;
     println!(
-        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op",
+        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op; tournaments filled and rolled over: {}",
         rates.join(", "),
         last / first.max(1.0),
         delivered as f64 / elapsed,
@@ -817,7 +850,8 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         cpu / elapsed,
         resent as f64 * 100.0 / delivered.max(1) as f64,
         logged / commits.max(1.0),
-        bytes / logged.max(1.0)
+        bytes / logged.max(1.0),
+        rollovers / c as u64
     );
     for client in clients {
         client.close().await;
