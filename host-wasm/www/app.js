@@ -11,6 +11,35 @@ let hostIdleMs = null; // the idle timeout `host` was opened with
 let conn = null;       // the current connection
 let nextId = 1;        // request ids
 let tournament = { players: {}, matches: [] };
+
+// The page redraws from a fetched state, with at most one fetch on its way
+// and one every REFRESH_MS: a busy room forwards far more ops than a page
+// needs to redraw, and the server counts fetches against the connection's
+// op rate (--max-ops-per-sec).
+const REFRESH_MS = 100;
+let fetching = null;   // the id of the fetch on its way
+let wanted = false;    // a newer state is wanted once it answers
+let lastFetch = -Infinity;
+let refreshTimer = null;
+
+function refresh() {
+  wanted = true;
+  if (fetching !== null || refreshTimer !== null) return;
+  const wait = lastFetch + REFRESH_MS - performance.now();
+  if (wait > 0) {
+    refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, wait);
+    return;
+  }
+  wanted = false;
+  fetching = nextId++;
+  lastFetch = performance.now();
+  send({ type: "fetch", id: fetching });
+}
+
+function fetched() {
+  fetching = null;
+  if (wanted) refresh();
+}
 // Gatherings this page joined, latest first: in server mode the page shows
 // these, since only the server's admin listener lists every live one.
 const joined = [];
@@ -92,7 +121,11 @@ async function join(id) {
     : host.role === "follower" ? "(run by another tab of this page)" : "(in this page)";
   mine.onmessage = (event) => { if (mine === conn) onMessage(JSON.parse(event.data)); };
   mine.onclose = (code, reason) => { if (mine === conn) onClose(code, reason); };
-  send({ type: "fetch", id: nextId++ });
+  clearTimeout(refreshTimer);
+  refreshTimer = null;
+  fetching = null;
+  lastFetch = -Infinity;
+  refresh();
 }
 
 function onMessage(msg) {
@@ -100,17 +133,20 @@ function onMessage(msg) {
     case "state":
       tournament = msg.state;
       render();
+      if (msg.id === fetching) fetched();
       break;
     case "ack":
-      send({ type: "fetch", id: nextId++ });
+      refresh();
       break;
     case "forward":
       // Acknowledge, or the gathering sends it again.
       send({ type: "ack", seq: msg.seq });
-      send({ type: "fetch", id: nextId++ });
+      refresh();
       break;
     case "error":
       $("room-error").textContent = msg.message;
+      // A refused fetch (over the rate, say) is tried again, later.
+      if (msg.id === fetching) { wanted = true; fetched(); }
       break;
     case "dispersed":
       $("notice-text").textContent = dispersedText(msg.reason);

@@ -20,13 +20,14 @@ const serverBin = process.argv[2] ?? join(root, "target/debug/gathering-server")
 const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const PATIENCE = 15_000; // ms any single expectation may take
 
-function startServer(dataDir) {
+function startServer(dataDir, extra = []) {
   const child = spawn(serverBin, [
     "--listen", "127.0.0.1:0",
     "--admin-listen", "off",
     "--idle-timeout", "3s",
     "--data-dir", dataDir,
     "--web-dir", join(root, "host-wasm/www"),
+    ...extra,
   ], { env: { ...process.env, RUST_LOG: "info" }, stdio: ["ignore", "pipe", "inherit"] });
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error("server did not print its address")), PATIENCE);
@@ -68,6 +69,47 @@ async function flow(page, base, mode, tournament) {
   await page.click("#rejoin");
   await page.waitForSelector("#notice", { state: "hidden" });
   await page.waitForSelector("#standings td:text-is('Ada')", { timeout: PATIENCE });
+}
+
+// A page following a busy room, on a server allowing 20 ops a second per
+// connection after a burst of 40 (fetches count): five other connections
+// send 40 ops each at once, so the page receives 200 forwards in a moment.
+// It must show them all without its own fetches going over the rate: it
+// redraws from at most one fetch on its way and one every 100 ms, not one
+// per forward.
+const SENDERS = 5;
+const OPS_EACH = 40;
+async function busyRoom(page, base, tournament) {
+  await page.goto(`${base}/?mode=server`);
+  await page.waitForSelector("body[data-ready=true]");
+  await page.fill("#tournament", tournament);
+  await page.click("#join");
+  await page.waitForSelector("#room:not([hidden])");
+  const acked = await page.evaluate(async ({ id, senders, n }) => {
+    const sender = (from) => new Promise((done, fail) => {
+      const ws = new WebSocket(`ws://${location.host}/gatherings/${id}`);
+      let acks = 0;
+      ws.onopen = () => {
+        for (let i = 0; i < n; i++) {
+          const name = `p${from + i}`;
+          ws.send(JSON.stringify({ type: "op", id: i + 1, op: { type: "register_player", name } }));
+        }
+      };
+      ws.onmessage = (event) => {
+        const msg = JSON.parse(event.data);
+        if (msg.type === "error") fail(new Error(msg.message));
+        if (msg.type === "ack" && ++acks === n) { ws.close(); done(acks); }
+      };
+      ws.onerror = () => fail(new Error("sender's connection failed"));
+    });
+    const all = Array.from({ length: senders }, (_, s) => sender(s * n));
+    return (await Promise.all(all)).reduce((a, b) => a + b);
+  }, { id: tournament, senders: SENDERS, n: OPS_EACH });
+  assert.equal(acked, SENDERS * OPS_EACH);
+  await page.waitForFunction((rows) => document.querySelectorAll("#standings tbody tr").length === rows,
+    SENDERS * OPS_EACH, { timeout: PATIENCE });
+  const error = await page.textContent("#room-error");
+  assert.equal(error, "", `the page's fetches were refused: ${error}`);
 }
 
 // Two tabs of the page (one browser context: one origin's IndexedDB, Web
@@ -149,6 +191,16 @@ try {
 
   await flow(page, base, "server", `server-${suffix}`);
   console.log("ok - server: the same page over a WebSocket to gathering-server");
+
+  const busyDir = mkdtempSync(join(tmpdir(), "gathering-page-busy-"));
+  const busy = await startServer(busyDir, ["--max-ops-per-sec", "20", "--op-burst", "40"]);
+  try {
+    await busyRoom(page, `http://${busy.addr}`, `busy-${suffix}`);
+  } finally {
+    busy.child.kill("SIGTERM");
+    rmSync(busyDir, { recursive: true, force: true });
+  }
+  console.log("ok - server: a page following a busy room shows every op, its fetches within the rate");
 
   await twoTabs(base, `tabs-${suffix}`, errors);
   console.log("ok - offline in two tabs: one owner, ops of both acked and forwarded, a reload hands over");
