@@ -769,13 +769,13 @@ impl<A: App> Gathering<A> {
                 if self.conns.get(conn).is_none()
                     && self.conns.len() >= self.config.max_connections as usize
                 {
-                    self.actions
-                        .push_back(Action::Refused { conn, code: "full" });
-                    self.actions.push_back(Action::Close {
+                    close_at_limit(
+                        &mut self.actions,
                         conn,
-                        code: protocol::CLOSE_TRY_AGAIN,
-                        reason: "this gathering is full; try again later",
-                    });
+                        "full",
+                        protocol::CLOSE_TRY_AGAIN,
+                        "this gathering is full; try again later",
+                    );
                     return;
                 }
                 self.empty_since = None;
@@ -855,15 +855,13 @@ impl<A: App> Gathering<A> {
                     ),
                 );
                 if far_over {
-                    self.actions.push_back(Action::Refused {
+                    close_at_limit(
+                        &mut self.actions,
                         conn,
-                        code: "flood",
-                    });
-                    self.actions.push_back(Action::Close {
-                        conn,
-                        code: CLOSE_POLICY,
-                        reason: "op rate far over the limit",
-                    });
+                        "flood",
+                        CLOSE_POLICY,
+                        "op rate far over the limit",
+                    );
                 }
             }
             ClientMsg::Op { id, op } => match self.admit(conn) {
@@ -1200,15 +1198,13 @@ impl<A: App> Gathering<A> {
         }
         for conn in lagging {
             self.conns.remove(conn);
-            self.actions.push_back(Action::Refused {
+            close_at_limit(
+                &mut self.actions,
                 conn,
-                code: "lagging",
-            });
-            self.actions.push_back(Action::Close {
-                conn,
-                code: CLOSE_POLICY,
-                reason: "too many unacknowledged forwards",
-            });
+                "lagging",
+                CLOSE_POLICY,
+                "too many unacknowledged forwards",
+            );
         }
         if self.conns.is_empty() && self.empty_since.is_none() {
             self.empty_since = Some(now);
@@ -1243,6 +1239,22 @@ impl<A: App> Gathering<A> {
         self.phase = Phase::Dispersed(reason);
         self.actions.push_back(Action::Dispersed { reason });
     }
+}
+
+/// Queues the close of `conn` at a limit, counted as refusal `counted`
+/// (see [`Action::Refused`]), like [`refuse`] counts an error.
+fn close_at_limit(
+    actions: &mut VecDeque<Action>,
+    conn: ConnId,
+    counted: &'static str,
+    code: u16,
+    reason: &'static str,
+) {
+    actions.push_back(Action::Refused {
+        conn,
+        code: counted,
+    });
+    actions.push_back(Action::Close { conn, code, reason });
 }
 
 /// Queues an `error` reply: request `id` (none: the frame did not decode)

@@ -30,12 +30,8 @@ pub(crate) struct Persister {
 }
 
 impl Persister {
-    /// Starts the writer thread over `store`. After a commit that held the
-    /// writes of several gatherings, the next one starts no sooner than
-    /// `interval` after it began: a commit costs about the same CPU however
-    /// many ops it holds, so under load this bounds what durability costs a
-    /// second, for at most `interval` more latency per op. A commit of one
-    /// gathering alone (a lone client, a quiet server) is never held.
+    /// Starts the writer thread over `store`, its commits paced by
+    /// `interval` (see `Builder::commit_interval` and [`Pace`]).
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
