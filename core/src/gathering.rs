@@ -72,6 +72,14 @@ pub struct Config {
     /// the least recently active disperses early (reason `evicted`).
     /// `u32::MAX` for no bound. Read by the host's hall, not a gathering.
     pub max_gatherings: u32,
+    /// Whether a gathering hands its next commit to the host while the
+    /// last is not durable yet ([`Action::Persist`] says what the host then
+    /// owes). An op accepted while its gathering's previous commit waits
+    /// for a write to start then goes into that same write, instead of the
+    /// one after: under group commit, ack latency falls and each write, and
+    /// each connection's socket write, carries more ops. Off, a gathering
+    /// has at most one commit outstanding.
+    pub overlap_commits: bool,
 }
 
 impl Default for Config {
@@ -89,6 +97,7 @@ impl Default for Config {
             max_ops_per_sec: 0,
             op_burst: 0,
             max_gatherings: u32::MAX,
+            overlap_commits: false,
         }
     }
 }
@@ -176,7 +185,8 @@ pub enum Event {
     Tick(Instant),
     /// The commit of op `seq` (see [`Action::Persist`]) is durable.
     Persisted(Instant, u64),
-    /// The last [`Action::Persist`] failed. Its ops are refused to their
+    /// An [`Action::Persist`] failed. Its ops, and those of any later
+    /// outstanding commit, are refused to their
     /// senders (error `not_durable`), and the gathering disperses without
     /// persisting (reason `storage_failed`): what the store holds is the
     /// truth, and a successor loads it.
@@ -224,8 +234,15 @@ pub enum Action {
     },
     /// Write this commit durably (see [`Commit`] for what a store must
     /// do), then answer with [`Event::Persisted`] of its `seq` (or
-    /// [`Event::PersistFailed`]). At most one is outstanding at a time; ops
-    /// accepted meanwhile are batched into the next.
+    /// [`Event::PersistFailed`]). Unless [`Config::overlap_commits`] is
+    /// set, at most one is outstanding at a time and ops accepted meanwhile
+    /// are batched into the next. With it set, the next may come before the
+    /// last is answered, and the host owes two more things: it writes one
+    /// gathering's commits in the order given (several in one transaction
+    /// is fine), and once one has failed it writes none of that
+    /// gathering's later commits (each is answered as failed): otherwise
+    /// the store's log would skip the failed ops, and a successor could
+    /// not replay it.
     Persist(Commit),
     /// Ask the hall for permission to disperse; forward the hall's
     /// [`Verdict`] back as [`Event::Verdict`].
@@ -342,15 +359,6 @@ fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// The commit a gathering waits for.
-#[derive(Clone, Copy, Debug)]
-struct Persisting {
-    /// The last op it makes durable.
-    seq: u64,
-    /// Whether it is a snapshot, which empties the log once durable.
-    snapshot: bool,
-}
-
 /// One live room: application state, the connections following it, and the
 /// decision of when it ends.
 ///
@@ -381,11 +389,13 @@ pub struct Gathering<A: App> {
     seq: u64,
     /// Number of the last op known durable.
     durable: u64,
-    /// The outstanding commit, if any.
-    persisting: Option<Persisting>,
-    /// Ops and bytes logged since the last durable snapshot, counted when
-    /// written (a failed write counts too: the next snapshot merely comes
-    /// sooner); `u32`, saturating, to keep idle gatherings small.
+    /// Number of the last op handed to the host in a commit: commits are
+    /// outstanding while it is past `durable`.
+    submitted: u64,
+    /// Ops and bytes logged since the last snapshot, counted when handed
+    /// to the host (a failed write leaves the gathering broken, so counting
+    /// early changes nothing); `u32`, saturating, to keep idle gatherings
+    /// small.
     logged: (u32, u32),
     /// Bytes of the last snapshot written: the log must hold as many
     /// before the next, so that snapshotting costs O(1) per logged byte
@@ -503,7 +513,7 @@ impl<A: App> Gathering<A> {
             phase: Phase::Live,
             seq,
             durable: seq,
-            persisting: None,
+            submitted: seq,
             logged: (0, 0),
             snapshot_len: 0,
             flush_at: None,
@@ -621,19 +631,20 @@ impl<A: App> Gathering<A> {
         }
         // Commits are made lazily, once the host has drained everything
         // else: ops handled before the host asks are batched into one write.
-        let wants_persist = self.seq > self.durable
-            && self.persisting.is_none()
+        let wants_persist = self.seq > self.submitted
+            && (self.submitted == self.durable || self.config.overlap_commits)
             && self.flush_at.is_none()
             && !matches!(self.phase, Phase::Dispersed(_));
         if !wants_persist {
             return None;
         }
         match self.commit() {
-            Ok((commit, persisting)) => {
-                if !persisting.snapshot {
-                    self.logged = add(self.logged, commit.log.len(), commit.bytes());
-                }
-                self.persisting = Some(persisting);
+            Ok(commit) => {
+                self.logged = match commit.snapshot {
+                    Some(_) => (0, 0),
+                    None => add(self.logged, commit.log.len(), commit.bytes()),
+                };
+                self.submitted = commit.seq;
                 Some(Action::Persist(commit))
             }
             // Not expected for well-formed state; retry later like a failed write.
@@ -644,15 +655,17 @@ impl<A: App> Gathering<A> {
         }
     }
 
-    /// The commit of every op not yet durable: their log entries, or a
-    /// snapshot once the log since the last one passes its bound, or when
-    /// closing (a successor then loads without replaying).
-    fn commit(&mut self) -> Result<(Commit, Persisting), postcard::Error> {
-        // Everything awaiting is what is not durable: it is released (and
-        // forgotten) as soon as it is.
+    /// The commit of every op not handed to the host yet: their log
+    /// entries, or a snapshot once the log since the last one passes its
+    /// bound, or when closing (a successor then loads without replaying).
+    fn commit(&mut self) -> Result<Commit, postcard::Error> {
+        // What awaits is what is not durable (it is released, and
+        // forgotten, as soon as it is); the ops of outstanding commits
+        // come first.
+        let fresh = self.awaiting.iter().skip_while(|a| a.seq <= self.submitted);
         let mut log = Vec::with_capacity(self.awaiting.len());
         let mut bytes = 0u64;
-        for a in &self.awaiting {
+        for a in fresh {
             let entry = commit::encode_entry(&a.by, &a.op)?;
             bytes += entry.len() as u64;
             log.push(LogEntry {
@@ -671,10 +684,6 @@ impl<A: App> Gathering<A> {
         let compact = ((ops >= self.config.snapshot_ops || bytes >= self.config.snapshot_bytes)
             && bytes >= self.snapshot_len)
             || matches!(self.phase, Phase::Closing(_));
-        let persisting = Persisting {
-            seq: self.seq,
-            snapshot: compact,
-        };
         let commit = if compact {
             let snapshot = postcard::to_allocvec(&self.app)?;
             self.snapshot_len = saturate(snapshot.len());
@@ -690,7 +699,7 @@ impl<A: App> Gathering<A> {
                 snapshot: None,
             }
         };
-        Ok((commit, persisting))
+        Ok(commit)
     }
 
     /// The soonest instant at which the gathering must be ticked, with why;
@@ -1096,7 +1105,6 @@ impl<A: App> Gathering<A> {
     }
 
     fn on_persist_failed(&mut self) {
-        self.persisting = None;
         for a in std::mem::take(&mut self.awaiting) {
             let encoding = self.settled(a.origin);
             refuse(
@@ -1111,8 +1119,10 @@ impl<A: App> Gathering<A> {
                     .into(),
             );
         }
-        // Nothing after the durable state is persisted or counted again.
+        // Nothing after the durable state is persisted or counted again
+        // (a host that overlaps commits writes none after a failed one).
         self.seq = self.durable;
+        self.submitted = self.durable;
         self.fetched = None;
         self.broken = true;
         match self.phase {
@@ -1126,15 +1136,7 @@ impl<A: App> Gathering<A> {
     }
 
     fn on_persisted(&mut self, now: Instant, seq: u64) {
-        if let Some(p) = self.persisting
-            && p.seq <= seq
-        {
-            if p.snapshot {
-                self.logged = (0, 0);
-            }
-            self.persisting = None;
-        }
-        self.durable = self.durable.max(seq.min(self.seq));
+        self.durable = self.durable.max(seq.min(self.submitted));
         self.release(now);
         self.try_finish();
     }
@@ -1216,7 +1218,7 @@ impl<A: App> Gathering<A> {
         let Phase::Closing(reason) = self.phase else {
             return;
         };
-        if self.durable < self.seq || self.persisting.is_some() {
+        if self.durable < self.seq {
             return;
         }
         let goodbye = ServerMsg::<&A::Op, &A>::Dispersed { reason };

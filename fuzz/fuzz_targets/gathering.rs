@@ -1,9 +1,13 @@
 //! One gathering fed an arbitrary sequence of joins, leaves, frames (ops,
 //! acks, fetches, garbage), ticks, commit outcomes, verdicts, evictions and
-//! a shutdown, on a fake clock. Checked: nothing is acknowledged or forwarded before it
-//! is durable, at most one commit is outstanding and commits go forward,
-//! nothing but hand-backs follows the end, and nothing panics.
+//! a shutdown, on a fake clock, with commits overlapping or not (the first
+//! byte). Checked: nothing is acknowledged or forwarded before it is
+//! durable, at most one commit is outstanding unless overlapping, commits
+//! go forward and each continues the log the last one left, nothing but
+//! hand-backs follows the end, and nothing panics.
 #![no_main]
+
+use std::collections::VecDeque;
 
 use gathering_core::protocol::{self, Frame};
 use gathering_core::tournament::{Tournament, TournamentOp};
@@ -18,10 +22,14 @@ type Server = ServerMsg<TournamentOp, Tournament>;
 struct Run {
     g: Gathering<Tournament>,
     now: Instant,
-    /// The seq of the commit under way, if any.
-    persisting: Option<u64>,
+    /// The seqs of the commits under way, oldest first.
+    persisting: VecDeque<u64>,
+    /// Whether several may be.
+    overlap: bool,
     /// The highest seq reported durable.
     durable: u64,
+    /// The last op handed over in a commit.
+    handed: u64,
     asking: bool,
     ended: bool,
 }
@@ -45,9 +53,16 @@ impl Run {
                 }
                 Action::Close { .. } => assert!(!self.ended, "a close after the end"),
                 Action::Persist(commit) => {
-                    assert!(self.persisting.is_none(), "two commits outstanding");
-                    assert!(commit.seq > self.durable, "a commit that goes nowhere");
-                    self.persisting = Some(commit.seq);
+                    assert!(
+                        self.overlap || self.persisting.is_empty(),
+                        "two commits outstanding"
+                    );
+                    assert!(commit.seq > self.handed, "a commit that goes nowhere");
+                    if let Some(first) = commit.log.first() {
+                        assert_eq!(first.seq, self.handed + 1, "a commit that skips ops");
+                    }
+                    self.handed = commit.seq;
+                    self.persisting.push_back(commit.seq);
                 }
                 Action::Disperse { .. } => {
                     assert!(!self.asking, "asked twice without a verdict");
@@ -91,6 +106,10 @@ fn op_frame(arg: u8, op: TournamentOp) -> Inbound {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
+    let overlap = first & 1 == 1;
     let config = Config {
         idle_timeout: Duration::from_secs(5),
         empty_grace: Some(Duration::from_secs(2)),
@@ -106,14 +125,17 @@ fuzz_target!(|data: &[u8]| {
         op_burst: 3,
         // Read by the host's hall, not the gathering.
         max_gatherings: u32::MAX,
+        overlap_commits: overlap,
     };
     let now = Instant::from_millis(1_000);
     let id = GatheringId::parse("fuzz").expect("a valid id");
     let mut run = Run {
         g: Gathering::new(id, config, now),
         now,
-        persisting: None,
+        persisting: VecDeque::new(),
+        overlap,
         durable: 0,
+        handed: 0,
         asking: false,
         ended: false,
     };
@@ -164,14 +186,21 @@ fuzz_target!(|data: &[u8]| {
                 run.g.handle(Event::Tick(run.now));
             }
             8 => {
-                if let Some(seq) = run.persisting.take() {
+                if let Some(seq) = run.persisting.pop_front() {
                     run.durable = run.durable.max(seq);
                     run.g.handle(Event::Persisted(run.now, seq));
                 }
             }
             9 => {
-                if run.persisting.take().is_some() {
+                // As a host must: the commits after a failed one fail too.
+                if !run.persisting.is_empty() {
+                    run.persisting.clear();
+                    run.handed = run.durable;
                     run.g.handle(Event::PersistFailed(run.now));
+                    run.drain();
+                    if arg & 1 == 0 {
+                        run.g.handle(Event::PersistFailed(run.now));
+                    }
                 }
             }
             10 => {

@@ -278,7 +278,14 @@ impl<A: NativeApp> Builder<A> {
         });
         let (hall, settled) = HallState::new();
         let native = Native::<A>(Arc::new(Shared {
-            config: self.gathering.into(),
+            // This host's writer keeps the order of a gathering's commits
+            // and writes none after a failed one, so gatherings need not
+            // wait for one commit before queuing the next.
+            config: Config {
+                overlap_commits: true,
+                ..self.gathering
+            }
+            .into(),
             front: front.clone(),
             timers,
             hall: Mutex::new(hall),

@@ -273,10 +273,35 @@ async fn a_client_that_pipelines_and_reads_is_refused_ops_never_cut_off() {
 }
 
 /// A store that fails every commit while `failing` is set, as a full or
-/// broken disk does.
+/// broken disk does, and whose first commit after [`Flaky::hold`] waits to
+/// be let go and then fails; it records what the commits that went through
+/// logged.
 struct Flaky {
     inner: gathering_native::RedbStore,
     failing: std::sync::atomic::AtomicBool,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    holding: std::sync::atomic::AtomicBool,
+    /// (gathering, seqs logged) of every commit that went through.
+    written: std::sync::Mutex<Vec<(String, Vec<u64>)>>,
+}
+
+impl Flaky {
+    fn new(dir: &std::path::Path) -> Arc<Self> {
+        Arc::new(Flaky {
+            inner: gathering_native::RedbStore::open(dir, "tournament").unwrap(),
+            failing: false.into(),
+            gate: Default::default(),
+            holding: false.into(),
+            written: Default::default(),
+        })
+    }
+
+    /// Holds the next commit; it fails once the sender is dropped or sends.
+    fn hold(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.gate.lock().unwrap() = Some(rx);
+        tx
+    }
 }
 
 impl gathering_native::Store for Flaky {
@@ -291,13 +316,42 @@ impl gathering_native::Store for Flaky {
         &self,
         writes: &[gathering_native::Write],
     ) -> Result<(), gathering_native::StoreError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            self.holding.store(true, Ordering::SeqCst);
+            let _ = gate.recv();
+            return Err(gathering_native::StoreError("I/O error".into()));
+        }
+        if self.failing.load(Ordering::SeqCst) {
             return Err(gathering_native::StoreError(
                 "No space left on device".into(),
             ));
         }
+        let mut written = self.written.lock().unwrap();
+        for w in writes {
+            let seqs = w.commit.log.iter().map(|e| e.seq).collect();
+            written.push((w.id.to_string(), seqs));
+        }
         self.inner.commit(writes)
     }
+}
+
+/// A server on `store`, its WebSocket URL, and a client of `g` on it.
+async fn on_store(
+    store: Arc<dyn gathering_native::Store>,
+    g: &GatheringId,
+) -> (Running, String, Client) {
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .store(store)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.addr);
+    let client = within(Client::connect(&url, g, Encoding::Json))
+        .await
+        .unwrap();
+    (server, url, client)
 }
 
 #[tokio::test]
@@ -305,24 +359,11 @@ async fn a_failed_commit_is_told_to_its_client_and_the_gathering_restarts() {
     use gathering_core::DisperseReason;
     use gathering_core::protocol::CLOSE_INTERNAL;
     use gathering_native::client::{ClientError, Incoming};
-    use std::sync::atomic::Ordering;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(Flaky {
-        inner: gathering_native::RedbStore::open(dir.path(), "tournament").unwrap(),
-        failing: false.into(),
-    });
-    let server = Server::<Tournament>::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .store(store.clone())
-        .start()
-        .await
-        .unwrap();
-    let url = format!("ws://{}", server.addr);
+    let store = Flaky::new(dir.path());
     let g = id("disk");
-    let mut ada: Client = within(Client::connect(&url, &g, Encoding::Json))
-        .await
-        .unwrap();
+    let (server, url, mut ada) = on_store(store.clone(), &g).await;
     let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
     assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
 
@@ -364,6 +405,69 @@ async fn a_failed_commit_is_told_to_its_client_and_the_gathering_restarts() {
     again.submit(register("Cy")).await.unwrap();
     again.flush().await.unwrap();
     within(server.shutdown()).await;
+}
+
+/// Gatherings queue their next commit while the last is being written; when
+/// that write fails, the queued one must not be written after it (the log
+/// would skip the failed op, and no successor could replay it).
+#[tokio::test]
+async fn a_commit_queued_behind_a_failed_one_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Flaky::new(dir.path());
+    let g = id("queued");
+    let (server, url, mut ada) = on_store(store.clone(), &g).await;
+    let register = |name: &str| TournamentOp::RegisterPlayer { name: name.into() };
+    assert_eq!(within(ada.op(register("Ada"))).await, Ok(1));
+
+    // Bob's commit is held in the store; Cy's is queued behind it.
+    let release = store.hold();
+    let bob = ada.submit(register("Bob")).await.unwrap();
+    ada.flush().await.unwrap();
+    within(async {
+        while !store.holding.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let processed = server.metrics.messages_processed.get();
+    let cy = ada.submit(register("Cy")).await.unwrap();
+    ada.flush().await.unwrap();
+    within(async {
+        while server.metrics.messages_processed.get() == processed {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Cy is accepted: her commit is handed over in the same turn of the
+    // gathering, before it can hear of the failure.
+    drop(release);
+
+    for sent in [bob, cy] {
+        match within(ada.reply()).await.unwrap() {
+            Reply::Rejected { id, code, .. } => {
+                assert_eq!((id, code.as_str()), (Some(sent), "not_durable"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The successor holds Ada alone, and carries on from her.
+    let mut again: Client = within(Client::connect(&url, &g, Encoding::Json))
+        .await
+        .unwrap();
+    let (seq, state) = within(again.fetch()).await.unwrap();
+    assert_eq!(seq, 1);
+    assert_eq!(state.players.len(), 1);
+    assert_eq!(within(again.op(register("Dee"))).await, Ok(2));
+    let written = store.written.lock().unwrap().clone();
+    assert_eq!(
+        written,
+        [
+            ("queued".to_string(), vec![1]),
+            ("queued".to_string(), vec![2])
+        ],
+        "Cy's op (3) was never written"
+    );
+    server.shutdown().await;
 }
 
 /// The status line of a WebSocket upgrade to gathering `origin-test` sent

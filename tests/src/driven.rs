@@ -19,7 +19,8 @@ use gathering_core::{
     ServerMsg,
 };
 use gathering_driver::{
-    Conn, Durable, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime, hall_task,
+    Conn, Durable, FailedWrites, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime,
+    hall_task,
 };
 
 type Server = ServerMsg<TournamentOp, Tournament>;
@@ -56,6 +57,9 @@ pub struct World {
     pub store: RefCell<BTreeMap<GatheringId, Loaded>>,
     loads: RefCell<VecDeque<Loading<Fake>>>,
     writes: RefCell<VecDeque<(GatheringId, Commit, Durable<FakeConn>)>>,
+    /// Gatherings a write failed for: none of their later commits is
+    /// written (`Config::overlap_commits`).
+    failed: RefCell<FailedWrites<FakeConn>>,
     timers: RefCell<Vec<(Instant, Waker)>>,
     spawner: LocalSpawner,
     /// Every client ever connected.
@@ -89,6 +93,8 @@ pub struct Stats {
     pub respawns: u64,
     /// Writes made to fail.
     pub failed_writes: u64,
+    /// Writes answered as failed, unwritten, after an earlier one failed.
+    pub unwritten_after_failure: u64,
     /// Acks received by clients.
     pub acks: u64,
 }
@@ -322,6 +328,7 @@ impl Driven {
             store: RefCell::default(),
             loads: RefCell::default(),
             writes: RefCell::default(),
+            failed: RefCell::default(),
             timers: RefCell::default(),
             spawner: pool.spawner(),
             clients: RefCell::default(),
@@ -516,9 +523,13 @@ impl Driven {
         let Some((id, commit, durable)) = self.world.writes.borrow_mut().pop_front() else {
             return false;
         };
-        if fail {
+        let mut failed = self.world.failed.borrow_mut();
+        if failed.follows_failure(&durable) {
+            self.world.stats.borrow_mut().unwritten_after_failure += 1;
+            failed.fail(durable, "an earlier write failed".into());
+        } else if fail {
             self.world.stats.borrow_mut().failed_writes += 1;
-            durable.report(Err("injected failure".into()));
+            failed.fail(durable, "injected failure".into());
         } else {
             let mut store = self.world.store.borrow_mut();
             let kept = store.entry(id.clone()).or_default();
@@ -539,6 +550,7 @@ impl Driven {
             drop(store);
             durable.report(Ok(()));
         }
+        drop(failed);
         self.run();
         true
     }

@@ -42,22 +42,27 @@ pub fn configs() -> impl proptest::strategy::Strategy<Value = gathering_core::Co
         2u64..6,
         2u32..8,
         (1u32..8, 8u32..512),
+        any::<bool>(),
     )
         .prop_map(
-            |(idle, grace, retry, factor, max_unacked, (snapshot_ops, snapshot_bytes))| Config {
-                idle_timeout: Duration::from_millis(idle),
-                empty_grace: grace.map(Duration::from_millis),
-                retry_interval: Duration::from_millis(retry),
-                max_retry_interval: Duration::from_millis(retry * factor),
-                max_unacked,
-                // Unbounded: the runs count every valid op sent as owed (the
-                // bound has its own tests).
-                max_in_flight: u32::MAX,
-                // Small, so that runs compact their logs often.
-                snapshot_ops,
-                snapshot_bytes,
-                // Unlimited, as above: their bounds have their own tests.
-                ..Config::default()
+            |(idle, grace, retry, factor, max_unacked, (snapshot_ops, snapshot_bytes), overlap)| {
+                Config {
+                    idle_timeout: Duration::from_millis(idle),
+                    empty_grace: grace.map(Duration::from_millis),
+                    retry_interval: Duration::from_millis(retry),
+                    max_retry_interval: Duration::from_millis(retry * factor),
+                    max_unacked,
+                    // Unbounded: the runs count every valid op sent as owed (the
+                    // bound has its own tests).
+                    max_in_flight: u32::MAX,
+                    // Small, so that runs compact their logs often.
+                    snapshot_ops,
+                    snapshot_bytes,
+                    // Both ways a host may take commits.
+                    overlap_commits: overlap,
+                    // Unlimited, as above: their bounds have their own tests.
+                    ..Config::default()
+                }
             },
         )
 }

@@ -96,6 +96,9 @@ pub struct Sim {
     /// Durable storage: what each gathering's commits left.
     pub storage: BTreeMap<GatheringId, Loaded>,
     writes: VecDeque<Write>,
+    /// Generations a write failed for: the host writes none of their later
+    /// commits (`Config::overlap_commits`).
+    failed_generations: BTreeSet<u64>,
     /// Every client ever connected.
     pub clients: BTreeMap<ConnId, Client>,
     next_conn: u64,
@@ -126,6 +129,10 @@ pub struct Stats {
     pub rejections: u64,
     /// Storage writes made to fail.
     pub failed_writes: u64,
+    /// Commits asked for while another of the same gathering was waiting.
+    pub overlapped_commits: u64,
+    /// Commits answered as failed, unwritten, after an earlier one failed.
+    pub unwritten_after_failure: u64,
 }
 
 impl Sim {
@@ -140,6 +147,7 @@ impl Sim {
             next_generation: 0,
             storage: BTreeMap::new(),
             writes: VecDeque::new(),
+            failed_generations: BTreeSet::new(),
             clients: BTreeMap::new(),
             next_conn: 0,
             next_request: 0,
@@ -379,6 +387,18 @@ impl Sim {
         let Some(write) = self.writes.pop_front() else {
             return false;
         };
+        // After a failed write, the host answers the gathering's later
+        // commits as failed without writing them; the gathering may have
+        // dispersed meanwhile (nothing it holds is durable any more).
+        if self.failed_generations.contains(&write.generation) {
+            self.stats.unwritten_after_failure += 1;
+            if let Some(slot) = self.slots.get_mut(&write.id)
+                && slot.generation == write.generation
+            {
+                slot.inbox.push_back(Mail::PersistFailed);
+            }
+            return true;
+        }
         let Some(slot) = self.slots.get_mut(&write.id) else {
             panic!("a write completed for {} after it dispersed", write.id);
         };
@@ -388,13 +408,21 @@ impl Sim {
         );
         if fail {
             self.stats.failed_writes += 1;
+            self.failed_generations.insert(write.generation);
             slot.inbox.push_back(Mail::PersistFailed);
             return true;
         }
-        if let Some(stored) = self.storage.get(&write.id) {
-            assert!(
-                write.commit.seq >= stored.seq(),
-                "storage went backwards for {}",
+        let stored = self.storage.get(&write.id).map_or(0, Loaded::seq);
+        assert!(
+            write.commit.seq >= stored,
+            "storage went backwards for {}",
+            write.id
+        );
+        if let Some(first) = write.commit.log.first() {
+            assert_eq!(
+                first.seq,
+                stored + 1,
+                "a commit of {} does not continue its log",
                 write.id
             );
         }
@@ -653,11 +681,20 @@ impl Sim {
                 self.hall_inbox
                     .push_back(HallEvent::Route(id.clone(), Inbound::Leave { conn: *conn }));
             }
-            Action::Persist(commit) => self.writes.push_back(Write {
-                id: id.clone(),
-                generation,
-                commit: commit.clone(),
-            }),
+            Action::Persist(commit) => {
+                if self.writes.iter().any(|w| w.generation == generation) {
+                    assert!(
+                        self.config.overlap_commits,
+                        "{id} asked for a second commit before the first was answered"
+                    );
+                    self.stats.overlapped_commits += 1;
+                }
+                self.writes.push_back(Write {
+                    id: id.clone(),
+                    generation,
+                    commit: commit.clone(),
+                });
+            }
             Action::Disperse {
                 reason, processed, ..
             } => {

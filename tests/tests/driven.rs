@@ -137,11 +137,13 @@ fn generated_runs_exercise_the_driver() {
         total.dispersals += s.dispersals;
         total.respawns += s.respawns;
         total.failed_writes += s.failed_writes;
+        total.unwritten_after_failure += s.unwritten_after_failure;
         total.acks += s.acks;
     }
     println!("{total:?}");
     assert!(total.dispersals > 100, "{total:?}");
     assert!(total.respawns > 0, "{total:?}");
     assert!(total.failed_writes > 0, "{total:?}");
+    assert!(total.unwritten_after_failure > 0, "{total:?}");
     assert!(total.acks > 100, "{total:?}");
 }

@@ -242,6 +242,86 @@ fn ops_are_acked_and_forwarded_only_once_durable_and_batched() {
     assert_eq!(got.len(), 2 + 4);
 }
 
+/// The commit among `actions`, if any.
+fn commit(actions: &[Action]) -> Option<&Commit> {
+    actions.iter().find_map(|a| match a {
+        Action::Persist(commit) => Some(commit),
+        _ => None,
+    })
+}
+
+#[test]
+fn overlapping_commits_carry_only_their_own_ops_and_release_in_order() {
+    let overlap = Config {
+        overlap_commits: true,
+        ..Config::default()
+    };
+    let mut g = gathering(overlap);
+    join(&mut g, T0, 1);
+    join(&mut g, T0, 2);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    let first = commit(&drain(&mut g)).cloned().unwrap();
+    assert_eq!((first.seq, first.log.len()), (1, 1));
+    // Two more while the first waits: handed over at once, on their own.
+    send(&mut g, T0, 2, register(2, "Bob"), Encoding::Json);
+    send(&mut g, T0, 1, register(3, "Cy"), Encoding::Json);
+    let actions = drain(&mut g);
+    assert!(sends(&actions).is_empty(), "nothing out before durable");
+    let second = commit(&actions).cloned().unwrap();
+    assert_eq!(second.seq, 3);
+    let seqs: Vec<u64> = second.log.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 3], "only the ops the first does not hold");
+    // Nothing new: no third commit.
+    assert_eq!(persist(&drain(&mut g)), None);
+
+    // The first is durable: only its op goes out.
+    g.handle(Event::Persisted(T0, 1));
+    let got = sends(&drain(&mut g));
+    assert!(got.contains(&(1, ServerMsg::Ack { id: 1, seq: 1 }, Delivery::Once)));
+    assert_eq!(got.len(), 2, "Ada's ack and one forward");
+    g.handle(Event::Persisted(T0, 3));
+    let got = sends(&drain(&mut g));
+    assert!(got.contains(&(2, ServerMsg::Ack { id: 2, seq: 2 }, Delivery::Once)));
+    assert!(got.contains(&(1, ServerMsg::Ack { id: 3, seq: 3 }, Delivery::Once)));
+    assert_eq!(got.len(), 4);
+
+    // Without overlap the same traffic waits for the first commit.
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    send(&mut g, T0, 1, register(2, "Bob"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), None);
+}
+
+#[test]
+fn with_overlapping_commits_a_failure_refuses_every_op_not_durable() {
+    let mut g = gathering(Config {
+        overlap_commits: true,
+        ..Config::default()
+    });
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    send(&mut g, T0, 1, register(2, "Bob"), Encoding::Json);
+    drain(&mut g);
+    send(&mut g, T0, 1, register(3, "Cy"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(3));
+    g.handle(Event::Persisted(T0, 2));
+    drain(&mut g);
+    // The second commit fails: Cy's op is refused, and the host answers
+    // no later commit as written (here: the failure, repeated).
+    g.handle(Event::PersistFailed(T0));
+    let actions = drain(&mut g);
+    assert_eq!(errors(&actions), [(1, Some(3), "not_durable".to_string())]);
+    assert_eq!(persist(&actions), None);
+    assert_eq!((g.seq(), g.durable_seq()), (2, 2));
+    // A late success changes nothing: only what was durable is.
+    g.handle(Event::Persisted(T0, 3));
+    g.handle(Event::PersistFailed(T0));
+    assert!(sends(&drain(&mut g)).is_empty());
+    assert_eq!(g.durable_seq(), 2);
+}
+
 #[test]
 fn rejected_ops_get_an_error_and_change_nothing() {
     let mut g = gathering(Config::default());

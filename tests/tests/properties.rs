@@ -101,8 +101,9 @@ proptest! {
     #[test]
     fn dispersal_races_new_traffic(
         steps in prop::collection::vec(step(), 1..80),
+        overlap_commits in any::<bool>(),
     ) {
-        let config = racing_config();
+        let config = Config { overlap_commits, ..racing_config() };
         let steps: Vec<Step> = steps
             .into_iter()
             .map(|s| match s {
@@ -134,6 +135,8 @@ fn generated_runs_exercise_the_races() {
         total.respawns += s.respawns;
         total.resends += s.resends;
         total.rejections += s.rejections;
+        total.overlapped_commits += s.overlapped_commits;
+        total.unwritten_after_failure += s.unwritten_after_failure;
     }
     println!("{total:?}");
     assert!(total.dispersals > 100, "{total:?}");
@@ -141,4 +144,6 @@ fn generated_runs_exercise_the_races() {
     assert!(total.respawns > 0, "{total:?}");
     assert!(total.resends > 0, "{total:?}");
     assert!(total.rejections > 0, "{total:?}");
+    assert!(total.overlapped_commits > 0, "{total:?}");
+    assert!(total.unwritten_after_failure > 0, "{total:?}");
 }

@@ -149,6 +149,6 @@ mod status;
 
 pub use gathering_task::GatheringLoop;
 pub use hall::{HallState, Settled, hall_task};
-pub use mail::{Durable, HallMail, Loading, Mail, Mailbox};
+pub use mail::{Durable, FailedWrites, HallMail, Loading, Mail, Mailbox};
 pub use runtime::{Conn, Observed, Runtime, StoreError};
 pub use status::Status;

@@ -65,6 +65,50 @@ impl<C> Durable<C> {
     }
 }
 
+/// The gatherings a write failed for, so that none of their later commits
+/// is written: what a host whose gatherings overlap their commits owes them
+/// ([`gathering_core::Action::Persist`]). A gathering is remembered until
+/// it is gone; its successor, loaded from the store, is another gathering.
+#[derive(Debug)]
+pub struct FailedWrites<C> {
+    /// The failed gatherings' mailboxes, which say who a write answers and
+    /// whether that gathering is still there; almost always empty.
+    failed: Vec<Mailbox<C>>,
+}
+
+impl<C> Default for FailedWrites<C> {
+    fn default() -> Self {
+        FailedWrites { failed: Vec::new() }
+    }
+}
+
+impl<C> FailedWrites<C> {
+    /// Answers `durable` with `error`, and remembers its gathering.
+    pub fn fail(&mut self, durable: Durable<C>, error: String) {
+        if !self.failed.iter().any(|m| m.same_receiver(&durable.reply)) {
+            self.failed.push(durable.reply.clone());
+        }
+        durable.report(Err(error));
+    }
+
+    /// Whether `durable`'s gathering had a write fail: then its commit must
+    /// not be written, and is answered as failed instead. So too when the
+    /// gathering is gone: one leaves only once everything it handed over is
+    /// durable, unless a write of it failed, so a write still waiting then
+    /// follows a failure (and nobody was told its ops were kept).
+    pub fn follows_failure(&mut self, durable: &Durable<C>) -> bool {
+        if durable.reply.is_closed() {
+            return true;
+        }
+        if self.failed.is_empty() {
+            return false;
+        }
+        // A gathering gone is caught above; forgetting it keeps this short.
+        self.failed.retain(|m| !m.is_closed());
+        self.failed.iter().any(|m| m.same_receiver(&durable.reply))
+    }
+}
+
 /// A load the hall asked for: report its outcome once with
 /// [`Loading::finish`], which starts the gathering.
 pub struct Loading<R: Runtime> {

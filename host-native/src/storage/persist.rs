@@ -1,13 +1,15 @@
 //! Group commit: every gathering's commit waiting when the writer is free
 //! goes into one durable transaction, so throughput does not collapse to
 //! one fsync per op; under load, commits are also paced (see
-//! [`Persister::start`]), so that more ops share each fsync.
+//! [`Persister::start`]), so that more ops share each fsync. A gathering
+//! may queue several commits (`Config::overlap_commits`, which this host
+//! sets): they are written in order, and none after one that failed.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gathering_driver::Durable;
+use gathering_driver::{Durable, FailedWrites};
 
 use crate::front::outbox::Outbox;
 use crate::metrics::Metrics;
@@ -61,6 +63,7 @@ fn write_loop(
     interval: Duration,
 ) {
     let mut pace = Pace::new(interval);
+    let mut failed = FailedWrites::default();
     while let Ok(first) = rx.recv_blocking() {
         if let Some(wait) = pace.wait(Instant::now()) {
             std::thread::sleep(wait);
@@ -70,13 +73,22 @@ fn write_loop(
         let mut replies = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            replies.push(job.durable);
-            writes.push(job.write);
+            if failed.follows_failure(&job.durable) {
+                // Written, it would leave a gap in the gathering's log.
+                let error = "not written: an earlier commit of this gathering failed";
+                failed.fail(job.durable, error.into());
+            } else {
+                replies.push(job.durable);
+                writes.push(job.write);
+            }
             if writes.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        pace.began(began, writes.len());
+        if writes.is_empty() {
+            continue;
+        }
+        pace.began(began, writes.iter().any(|w| w.id != writes[0].id));
         let result = store.commit(&writes);
         metrics.storage_commits.inc();
         metrics.storage_writes.inc_by(writes.len() as u64);
@@ -94,13 +106,17 @@ fn write_loop(
             tracing::error!(error = %e, writes = writes.len(), "storage commit failed; its gatherings restart from storage");
         }
         for durable in replies {
-            durable.report(result.clone().map_err(|e| e.to_string()));
+            match &result {
+                Ok(()) => durable.report(Ok(())),
+                Err(e) => failed.fail(durable, e.to_string()),
+            }
         }
     }
 }
 
 /// When the next commit may start: `interval` after one that held several
-/// gatherings' writes began, at once after any other.
+/// gatherings' writes began, at once after any other (one gathering's
+/// commits alone, however many: a lone client's round trip never waits).
 struct Pace {
     interval: Duration,
     /// When the last commit began, if it held several gatherings' writes.
@@ -122,9 +138,10 @@ impl Pace {
         (!wait.is_zero()).then_some(wait)
     }
 
-    /// A commit of `writes` gatherings' writes began at `at`.
-    fn began(&mut self, at: Instant, writes: usize) {
-        self.shared = (writes > 1).then_some(at);
+    /// A commit began at `at`; `shared`: it held several gatherings'
+    /// writes.
+    fn began(&mut self, at: Instant, shared: bool) {
+        self.shared = shared.then_some(at);
     }
 }
 
@@ -138,7 +155,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = Pace::new(ms(3));
         assert_eq!(pace.wait(t0), None, "the first commit goes at once");
-        pace.began(t0, 5);
+        pace.began(t0, true);
         assert_eq!(
             pace.wait(t0 + ms(1)),
             Some(ms(2)),
@@ -147,11 +164,11 @@ mod tests {
         assert_eq!(pace.wait(t0 + ms(3)), None);
         assert_eq!(pace.wait(t0 + ms(10)), None, "after a quiet spell, at once");
         // One gathering alone (a lone client): its next commit never waits.
-        pace.began(t0 + ms(10), 1);
+        pace.began(t0 + ms(10), false);
         assert_eq!(pace.wait(t0 + ms(10)), None);
         // No interval: commits whenever the writer is free.
         let mut eager = Pace::new(Duration::ZERO);
-        eager.began(t0, 9);
+        eager.began(t0, true);
         assert_eq!(eager.wait(t0), None);
     }
 }
