@@ -13,6 +13,7 @@ use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long an automatic ack waits for an op or fetch to travel with. Acks
@@ -25,6 +26,13 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Forwards an automatic ack covers at most: far below the unacknowledged
 /// forwards a server holds for one connection (1,024 by default).
 const ACK_EVERY: u32 = 32;
+
+/// Bytes the WebSocket layer reads from the socket at a time. It zero-fills
+/// this much before every read (tungstenite 0.29), so its default of
+/// 128 KiB made the zeroing most of a client's CPU under a stream of small
+/// frames (BENCHMARKS.md section 5); a larger message still arrives whole,
+/// over several reads.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// The automatic ack owed and not yet queued.
 struct OwedAck {
@@ -189,7 +197,8 @@ impl<A: App> Client<A> {
         }
         // Without Nagle's algorithm (`true`): a small frame written after
         // another is sent at once, not held for the server's delayed ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+        let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {

@@ -469,3 +469,42 @@ async fn the_engine_mounts_in_a_warp_app_of_ones_own() {
     );
     server.abort();
 }
+
+/// The client reads a few kilobytes at a time; a state of many times that
+/// still arrives whole, in both encodings.
+#[tokio::test]
+async fn a_state_far_larger_than_a_read_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = config(dir.path(), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let g = id("large-state");
+    let mut ada: Client = within(Client::connect(&url(&server), &g, Encoding::Json))
+        .await
+        .unwrap();
+    let name = |i: usize| format!("{i:0>64}");
+    for round in 0..5 {
+        for i in 0..200 {
+            ada.submit(register(&name(round * 200 + i))).await.unwrap();
+        }
+        ada.flush().await.unwrap();
+        for _ in 0..200 {
+            let reply = within(ada.reply()).await.unwrap();
+            assert!(
+                matches!(reply, gathering_native::client::Reply::Acked { .. }),
+                "{reply:?}"
+            );
+        }
+    }
+    for encoding in [Encoding::Json, Encoding::Postcard] {
+        let mut bob: Client = within(Client::connect(&url(&server), &g, encoding))
+            .await
+            .unwrap();
+        let (seq, state) = within(bob.fetch()).await.unwrap();
+        assert_eq!(seq, 1000);
+        assert_eq!(state.players.len(), 1000);
+        assert!(state.players.contains_key(&name(999)));
+    }
+    server.shutdown().await;
+}
