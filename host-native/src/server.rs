@@ -156,7 +156,8 @@ impl<A: NativeApp> Builder<A> {
         self
     }
 
-    /// Tunables of every gathering.
+    /// Tunables of every gathering. `overlap_commits` is always on here:
+    /// this host's writer keeps the order and failure rule it asks for.
     pub fn gathering(mut self, config: Config) -> Self {
         self.gathering = config;
         self
