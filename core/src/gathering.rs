@@ -663,7 +663,8 @@ impl<A: App> Gathering<A> {
         // forgotten, as soon as it is); the ops of outstanding commits
         // come first.
         let fresh = self.awaiting.iter().skip_while(|a| a.seq <= self.submitted);
-        let mut log = Vec::with_capacity(self.awaiting.len());
+        // Accepted ops are numbered one after another: this many are fresh.
+        let mut log = Vec::with_capacity(usize::try_from(self.seq - self.submitted).unwrap_or(0));
         let mut bytes = 0u64;
         for a in fresh {
             let entry = commit::encode_entry(&a.by, &a.op)?;

@@ -195,9 +195,9 @@ impl<A: App> Client<A> {
             })?;
             request.headers_mut().insert("authorization", bearer);
         }
+        let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
         // Without Nagle's algorithm (`true`): a small frame written after
         // another is sent at once, not held for the server's delayed ACK.
-        let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;

@@ -71,11 +71,16 @@ fn sends(actions: &[Action]) -> Vec<(u64, Server, Delivery)> {
         .collect()
 }
 
-fn persist(actions: &[Action]) -> Option<u64> {
+/// The commit among `actions`, if any.
+fn commit(actions: &[Action]) -> Option<&Commit> {
     actions.iter().find_map(|a| match a {
-        Action::Persist(commit) => Some(commit.seq),
+        Action::Persist(commit) => Some(commit),
         _ => None,
     })
+}
+
+fn persist(actions: &[Action]) -> Option<u64> {
+    commit(actions).map(|c| c.seq)
 }
 
 #[test]
@@ -240,14 +245,6 @@ fn ops_are_acked_and_forwarded_only_once_durable_and_batched() {
     assert!(got.contains(&(2, ServerMsg::Ack { id: 8, seq: 2 }, Delivery::Once)));
     assert!(got.contains(&(1, ServerMsg::Ack { id: 9, seq: 3 }, Delivery::Once)));
     assert_eq!(got.len(), 2 + 4);
-}
-
-/// The commit among `actions`, if any.
-fn commit(actions: &[Action]) -> Option<&Commit> {
-    actions.iter().find_map(|a| match a {
-        Action::Persist(commit) => Some(commit),
-        _ => None,
-    })
 }
 
 #[test]
