@@ -264,6 +264,14 @@ fn cpu_secs() -> f64 {
 
 /// CPU time process `pid` (or `self`) has used, seconds (user + system).
 fn cpu_secs_of(pid: &str) -> f64 {
+    let (user, system) = cpu_split_of(pid);
+    user + system
+}
+
+/// CPU time process `pid` (or `self`) has used, seconds: in user space, and
+/// in the kernel on its behalf (its syscalls, and on loopback the TCP
+/// receive work of whatever it sends to).
+fn cpu_split_of(pid: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
@@ -279,7 +287,7 @@ fn cpu_secs_of(pid: &str) -> f64 {
             .unwrap_or(0.0)
     };
     // utime and stime, in clock ticks of 1/100 s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 async fn wait_until(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
@@ -748,7 +756,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let server = ChildServer::spawn("sustained");
     let clients = tournament_clients(&server.url, "s", g, c).await;
     let buckets = secs.div_ceil(bucket) as usize;
-    let cpu_before = server.cpu_secs();
+    let cpu_before = server.cpu_split();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -815,7 +823,9 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         clients.push(client);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = server.cpu_secs() - cpu_before;
+    let cpu_after = server.cpu_split();
+    let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let cpu = user + system;
     let metrics = server.metrics();
     let counter = |name: &str| {
         metrics
@@ -839,7 +849,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let first = per_bucket.first().copied().unwrap_or(0) as f64;
     let last = per_bucket.last().copied().unwrap_or(0) as f64;
     println!(
-        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op; tournaments filled and rolled over: {}",
+        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} user + {:.2} system; {:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op; tournaments filled and rolled over: {}",
         rates.join(", "),
         last / first.max(1.0),
         delivered as f64 / elapsed,
@@ -847,6 +857,8 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         quantile(&l, 0.99) * 1e3,
         cpu,
         cpu * 1e6 / delivered.max(1) as f64,
+        user * 1e6 / delivered.max(1) as f64,
+        system * 1e6 / delivered.max(1) as f64,
         cpu / elapsed,
         resent as f64 * 100.0 / delivered.max(1) as f64,
         logged / commits.max(1.0),
@@ -1052,8 +1064,9 @@ impl ChildServer {
         self.child.id()
     }
 
-    fn cpu_secs(&self) -> f64 {
-        cpu_secs_of(&self.pid().to_string())
+    /// Its CPU time so far, seconds: user, system.
+    fn cpu_split(&self) -> (f64, f64) {
+        cpu_split_of(&self.pid().to_string())
     }
 
     /// Its `/metrics` text.
