@@ -259,12 +259,7 @@ fn rss() -> u64 {
 
 /// CPU time this process has used, seconds (user + system).
 fn cpu_secs() -> f64 {
-    cpu_secs_of("self")
-}
-
-/// CPU time process `pid` (or `self`) has used, seconds (user + system).
-fn cpu_secs_of(pid: &str) -> f64 {
-    let (user, system) = cpu_split_of(pid);
+    let (user, system) = cpu_split_of("self");
     user + system
 }
 
@@ -841,6 +836,8 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         counter("storage_bytes_total"),
     );
     let delivered: u64 = per_bucket.iter().sum();
+    // Seconds of CPU to microseconds per delivered forward.
+    let us_per_forward = 1e6 / delivered.max(1) as f64;
     let l = sorted(latencies);
     let rates: Vec<String> = per_bucket
         .iter()
@@ -856,9 +853,9 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         quantile(&l, 0.5) * 1e3,
         quantile(&l, 0.99) * 1e3,
         cpu,
-        cpu * 1e6 / delivered.max(1) as f64,
-        user * 1e6 / delivered.max(1) as f64,
-        system * 1e6 / delivered.max(1) as f64,
+        cpu * us_per_forward,
+        user * us_per_forward,
+        system * us_per_forward,
         cpu / elapsed,
         resent as f64 * 100.0 / delivered.max(1) as f64,
         logged / commits.max(1.0),
