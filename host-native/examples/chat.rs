@@ -13,6 +13,5 @@ use std::process::ExitCode;
 use gathering_core::chat::Chat;
 
 fn main() -> ExitCode {
-    allocator::tune();
     gathering_native::cli::main::<Chat>("chat-server")
 }

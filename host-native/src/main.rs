@@ -7,6 +7,5 @@ use std::process::ExitCode;
 use gathering_core::tournament::Tournament;
 
 fn main() -> ExitCode {
-    allocator::tune();
     gathering_native::cli::main::<Tournament>("gathering-server")
 }

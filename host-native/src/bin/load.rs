@@ -96,7 +96,6 @@ enum What {
 
 fn main() {
     // As the server does (see its main).
-    allocator::tune();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
