@@ -18,6 +18,8 @@
 //! product's own (`exact`) alone.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+// The server's allocator, so that what runs in process measures as the
+// server would.
 #[path = "../allocator.rs"]
 mod allocator;
 
@@ -95,7 +97,6 @@ enum What {
 }
 
 fn main() {
-    // As the server does (see its main).
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
