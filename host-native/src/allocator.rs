@@ -10,7 +10,7 @@
 //! a hundred thousand gatherings disperse per second and their chunks are
 //! merged at once (BENCHMARKS.md, sections 2 and 5). jemalloc's thread
 //! caches take frees of any origin and hand them back in batches: about
-//! 0.02 `futex` calls per op, 20–90 % more forwards per second with 16 ops
+//! 0.02 `futex` calls per op, 11–63 % more forwards per second with 16 ops
 //! in flight per client, less CPU per forward in most runs with one, and
 //! after a million gatherings disperse it returns their memory to the
 //! system (glibc kept it).
