@@ -287,9 +287,6 @@ pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Loaded, 
     rt.hall().spawned(id, mailbox, &rt);
 }
 
-/// Most mails the hall's task takes per wake-up and lock.
-const HALL_BATCH: usize = 64;
-
 /// The hall's task: feeds connections' mail to the hall until a shutdown
 /// has completed (every gathering dispersed), then closes its mailbox so
 /// that later sends fail at once.
@@ -313,18 +310,6 @@ pub async fn hall_task<R: Runtime>(
             let mut hall = rt.hall();
             if let Some(mail) = mail {
                 hall.take(mail, &rt);
-                // What else is already waiting goes under the same lock and
-                // in the same wake-up, up to a bound that keeps the lock
-                // short for gathering tasks and loads waiting on it.
-                for _ in 1..HALL_BATCH {
-                    if hall.finished() {
-                        break;
-                    }
-                    match mailbox.try_recv() {
-                        Ok(mail) => hall.take(mail, &rt),
-                        Err(_) => break,
-                    }
-                }
             }
             if hall.finished() {
                 break;
