@@ -846,7 +846,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
     let first = per_bucket.first().copied().unwrap_or(0) as f64;
     let last = per_bucket.last().copied().unwrap_or(0) as f64;
     println!(
-        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} user + {:.2} system; {:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op; tournaments filled and rolled over: {}",
+        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} user + {:.2} system; {:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op, {:.0} B of it to disk (pages); tournaments filled and rolled over: {}",
         rates.join(", "),
         last / first.max(1.0),
         delivered as f64 / elapsed,
@@ -860,6 +860,7 @@ async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, bucket: u64
         resent as f64 * 100.0 / delivered.max(1) as f64,
         logged / commits.max(1.0),
         bytes / logged.max(1.0),
+        server.disk_bytes() as f64 / logged.max(1.0),
         rollovers / c as u64
     );
     for client in clients {
@@ -1064,6 +1065,17 @@ impl ChildServer {
     /// Its CPU time so far, seconds: user, system.
     fn cpu_split(&self) -> (f64, f64) {
         cpu_split_of(&self.pid().to_string())
+    }
+
+    /// Bytes it has sent to storage so far (`write_bytes` of
+    /// `/proc/PID/io`: whole pages, as redb rewrites them, not the bytes
+    /// it was asked to make durable).
+    fn disk_bytes(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap_or_default();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Its `/metrics` text.
