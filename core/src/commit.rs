@@ -6,8 +6,9 @@
 //! the last snapshot passes a bound ([`crate::Config::snapshot_ops`],
 //! [`crate::Config::snapshot_bytes`]), or when a gathering closes with ops
 //! not yet durable, a commit carries a snapshot instead, which covers every
-//! older entry; the store deletes those in the same atomic write. A
-//! gathering is loaded from its latest snapshot and the entries after it.
+//! older entry: from that write on, the store no longer loads those (it
+//! may delete them in the same write or later). A gathering is loaded from
+//! its latest snapshot and the entries after it.
 
 use serde::Serialize;
 
@@ -35,9 +36,10 @@ pub struct Snapshot {
 /// One durable write a gathering asks for ([`crate::Action::Persist`]).
 ///
 /// Contract for a store: write all of it or none of it, atomically with the
-/// other commits of the same group; with a snapshot, also delete every log
-/// entry of the gathering up to `seq` in that same write. Afterwards a load
-/// returns the snapshot and the entries after it.
+/// other commits of the same group; with a snapshot, the gathering's log
+/// entries up to `seq` are covered from that same write on, never loaded
+/// again (deleted then or later). Afterwards a load returns the snapshot
+/// and the entries after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
     /// The number of the last op this write makes durable.

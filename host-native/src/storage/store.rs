@@ -1,7 +1,7 @@
 //! Durable storage of gatherings: snapshots, and a journal of the ops
 //! logged after them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -9,6 +9,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use gathering_core::{Commit, GatheringId, Loaded, LogEntry, Snapshot};
 pub use gathering_driver::StoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::journal::{Bounds, Committed, Index};
 
 /// One gathering's commit, in a group written together.
 #[derive(Clone, Debug)]
@@ -24,7 +26,7 @@ pub struct Write {
 ///
 /// Contract: [`Store::commit`] writes all of `writes` or none (each as
 /// [`Commit`] says: log entries appended, or a snapshot that replaces the
-/// snapshot and deletes the entries it covers), and when it returns `Ok`
+/// snapshot and covers the entries before it), and when it returns `Ok`
 /// they survive a crash of the process or the machine. Both methods block;
 /// the server calls them off its async threads. A store serves one
 /// application (see [`RedbStore::open`]): gatherings of another app with
@@ -57,9 +59,10 @@ type OldLog<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
 /// entries landed on as many B-tree leaves as gatherings, each copied
 /// whole: 114 KB written per commit for 19 B of log per op; BENCHMARKS.md
 /// section 5.) Which rows hold a gathering's entries is kept in memory,
-/// rebuilt from the journal at open. Every commit is one write transaction,
-/// fsynced before it returns: the group's rows, snapshots and the deletion
-/// of the rows they cover land together or not at all.
+/// rebuilt from the journal at open; rows a snapshot covers are deleted
+/// later, a prefix of the journal at a time (see [`super::journal`]).
+/// Every commit is one write transaction, fsynced before it returns: the
+/// group's rows, snapshots and deletions land together or not at all.
 pub struct RedbStore {
     path: PathBuf,
     /// `None` after a failed commit until reopened: redb refuses every
@@ -68,16 +71,12 @@ pub struct RedbStore {
     snapshots: String,
     journal: String,
     index: Mutex<Index>,
+    bounds: Bounds,
 }
 
-/// Which journal rows hold each gathering's entries after its snapshot,
-/// oldest first, and the next commit number. Changed only together with
-/// the commit that changes the journal, under the same lock.
-#[derive(Default)]
-struct Index {
-    tails: HashMap<GatheringId, Vec<u64>>,
-    next: u64,
-}
+/// Entries taken out of the rows that pinned the head of the journal, by
+/// gathering, to be written again.
+type Moved = BTreeMap<GatheringId, Vec<(u64, Vec<u8>)>>;
 
 /// What one batch does to one gathering.
 #[derive(Default)]
@@ -96,6 +95,10 @@ impl RedbStore {
     /// Opens (creating if needed) the store in directory `dir`, for the
     /// application named `app`.
     pub fn open(dir: &Path, app: &str) -> Result<Self, StoreError> {
+        Self::open_with(dir, app, Bounds::default())
+    }
+
+    fn open_with(dir: &Path, app: &str, bounds: Bounds) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             err(
                 &format!("cannot create data directory {}", dir.display()),
@@ -107,7 +110,8 @@ impl RedbStore {
             db: RwLock::new(None),
             snapshots: app.to_owned(),
             journal: format!("{app}.journal"),
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index::new(bounds)),
+            bounds,
         };
         store.with_db(|db| {
             let tx = db
@@ -201,16 +205,15 @@ impl RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(err(doing, e)),
         };
-        let mut index = self.index();
-        *index = Index::default();
+        let mut rows = Vec::new();
         for row in journal.iter().map_err(|e| err(doing, e))? {
             let (key, _) = row.map_err(|e| err(doing, e))?;
             let (commit, id) = key.value();
             let id = GatheringId::parse(id)
                 .map_err(|e| err(doing, format!("row of gathering {id:?}: {e}")))?;
-            index.tails.entry(id).or_default().push(commit);
-            index.next = index.next.max(commit + 1);
+            rows.push((commit, id));
         }
+        *self.index() = Index::rebuilt(self.bounds, rows);
         Ok(())
     }
 
@@ -240,7 +243,7 @@ impl Store for RedbStore {
         // index names (a commit updates both under it).
         let (rows, tx) = self.with_db(|db| {
             let index = self.index();
-            let rows = index.tails.get(id).cloned().unwrap_or_default();
+            let rows = index.tail(id).to_vec();
             let tx = db.begin_read().map_err(|e| err("cannot start a read", e))?;
             Ok((rows, tx))
         })?;
@@ -319,11 +322,16 @@ impl RedbStore {
         // redb admits one write transaction at a time; the index lock is
         // held from its start, so the commit number and tails it reads stay
         // true until its commit, and a load never sees one without the other.
+        // The index changes only once the commit is durable.
         let tx = db
             .begin_write()
             .map_err(|e| err("cannot start a write", e))?;
         let mut index = self.index();
-        let commit = index.next;
+        let commit = index.next();
+        let mut done = Committed {
+            reclaimed: index.reclaimable(),
+            ..Committed::default()
+        };
         {
             let mut snapshots = tx
                 .open_table(self.snapshots())
@@ -331,6 +339,7 @@ impl RedbStore {
             let mut journal = tx
                 .open_table(self.journal())
                 .map_err(|e| err("cannot open the journal", e))?;
+            let mut carried = Self::carry(&mut journal, &snapshots, &index, &changes)?;
             for (id, change) in &changes {
                 let doing = || format!("cannot write gathering {id}");
                 let key = id.as_str();
@@ -338,32 +347,104 @@ impl RedbStore {
                     snapshots
                         .insert(key, snapshot)
                         .map_err(|e| err(&doing(), e))?;
-                    // The rows the snapshot covers go in the same
-                    // transaction: a crash leaves both or neither.
-                    for &row in index.tails.get(*id).into_iter().flatten() {
-                        journal.remove((row, key)).map_err(|e| err(&doing(), e))?;
-                    }
+                    // Its older rows are covered: a load skips them, and
+                    // they go with the head of the journal.
+                    done.covered.push((*id).clone());
                 }
-                if !change.entries.is_empty() {
-                    let row =
-                        postcard::to_allocvec(&change.entries).map_err(|e| err(&doing(), e))?;
+                let moved = carried.remove(*id);
+                if moved.is_some() {
+                    done.carried.push((*id).clone());
+                }
+                let entries: Vec<(u64, &[u8])> = moved
+                    .iter()
+                    .flatten()
+                    .map(|(seq, bytes)| (*seq, bytes.as_slice()))
+                    .chain(change.entries.iter().copied())
+                    .collect();
+                if !entries.is_empty() {
+                    let row = postcard::to_allocvec(&entries).map_err(|e| err(&doing(), e))?;
                     journal
                         .insert((commit, key), row.as_slice())
                         .map_err(|e| err(&doing(), e))?;
+                    done.logged.push((*id).clone());
                 }
+            }
+            // Moved forward with nothing new of their own.
+            for (id, moved) in carried {
+                done.carried.push(id.clone());
+                if moved.is_empty() {
+                    continue;
+                }
+                let doing = || format!("cannot move the journal of gathering {id}");
+                let row = postcard::to_allocvec(&moved).map_err(|e| err(&doing(), e))?;
+                journal
+                    .insert((commit, id.as_str()), row.as_slice())
+                    .map_err(|e| err(&doing(), e))?;
+                done.logged.push(id);
+            }
+            if let Some(range) = &done.reclaimed {
+                let lower: (u64, &str) = (range.start, "");
+                let upper: (u64, &str) = (range.end, "");
+                journal
+                    .retain_in(lower..upper, |_, _| false)
+                    .map_err(|e| err("cannot delete covered journal rows", e))?;
             }
         }
         tx.commit().map_err(|e| err("cannot commit", e))?;
-        index.next += 1;
-        for (id, change) in changes {
-            if change.snapshot.is_some() {
-                index.tails.remove(id);
+        index.committed(done);
+        Ok(())
+    }
+
+    /// Takes out the rows of the gatherings that pin the head of the
+    /// journal (see [`Index::pinning`]), except those a snapshot in
+    /// `changes` covers anyway: their entries after their snapshot, in
+    /// order, for this commit to write again. The rows go in the same
+    /// transaction, so no entry is ever in the journal twice. (After a
+    /// reopen, a gathering's tail may include rows its snapshot covers,
+    /// such as a dispersed gathering's: those are dropped here.)
+    fn carry(
+        journal: &mut redb::Table<'_, (u64, &'static str), &'static [u8]>,
+        snapshots: &redb::Table<'_, &'static str, (u64, &'static [u8])>,
+        index: &Index,
+        changes: &BTreeMap<&GatheringId, Change<'_>>,
+    ) -> Result<Moved, StoreError> {
+        let mut carried = BTreeMap::new();
+        let Some(oldest) = index.pinning() else {
+            return Ok(carried);
+        };
+        let doing = "cannot move the oldest journal rows forward";
+        let lower: (u64, &str) = (oldest, "");
+        let upper: (u64, &str) = (oldest + 1, "");
+        let mut ids = Vec::new();
+        for row in journal.range(lower..upper).map_err(|e| err(doing, e))? {
+            let (key, _) = row.map_err(|e| err(doing, e))?;
+            let id = GatheringId::parse(key.value().1).map_err(|e| err(doing, e))?;
+            let covered = changes.get(&id).is_some_and(|c| c.snapshot.is_some());
+            if index.starts_at(&id, oldest) && !covered {
+                ids.push(id);
             }
-            if !change.entries.is_empty() {
-                index.tails.entry(id.clone()).or_default().push(commit);
+            if ids.len() == index.carried_per_commit() {
+                break;
             }
         }
-        Ok(())
+        for id in ids {
+            let after = snapshots
+                .get(id.as_str())
+                .map_err(|e| err(doing, e))?
+                .map_or(0, |guard| guard.value().0);
+            let mut entries = Vec::new();
+            for &row in index.tail(&id) {
+                if let Some(bytes) = journal
+                    .remove((row, id.as_str()))
+                    .map_err(|e| err(doing, e))?
+                {
+                    let row = decode_row(bytes.value()).map_err(|e| err(doing, e))?;
+                    entries.extend(row.into_iter().filter(|(seq, _)| *seq > after));
+                }
+            }
+            carried.insert(id, entries);
+        }
+        Ok(carried)
     }
 }
 
@@ -509,5 +590,157 @@ mod tests {
         drop(store);
         let store = RedbStore::open(dir.path(), "one").unwrap();
         assert_eq!(seqs(&store.load(&a).unwrap()), [1, 2, 3, 4]);
+    }
+
+    /// Rows in the journal table itself, and what the index counts.
+    fn journal_rows(store: &RedbStore) -> (u64, usize) {
+        use redb::ReadableTableMetadata;
+        let rows = store
+            .with_db(|db| {
+                let tx = db.begin_read().unwrap();
+                Ok(tx.open_table(store.journal()).unwrap().len().unwrap())
+            })
+            .unwrap();
+        (rows, store.index().rows())
+    }
+
+    fn small() -> Bounds {
+        Bounds {
+            reclaim_rows: 4,
+            pinned_rows: 8,
+            pinned_commits: 12,
+            carried_per_commit: 2,
+        }
+    }
+
+    #[test]
+    fn covered_rows_leave_the_journal_and_quiet_gatherings_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = GatheringId::parse("busy").unwrap();
+        let quiet = GatheringId::parse("quiet").unwrap();
+        let gone = GatheringId::parse("gone").unwrap();
+        let write = |id: &GatheringId, commit| Write {
+            id: id.clone(),
+            commit,
+        };
+        let store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+        store.commit(&[write(&gone, log(1..=2))]).unwrap();
+        // Dispersed: its final snapshot covers its row, which a reopened
+        // store cannot tell from a live one.
+        let last = Commit {
+            seq: 2,
+            log: Vec::new(),
+            snapshot: Some(vec![2]),
+        };
+        store.commit(&[write(&gone, last)]).unwrap();
+        drop(store);
+        let store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+        assert_eq!(store.index().tail(&gone).len(), 1);
+        store.commit(&[write(&quiet, log(1..=2))]).unwrap();
+        let mut most = 0;
+        for seq in 1..=200 {
+            // The busy one logs every commit and snapshots every fourth.
+            let commit = if seq % 4 == 0 {
+                Commit {
+                    seq,
+                    log: Vec::new(),
+                    snapshot: Some(vec![seq as u8]),
+                }
+            } else {
+                log(seq..=seq)
+            };
+            store.commit(&[write(&busy, commit)]).unwrap();
+            let (rows, counted) = journal_rows(&store);
+            assert_eq!(rows as usize, counted, "the index counts the table's rows");
+            most = most.max(rows);
+        }
+        // Without deletions it would hold 150 rows and more; the quiet
+        // gathering's row is moved forward rather than pinning them all.
+        // At most: the live rows (3 here), covered ones pinned behind them
+        // up to twice `pinned_rows` (or twice the live), and a covered
+        // prefix of up to `reclaim_rows` awaiting its deletion.
+        let bound = 3 + 2 * small().pinned_rows + small().reclaim_rows;
+        assert!(most <= bound as u64, "the journal held up to {most} rows");
+        drop(store);
+        let store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+        assert_eq!(seqs(&store.load(&quiet).unwrap()), [1, 2]);
+        // Moving the dispersed gathering forward dropped its covered row.
+        assert!(store.index().tail(&gone).is_empty());
+        let loaded = store.load(&gone).unwrap();
+        assert_eq!(loaded.snapshot.map(|s| s.seq), Some(2));
+        assert!(loaded.log.is_empty());
+        let loaded = store.load(&busy).unwrap();
+        assert_eq!(loaded.snapshot.map(|s| s.seq), Some(200));
+        assert!(loaded.log.is_empty());
+    }
+
+    /// One step of the model test: log `n` ops or snapshot gathering `g`
+    /// in the batch being gathered, commit it, or reopen the store.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Log(usize, u64),
+        Snapshot(usize),
+        Commit,
+        Reopen,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..3usize, 1..4u64).prop_map(|(g, n)| Step::Log(g, n)),
+            2 => (0..3usize).prop_map(Step::Snapshot),
+            6 => Just(Step::Commit),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever the order of logs, snapshots, group commits and
+        /// reopenings, each gathering loads as the model of a store says
+        /// ([`Loaded::apply`]), and the index counts the journal's rows.
+        #[test]
+        fn the_store_loads_what_the_model_holds(steps in proptest::collection::vec(step(), 1..160)) {
+            let dir = tempfile::tempdir().unwrap();
+            let ids: Vec<GatheringId> =
+                ["a", "b", "c"].iter().map(|n| GatheringId::parse(n).unwrap()).collect();
+            let mut store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+            let mut model = vec![Loaded::default(); 3];
+            let mut seq = [0u64; 3];
+            let mut batch: Vec<(usize, Commit)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Log(g, n) => {
+                        batch.push((g, log(seq[g] + 1..=seq[g] + n)));
+                        seq[g] += n;
+                    }
+                    Step::Snapshot(g) => batch.push((g, Commit {
+                        seq: seq[g],
+                        log: Vec::new(),
+                        snapshot: Some(vec![seq[g] as u8]),
+                    })),
+                    Step::Commit => {
+                        let writes: Vec<Write> = batch
+                            .iter()
+                            .map(|(g, c)| Write { id: ids[*g].clone(), commit: c.clone() })
+                            .collect();
+                        store.commit(&writes).unwrap();
+                        for (g, c) in batch.drain(..) {
+                            model[g].apply(c);
+                        }
+                        let (rows, counted) = journal_rows(&store);
+                        proptest::prop_assert_eq!(rows as usize, counted);
+                    }
+                    Step::Reopen => {
+                        drop(store);
+                        store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+                    }
+                }
+                for (g, id) in ids.iter().enumerate() {
+                    proptest::prop_assert_eq!(&store.load(id).unwrap(), &model[g]);
+                }
+            }
+        }
     }
 }
