@@ -60,6 +60,10 @@ struct Args {
     /// Seconds `sustained` runs each shape for.
     #[arg(long, global = true, default_value_t = 30)]
     seconds: u64,
+    /// Seconds per bucket of `sustained`'s forwards (last/first compares
+    /// the last bucket with the first).
+    #[arg(long, global = true, default_value_t = 5)]
+    bucket: u64,
     /// Shapes for `sustained`, as GxC (default 100x4,1000x4).
     #[arg(long, global = true, value_delimiter = ',')]
     shapes: Vec<String>,
@@ -121,7 +125,7 @@ fn main() {
             throughput(args.smoke).await;
         }
         if matches!(args.what, What::Sustained | What::All) {
-            sustained(args.smoke, args.seconds, &args.shapes).await;
+            sustained(args.smoke, args.seconds, args.bucket, &args.shapes).await;
         }
         if matches!(args.what, What::Replay | What::All) {
             replay(args.smoke);
@@ -720,11 +724,11 @@ async fn roll_over(url: &str, gi: usize, generation: u64) -> Client<Tournament> 
     client
 }
 
-async fn sustained(smoke: bool, seconds: u64, shapes: &[String]) {
+async fn sustained(smoke: bool, seconds: u64, bucket: u64, shapes: &[String]) {
     let (secs, bucket, defaults): (u64, u64, &[(usize, usize)]) = if smoke {
         (2, 1, &[(4, 2)])
     } else {
-        (seconds, 5, &[(100, 4), (1000, 4)])
+        (seconds, bucket.max(1), &[(100, 4), (1000, 4)])
     };
     let shapes: Vec<(usize, usize)> = if shapes.is_empty() {
         defaults.to_vec()

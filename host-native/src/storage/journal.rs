@@ -9,8 +9,10 @@
 //! the commits before them is covered too; then one range deletion takes
 //! that prefix of the journal, whole leaves at a time. A gathering that
 //! logs and then goes quiet would hold the prefix back for ever, so once
-//! the covered rows it pins outnumber the live ones, its rows are moved
-//! forward into the current commit ([`Index::pinning`]).
+//! it pins too many covered rows, its entries are copied forward into the
+//! current commit ([`Index::pinning`]) and the rows they came from are
+//! covered like the rest. Deleting those rows then would scatter the
+//! writes again; a load drops the copies' duplicates by seq instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -31,9 +33,11 @@ pub(super) struct Bounds {
     /// forward: when gatherings snapshot about together, the last few of a
     /// wave pin the rest for a moment, and waiting is cheaper than moving.
     pub pinned_commits: u64,
-    /// Gatherings moved forward by one commit at most, so that the quiet
-    /// ones a restart finds cost no single commit much.
+    /// Gatherings moved forward by one commit at most, and the bytes of
+    /// entries past which it takes no more (it takes at least one), so
+    /// that the quiet ones a restart finds cost no single commit much.
     pub carried_per_commit: usize,
+    pub carried_bytes: usize,
 }
 
 impl Default for Bounds {
@@ -43,6 +47,7 @@ impl Default for Bounds {
             pinned_rows: 16384,
             pinned_commits: 4096,
             carried_per_commit: 64,
+            carried_bytes: 1 << 20,
         }
     }
 }
@@ -85,10 +90,9 @@ pub(super) struct Index {
 /// What one commit did to the journal, for [`Index::committed`].
 #[derive(Debug, Default)]
 pub(super) struct Committed {
-    /// Gatherings whose snapshot now covers their rows.
+    /// Gatherings whose earlier rows are covered from this commit on: by
+    /// a snapshot, or by a copy of their entries in it.
     pub covered: Vec<GatheringId>,
-    /// Gatherings whose rows were deleted and rewritten into this commit.
-    pub carried: Vec<GatheringId>,
     /// Gatherings this commit wrote a row for.
     pub logged: Vec<GatheringId>,
     /// The covered commits whose rows it deleted ([`Index::reclaimable`]).
@@ -162,9 +166,10 @@ impl Index {
         self.tail(id).first() == Some(&commit)
     }
 
-    /// How many gatherings one commit moves forward at most.
-    pub fn carried_per_commit(&self) -> usize {
-        self.bounds.carried_per_commit
+    /// How many gatherings, and bytes of their entries, one commit moves
+    /// forward at most.
+    pub fn carried_per_commit(&self) -> (usize, usize) {
+        (self.bounds.carried_per_commit, self.bounds.carried_bytes)
     }
 
     /// The commits at the head of the journal that are covered whole, once
@@ -189,12 +194,7 @@ impl Index {
         }
         for id in &done.covered {
             for row in self.tails.remove(id).unwrap_or_default() {
-                self.forget(row, false);
-            }
-        }
-        for id in &done.carried {
-            for row in self.tails.remove(id).unwrap_or_default() {
-                self.forget(row, true);
+                self.forget(row);
             }
         }
         let commit = self.next - 1;
@@ -217,9 +217,8 @@ impl Index {
         }
     }
 
-    /// One row of `commit` is no longer live; `deleted`: it also left the
-    /// journal.
-    fn forget(&mut self, commit: u64, deleted: bool) {
+    /// One row of `commit` is no longer live.
+    fn forget(&mut self, commit: u64) {
         let Some(slot) = commit
             .checked_sub(self.first)
             .and_then(|i| self.slots.get_mut(i as usize))
@@ -228,10 +227,6 @@ impl Index {
         };
         slot.live = slot.live.saturating_sub(1);
         self.live = self.live.saturating_sub(1);
-        if deleted {
-            slot.rows = slot.rows.saturating_sub(1);
-            self.rows = self.rows.saturating_sub(1);
-        }
     }
 }
 
@@ -249,6 +244,7 @@ mod tests {
             pinned_rows: 4,
             pinned_commits: 6,
             carried_per_commit: 8,
+            carried_bytes: 64,
         }
     }
 
@@ -307,8 +303,9 @@ mod tests {
         assert_eq!(pinned_at, Some(0), "the quiet gathering's row pins them");
         assert!(index.starts_at(&id("quiet"), 0));
         assert!(!index.starts_at(&id("busy"), 0));
+        // Copied into this commit: its old row is covered too.
         index.committed(Committed {
-            carried: vec![id("quiet")],
+            covered: vec![id("quiet")],
             ..logged(&["quiet"])
         });
         assert_eq!(index.pinning(), None);

@@ -280,6 +280,11 @@ impl Store for RedbStore {
                     .map(|(seq, bytes)| LogEntry { seq, bytes }),
             );
         }
+        // Entries copied forward (see `carry`) are also still in the rows
+        // they came from until those are deleted: one of each seq, in
+        // order. Sorting is linear on runs already sorted.
+        log.sort_by_key(|e| e.seq);
+        log.dedup_by_key(|e| e.seq);
         Ok(Loaded { snapshot, log })
     }
 
@@ -339,7 +344,7 @@ impl RedbStore {
             let mut journal = tx
                 .open_table(self.journal())
                 .map_err(|e| err("cannot open the journal", e))?;
-            let mut carried = Self::carry(&mut journal, &snapshots, &index, &changes)?;
+            let mut carried = Self::carry(&journal, &snapshots, &index, &changes)?;
             for (id, change) in &changes {
                 let doing = || format!("cannot write gathering {id}");
                 let key = id.as_str();
@@ -353,7 +358,7 @@ impl RedbStore {
                 }
                 let moved = carried.remove(*id);
                 if moved.is_some() {
-                    done.carried.push((*id).clone());
+                    done.covered.push((*id).clone());
                 }
                 let entries: Vec<(u64, &[u8])> = moved
                     .iter()
@@ -371,7 +376,7 @@ impl RedbStore {
             }
             // Moved forward with nothing new of their own.
             for (id, moved) in carried {
-                done.carried.push(id.clone());
+                done.covered.push(id.clone());
                 if moved.is_empty() {
                     continue;
                 }
@@ -395,15 +400,16 @@ impl RedbStore {
         Ok(())
     }
 
-    /// Takes out the rows of the gatherings that pin the head of the
-    /// journal (see [`Index::pinning`]), except those a snapshot in
-    /// `changes` covers anyway: their entries after their snapshot, in
-    /// order, for this commit to write again. The rows go in the same
-    /// transaction, so no entry is ever in the journal twice. (After a
-    /// reopen, a gathering's tail may include rows its snapshot covers,
-    /// such as a dispersed gathering's: those are dropped here.)
+    /// Reads the rows of the gatherings that pin the head of the journal
+    /// (see [`Index::pinning`]), except those a snapshot in `changes`
+    /// covers anyway: their entries after their snapshot, in order, for
+    /// this commit to write again. The rows stay, covered, until the head
+    /// of the journal goes; until then (also across a crash) a load finds
+    /// those entries twice and keeps one of each seq. (After a reopen, a
+    /// gathering's tail may include rows its snapshot covers, such as a
+    /// dispersed gathering's: those entries are dropped here.)
     fn carry(
-        journal: &mut redb::Table<'_, (u64, &'static str), &'static [u8]>,
+        journal: &redb::Table<'_, (u64, &'static str), &'static [u8]>,
         snapshots: &redb::Table<'_, &'static str, (u64, &'static [u8])>,
         index: &Index,
         changes: &BTreeMap<&GatheringId, Change<'_>>,
@@ -415,6 +421,7 @@ impl RedbStore {
         let doing = "cannot move the oldest journal rows forward";
         let lower: (u64, &str) = (oldest, "");
         let upper: (u64, &str) = (oldest + 1, "");
+        let (most, bytes) = index.carried_per_commit();
         let mut ids = Vec::new();
         for row in journal.range(lower..upper).map_err(|e| err(doing, e))? {
             let (key, _) = row.map_err(|e| err(doing, e))?;
@@ -423,25 +430,32 @@ impl RedbStore {
             if index.starts_at(&id, oldest) && !covered {
                 ids.push(id);
             }
-            if ids.len() == index.carried_per_commit() {
+            if ids.len() == most {
                 break;
             }
         }
+        let mut read = 0;
         for id in ids {
+            if read >= bytes {
+                break;
+            }
             let after = snapshots
                 .get(id.as_str())
                 .map_err(|e| err(doing, e))?
                 .map_or(0, |guard| guard.value().0);
             let mut entries = Vec::new();
             for &row in index.tail(&id) {
-                if let Some(bytes) = journal
-                    .remove((row, id.as_str()))
-                    .map_err(|e| err(doing, e))?
-                {
-                    let row = decode_row(bytes.value()).map_err(|e| err(doing, e))?;
+                if let Some(guard) = journal.get((row, id.as_str())).map_err(|e| err(doing, e))? {
+                    read += guard.value().len();
+                    let row = decode_row(guard.value()).map_err(|e| err(doing, e))?;
                     entries.extend(row.into_iter().filter(|(seq, _)| *seq > after));
                 }
             }
+            // One of each, as a load keeps them: rows copied before and not
+            // yet deleted hold the same entries (after a reopen, also in
+            // its tail).
+            entries.sort_by_key(|(seq, _)| *seq);
+            entries.dedup_by_key(|(seq, _)| *seq);
             carried.insert(id, entries);
         }
         Ok(carried)
@@ -610,6 +624,7 @@ mod tests {
             pinned_rows: 8,
             pinned_commits: 12,
             carried_per_commit: 2,
+            carried_bytes: 64,
         }
     }
 
@@ -634,10 +649,12 @@ mod tests {
         };
         store.commit(&[write(&gone, last)]).unwrap();
         drop(store);
-        let store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+        let mut store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
         assert_eq!(store.index().tail(&gone).len(), 1);
         store.commit(&[write(&quiet, log(1..=2))]).unwrap();
         let mut most = 0;
+        let mut moved = 0;
+        let mut reopened = false;
         for seq in 1..=200 {
             // The busy one logs every commit and snapshots every fourth.
             let commit = if seq % 4 == 0 {
@@ -649,10 +666,41 @@ mod tests {
             } else {
                 log(seq..=seq)
             };
+            let before = store.index().tail(&quiet).to_vec();
             store.commit(&[write(&busy, commit)]).unwrap();
             let (rows, counted) = journal_rows(&store);
             assert_eq!(rows as usize, counted, "the index counts the table's rows");
-            most = most.max(rows);
+            if !reopened {
+                most = most.max(rows);
+            }
+            if store.index().tail(&quiet) != before {
+                moved += 1;
+                if reopened {
+                    // Copied again from both rows: each entry once.
+                    let tail = store.index().tail(&quiet).to_vec();
+                    assert_eq!(tail.len(), 1);
+                    let row = store
+                        .with_db(|db| {
+                            let tx = db.begin_read().unwrap();
+                            let journal = tx.open_table(store.journal()).unwrap();
+                            let row = journal.get((tail[0], "quiet")).unwrap().unwrap();
+                            Ok(decode_row(row.value()).unwrap())
+                        })
+                        .unwrap();
+                    assert_eq!(row.len(), 2);
+                }
+                if seq > 100 && !reopened {
+                    // Just copied forward: reopened now, the store finds
+                    // its entries in both rows, and loads them once. (A
+                    // reopened store counts every row as live again, so
+                    // the bound below is for the commits before.)
+                    reopened = true;
+                    drop(store);
+                    store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
+                    assert_eq!(store.index().tail(&quiet).len(), 2);
+                }
+            }
+            assert_eq!(seqs(&store.load(&quiet).unwrap()), [1, 2]);
         }
         // Without deletions it would hold 150 rows and more; the quiet
         // gathering's row is moved forward rather than pinning them all.
@@ -661,6 +709,12 @@ mod tests {
         // prefix of up to `reclaim_rows` awaiting its deletion.
         let bound = 3 + 2 * small().pinned_rows + small().reclaim_rows;
         assert!(most <= bound as u64, "the journal held up to {most} rows");
+        assert!(
+            reopened,
+            "the quiet gathering was moved forward {moved} times, too early"
+        );
+        let (rows, _) = journal_rows(&store);
+        assert!(rows <= bound as u64, "after reopening, {rows} rows");
         drop(store);
         let store = RedbStore::open_with(dir.path(), "one", small()).unwrap();
         assert_eq!(seqs(&store.load(&quiet).unwrap()), [1, 2]);
