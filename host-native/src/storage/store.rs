@@ -439,10 +439,15 @@ impl RedbStore {
             if read >= bytes {
                 break;
             }
-            let after = snapshots
-                .get(id.as_str())
-                .map_err(|e| err(doing, e))?
-                .map_or(0, |guard| guard.value().0);
+            // Reading the snapshot's seq reads its pages too: counted.
+            let after = match snapshots.get(id.as_str()).map_err(|e| err(doing, e))? {
+                Some(guard) => {
+                    let (seq, state) = guard.value();
+                    read += state.len();
+                    seq
+                }
+                None => 0,
+            };
             let mut entries = Vec::new();
             for &row in index.tail(&id) {
                 if let Some(guard) = journal.get((row, id.as_str())).map_err(|e| err(doing, e))? {
