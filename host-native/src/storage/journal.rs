@@ -33,9 +33,10 @@ pub(super) struct Bounds {
     /// forward: when gatherings snapshot about together, the last few of a
     /// wave pin the rest for a moment, and waiting is cheaper than moving.
     pub pinned_commits: u64,
-    /// Gatherings moved forward by one commit at most, and the bytes of
-    /// entries past which it takes no more (it takes at least one), so
-    /// that the quiet ones a restart finds cost no single commit much.
+    /// Gatherings moved forward by one commit at most, and the bytes read
+    /// (their rows and snapshots) past which it takes no more (it takes at
+    /// least one), so that the quiet ones a restart finds cost no single
+    /// commit much.
     pub carried_per_commit: usize,
     pub carried_bytes: usize,
 }
