@@ -133,6 +133,11 @@ impl Index {
         index
     }
 
+    /// What it was made with.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
     /// The number the next commit gets.
     pub fn next(&self) -> u64 {
         self.next

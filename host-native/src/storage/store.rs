@@ -71,7 +71,6 @@ pub struct RedbStore {
     snapshots: String,
     journal: String,
     index: Mutex<Index>,
-    bounds: Bounds,
 }
 
 /// Entries taken out of the rows that pinned the head of the journal, by
@@ -111,7 +110,6 @@ impl RedbStore {
             snapshots: app.to_owned(),
             journal: format!("{app}.journal"),
             index: Mutex::new(Index::new(bounds)),
-            bounds,
         };
         store.with_db(|db| {
             let tx = db
@@ -213,7 +211,8 @@ impl RedbStore {
                 .map_err(|e| err(doing, format!("row of gathering {id:?}: {e}")))?;
             rows.push((commit, id));
         }
-        *self.index() = Index::rebuilt(self.bounds, rows);
+        let mut index = self.index();
+        *index = Index::rebuilt(index.bounds(), rows);
         Ok(())
     }
 
@@ -356,23 +355,28 @@ impl RedbStore {
                     // they go with the head of the journal.
                     done.covered.push((*id).clone());
                 }
-                let moved = carried.remove(*id);
-                if moved.is_some() {
-                    done.covered.push((*id).clone());
-                }
-                let entries: Vec<(u64, &[u8])> = moved
-                    .iter()
-                    .flatten()
-                    .map(|(seq, bytes)| (*seq, bytes.as_slice()))
-                    .chain(change.entries.iter().copied())
-                    .collect();
-                if !entries.is_empty() {
-                    let row = postcard::to_allocvec(&entries).map_err(|e| err(&doing(), e))?;
-                    journal
-                        .insert((commit, key), row.as_slice())
-                        .map_err(|e| err(&doing(), e))?;
-                    done.logged.push((*id).clone());
-                }
+                let row = match carried.remove(*id) {
+                    // The usual case: this commit's entries alone.
+                    None if change.entries.is_empty() => continue,
+                    None => postcard::to_allocvec(&change.entries),
+                    Some(moved) => {
+                        done.covered.push((*id).clone());
+                        let entries: Vec<(u64, &[u8])> = moved
+                            .iter()
+                            .map(|(seq, bytes)| (*seq, bytes.as_slice()))
+                            .chain(change.entries.iter().copied())
+                            .collect();
+                        if entries.is_empty() {
+                            continue;
+                        }
+                        postcard::to_allocvec(&entries)
+                    }
+                };
+                let row = row.map_err(|e| err(&doing(), e))?;
+                journal
+                    .insert((commit, key), row.as_slice())
+                    .map_err(|e| err(&doing(), e))?;
+                done.logged.push((*id).clone());
             }
             // Moved forward with nothing new of their own.
             for (id, moved) in carried {
