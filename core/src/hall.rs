@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::GatheringId;
-use crate::gathering::{Inbound, Verdict};
+use crate::events::{Inbound, Verdict};
 
 /// An input to the [`Hall`].
 #[derive(Clone, Debug, PartialEq)]

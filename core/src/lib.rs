@@ -61,7 +61,9 @@ mod app;
 pub mod chat;
 pub mod clock;
 pub mod commit;
+mod config;
 mod conn;
+mod events;
 mod gathering;
 mod hall;
 mod id;
@@ -74,12 +76,13 @@ mod wire;
 pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
 pub use commit::{Commit, Loaded, LogEntry, Snapshot};
-pub use conn::ConnMap;
-pub use gathering::{
-    Action, Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, Deadline,
-    Delivery, Event, Gathering, Inbound, NOT_DURABLE, Phase, RestoreError, STORAGE_FAILED, Verdict,
-    Why,
+pub use config::{
+    Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_INTERVAL, DEFAULT_SNAPSHOT_BYTES,
+    DEFAULT_SNAPSHOT_OPS, RETRY_BACKOFF_CAP,
 };
+pub use conn::ConnMap;
+pub use events::{Action, Deadline, Delivery, Event, Inbound, Verdict, Why};
+pub use gathering::{Gathering, NOT_DURABLE, Phase, RestoreError, STORAGE_FAILED};
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
 pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};
 pub use member::{Member, SharedMember};

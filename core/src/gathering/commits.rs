@@ -1,0 +1,171 @@
+//! What storage answers: the commit of every op not yet handed to the
+//! host, and once it is durable, the acks to the ops' senders and their
+//! forwards to everyone else (or, if it failed, the refusals).
+
+use crate::clock::{Duration, Instant};
+use crate::commit::{self, Commit, LogEntry};
+use crate::events::{Action, Delivery};
+use crate::protocol::{CLOSE_POLICY, DisperseReason, Encoding, Frame, ServerMsg};
+use crate::{App, ConnId};
+
+use super::replies::{close_at_limit, encode_or_internal_error, refuse, reply};
+use super::{Accepted, Gathering, NOT_DURABLE, Phase, add, saturate};
+
+impl<A: App> Gathering<A> {
+    /// The commit of every op not handed to the host yet: their log
+    /// entries, or a snapshot once the log since the last one passes its
+    /// bound, or when closing (a successor then loads without replaying).
+    pub(super) fn commit(&mut self) -> Result<Commit, postcard::Error> {
+        // What awaits is what is not durable (it is released, and
+        // forgotten, as soon as it is); the ops of outstanding commits
+        // come first.
+        let fresh = self.awaiting.iter().skip_while(|a| a.seq <= self.submitted);
+        // Accepted ops are numbered one after another: this many are fresh.
+        let mut log = Vec::with_capacity(usize::try_from(self.seq - self.submitted).unwrap_or(0));
+        let mut bytes = 0u64;
+        for a in fresh {
+            let entry = commit::encode_entry(&a.by, &a.op)?;
+            bytes += entry.len() as u64;
+            log.push(LogEntry {
+                seq: a.seq,
+                bytes: entry,
+            });
+        }
+        let (ops, bytes) = add(
+            self.logged,
+            log.len(),
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+        );
+        // A bound is passed, and the log outweighs the last snapshot (or the
+        // gathering closes): a state that grows makes snapshots rarer, so
+        // each logged byte pays for at most one byte of snapshot.
+        let compact = ((ops >= self.config.snapshot_ops || bytes >= self.config.snapshot_bytes)
+            && bytes >= self.snapshot_len)
+            || matches!(self.phase, Phase::Closing(_));
+        let commit = if compact {
+            let snapshot = postcard::to_allocvec(&self.app)?;
+            self.snapshot_len = saturate(snapshot.len());
+            Commit {
+                seq: self.seq,
+                log: Vec::new(),
+                snapshot: Some(snapshot),
+            }
+        } else {
+            Commit {
+                seq: self.seq,
+                log,
+                snapshot: None,
+            }
+        };
+        Ok(commit)
+    }
+
+    pub(super) fn on_persist_failed(&mut self) {
+        for a in std::mem::take(&mut self.awaiting) {
+            let encoding = self.settled(a.origin);
+            refuse(
+                &mut self.actions,
+                a.origin,
+                encoding,
+                Some(a.id),
+                NOT_DURABLE,
+                "storage failed while this op was being made durable: it is not \
+                 acknowledged and may be lost; reconnect, fetch, and send it again \
+                 if it is missing"
+                    .into(),
+            );
+        }
+        // Nothing after the durable state is persisted or counted again
+        // (a host that overlaps commits writes none after a failed one).
+        self.seq = self.durable;
+        self.submitted = self.durable;
+        self.fetched = None;
+        self.broken = true;
+        match self.phase {
+            Phase::Live => self.ask(DisperseReason::StorageFailed, Duration::ZERO),
+            // The pending verdict decides; a refusal asks again.
+            Phase::Asking(_) => {}
+            // The final commit failed: close with what the store holds.
+            Phase::Closing(_) => self.try_finish(),
+            Phase::Dispersed(_) => {}
+        }
+    }
+
+    pub(super) fn on_persisted(&mut self, now: Instant, seq: u64) {
+        self.durable = self.durable.max(seq.min(self.submitted));
+        self.release(now);
+        self.try_finish();
+    }
+
+    /// One op of `origin` no longer waits for its commit (acked or
+    /// refused): its count comes down. Returns the encoding to answer in.
+    pub(super) fn settled(&mut self, origin: ConnId) -> Encoding {
+        self.conns
+            .get_mut(origin)
+            .map_or_else(Encoding::default, |c| {
+                c.in_flight = c.in_flight.saturating_sub(1);
+                c.encoding
+            })
+    }
+
+    /// Acknowledges and forwards every op that is now durable.
+    pub(super) fn release(&mut self, now: Instant) {
+        while self.awaiting.front().is_some_and(|a| a.seq <= self.durable) {
+            let Some(accepted) = self.awaiting.pop_front() else {
+                break;
+            };
+            let origin_encoding = self.settled(accepted.origin);
+            let ack = ServerMsg::<&A::Op, &A>::Ack {
+                id: accepted.id,
+                seq: accepted.seq,
+            };
+            reply(&mut self.actions, accepted.origin, origin_encoding, &ack);
+            if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
+                self.forward(now, &accepted);
+            }
+        }
+    }
+
+    pub(super) fn forward(&mut self, now: Instant, accepted: &Accepted<A::Op>) {
+        let msg = ServerMsg::<&A::Op, &A>::Forward {
+            seq: accepted.seq,
+            op: &accepted.op,
+        };
+        // Encoded at most once per encoding, shared by every recipient.
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        let mut lagging: Vec<ConnId> = Vec::new();
+        for (conn, c) in self.conns.iter_mut() {
+            if conn == accepted.origin {
+                continue;
+            }
+            if c.unacked.len() >= self.config.max_unacked as usize {
+                lagging.push(conn);
+                continue;
+            }
+            let slot = &mut frames[c.encoding as usize];
+            let frame = slot
+                .get_or_insert_with(|| encode_or_internal_error(&msg, c.encoding))
+                .clone();
+            let retry_at = c.sent(now, accepted.seq, frame.clone());
+            self.retry_due = Some(self.retry_due.map_or(retry_at, |d| d.min(retry_at)));
+            self.actions.push_back(Action::Send {
+                conn,
+                frame,
+                delivery: Delivery::Retried,
+            });
+        }
+        for conn in lagging {
+            self.conns.remove(conn);
+            close_at_limit(
+                &mut self.actions,
+                conn,
+                "lagging",
+                CLOSE_POLICY,
+                "too many unacknowledged forwards",
+            );
+        }
+        if self.conns.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(now);
+        }
+    }
+}
