@@ -73,6 +73,14 @@ pub mod protocol;
 pub mod tournament;
 mod wire;
 
+/// The Rust blocks of README.md and docs/ compile as doctests: docs that
+/// cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../../docs/PROTOCOL.md")]
+#[doc = include_str!("../../docs/HARDENING.md")]
+struct DocsCompile;
+
 pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
 pub use commit::{Commit, Loaded, LogEntry, Snapshot};
