@@ -5,6 +5,7 @@
 //!
 //! Hosting an app of your own is this file with your type in place of `Chat`.
 
+#[cfg(feature = "jemalloc")]
 #[path = "../src/allocator.rs"]
 mod allocator;
 

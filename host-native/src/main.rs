@@ -1,5 +1,6 @@
 //! `gathering-server`: the tournament's server; see `--help`.
 
+#[cfg(feature = "jemalloc")]
 mod allocator;
 
 use std::process::ExitCode;
