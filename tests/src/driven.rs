@@ -11,34 +11,17 @@ use std::task::{Context, Poll, Waker};
 
 use futures_executor::{LocalPool, LocalSpawner};
 use futures_util::task::LocalSpawnExt;
-use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_INTERNAL};
-use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::tournament::Tournament;
 use gathering_core::{
-    ClientMsg, Commit, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Encoding,
-    Frame, Gathering, GatheringId, Inbound, Instant, Loaded, NOT_DURABLE, STORAGE_FAILED,
-    ServerMsg,
+    Commit, Config, ConnId, Deadline, Delivery, DisperseReason, Duration, Frame, Gathering,
+    GatheringId, Inbound, Instant, Loaded,
 };
 use gathering_driver::{
     Conn, Durable, FailedWrites, GatheringLoop, HallMail, HallState, Loading, Observed, Runtime,
     hall_task,
 };
 
-type Server = ServerMsg<TournamentOp, Tournament>;
-
-/// What the checker knows about one client.
-#[derive(Debug, Default)]
-pub struct Client {
-    gathering: Option<GatheringId>,
-    encoding: Encoding,
-    /// Close code, once the server closed it.
-    pub closed: Option<u16>,
-    /// Whether it left by itself.
-    pub left: bool,
-    /// `dispersed` messages received.
-    pub dispersed: u32,
-    /// Highest forward seq received.
-    pub highest_forward: u64,
-}
+use crate::clients::{ClientStep, Clients, Sent};
 
 /// Everything the fake runtime and the checker share.
 pub struct World {
@@ -62,8 +45,8 @@ pub struct World {
     failed: RefCell<FailedWrites<FakeConn>>,
     timers: RefCell<Vec<(Instant, Waker)>>,
     spawner: LocalSpawner,
-    /// Every client ever connected.
-    pub clients: RefCell<BTreeMap<ConnId, Client>>,
+    /// The clients, what they sent and what they were told.
+    pub clients: RefCell<Clients>,
     /// When a client last did something that counts as activity, per gathering.
     activity: RefCell<BTreeMap<GatheringId, Instant>>,
     /// Gatherings live (spawned, not yet dispersed).
@@ -71,13 +54,6 @@ pub struct World {
     /// Per gathering, the time of its last idle dispersal request and the
     /// last activity routed to it before then.
     asked: RefCell<BTreeMap<GatheringId, (Instant, Instant)>>,
-    /// Valid ops by request id: the gathering and the name registered.
-    requests: RefCell<BTreeMap<u64, (GatheringId, String)>>,
-    /// Valid ops acknowledged, by gathering.
-    acked: RefCell<BTreeMap<GatheringId, BTreeSet<String>>>,
-    /// Valid ops refused because storage failed (the client was told,
-    /// so they are not owed), by gathering.
-    withdrawn: RefCell<BTreeMap<GatheringId, BTreeSet<String>>>,
     /// Whether timers that fire take in-flight traffic to the hall.
     pub race: Cell<bool>,
     /// Counts, to see that the interesting paths were taken.
@@ -95,8 +71,6 @@ pub struct Stats {
     pub failed_writes: u64,
     /// Writes answered as failed, unwritten, after an earlier one failed.
     pub unwritten_after_failure: u64,
-    /// Acks received by clients.
-    pub acks: u64,
 }
 
 impl World {
@@ -121,68 +95,20 @@ pub struct FakeConn {
 }
 
 impl Conn for FakeConn {
-    fn send(&self, frame: Frame, _delivery: Delivery) -> bool {
+    fn send(&self, frame: Frame, delivery: Delivery) -> bool {
         let w = &self.world;
         let mut clients = w.clients.borrow_mut();
-        let Some(c) = clients.get_mut(&self.conn) else {
+        let Some(g) = clients.clients.get(&self.conn).map(|c| c.gathering.clone()) else {
             return false;
         };
-        if c.closed.is_some() || c.left {
-            return false;
-        }
-        assert_eq!(frame.encoding(), c.encoding, "answered in another encoding");
-        let msg: Server = protocol::decode(&frame).expect("the server's frames decode");
-        let g = c.gathering.clone().expect("joined");
         let durable = w.store.borrow().get(&g).map_or(0, Loaded::seq);
-        match msg {
-            ServerMsg::Ack { id, seq } => {
-                assert!(
-                    seq <= durable,
-                    "op {seq} of {g} acked before durable ({durable})"
-                );
-                w.stats.borrow_mut().acks += 1;
-                if let Some((g, name)) = w.requests.borrow_mut().remove(&id) {
-                    w.acked.borrow_mut().entry(g).or_default().insert(name);
-                }
-            }
-            ServerMsg::Forward { seq, .. } => {
-                assert!(seq <= durable, "op {seq} of {g} forwarded before durable");
-                c.highest_forward = c.highest_forward.max(seq);
-            }
-            ServerMsg::Dispersed { .. } => {
-                c.dispersed += 1;
-                assert_eq!(c.dispersed, 1, "{} told twice", self.conn);
-            }
-            ServerMsg::Error {
-                id: Some(id), code, ..
-            } if code == NOT_DURABLE || code == STORAGE_FAILED => {
-                if let Some((g, name)) = w.requests.borrow_mut().remove(&id) {
-                    w.withdrawn.borrow_mut().entry(g).or_default().insert(name);
-                }
-            }
-            ServerMsg::Error { .. } | ServerMsg::State { .. } => {}
-        }
-        true
+        clients.receive(self.conn, &frame, delivery, w.now.get(), durable)
     }
 
     fn close(&self, code: u16, _reason: &'static str) {
-        let mut clients = self.world.clients.borrow_mut();
-        let Some(c) = clients.get_mut(&self.conn) else {
-            return;
-        };
-        assert!(c.closed.is_none(), "{} closed twice", self.conn);
-        c.closed = Some(code);
-        if code == CLOSE_DISPERSED {
-            assert_eq!(c.dispersed, 1, "closed with 4000 without being told why");
-        }
-        if c.dispersed == 1 {
-            assert!(
-                matches!(code, CLOSE_DISPERSED | CLOSE_GOING_AWAY | CLOSE_INTERNAL),
-                "{code}"
-            );
-        }
+        let closed = self.world.clients.borrow_mut().closed(self.conn, code);
         // As a socket's task does once its socket is closed.
-        if let Some(g) = c.gathering.clone() {
+        if let Some(g) = closed {
             let leave = Inbound::Leave { conn: self.conn };
             self.world
                 .in_flight
@@ -307,10 +233,6 @@ pub struct Driven {
     pool: LocalPool,
     /// The shared world.
     pub world: Rc<World>,
-    next_conn: u64,
-    next_request: u64,
-    /// Valid ops sent, by gathering: the player names registered.
-    pub sent_valid: BTreeMap<GatheringId, BTreeSet<String>>,
 }
 
 impl Driven {
@@ -335,9 +257,6 @@ impl Driven {
             activity: RefCell::default(),
             live: RefCell::default(),
             asked: RefCell::default(),
-            requests: RefCell::default(),
-            acked: RefCell::default(),
-            withdrawn: RefCell::default(),
             race: Cell::new(false),
             stats: RefCell::default(),
         });
@@ -345,13 +264,7 @@ impl Driven {
         pool.spawner()
             .spawn_local(hall_task(rt, rx, settled))
             .expect("the executor runs");
-        let mut driven = Driven {
-            pool,
-            world,
-            next_conn: 0,
-            next_request: 0,
-            sent_valid: BTreeMap::new(),
-        };
+        let mut driven = Driven { pool, world };
         driven.run();
         driven
     }
@@ -361,21 +274,26 @@ impl Driven {
         self.pool.run_until_stalled();
     }
 
-    /// Sends traffic towards the hall; `activity` says whether the core
-    /// counts it as such (joins and frames that decode do).
-    fn route(&mut self, id: &GatheringId, inbound: Inbound, conn: Option<FakeConn>) {
-        self.route_as(id, inbound, conn, true);
-    }
-
-    fn route_as(
-        &mut self,
-        id: &GatheringId,
-        inbound: Inbound,
-        conn: Option<FakeConn>,
-        activity: bool,
-    ) {
-        let activity = activity && !matches!(inbound, Inbound::Leave { .. });
-        let mail = HallMail::Route(id.clone(), inbound, conn);
+    /// A client takes `step`; what it sends heads for the hall (with the
+    /// connection's handle, for a join).
+    pub fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
+        let sent = step.play(&mut self.world.clients.borrow_mut(), ids);
+        let Some(Sent {
+            gathering,
+            inbound,
+            activity,
+        }) = sent
+        else {
+            return;
+        };
+        let handle = match inbound {
+            Inbound::Join { conn, .. } => Some(FakeConn {
+                conn,
+                world: self.world.clone(),
+            }),
+            _ => None,
+        };
+        let mail = HallMail::Route(gathering, inbound, handle);
         self.world
             .in_flight
             .borrow_mut()
@@ -398,112 +316,7 @@ impl Driven {
 
     /// Clients that can still send.
     pub fn open_clients(&self) -> Vec<ConnId> {
-        self.world
-            .clients
-            .borrow()
-            .iter()
-            .filter(|(_, c)| c.closed.is_none() && !c.left)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// A new client joins `id`.
-    pub fn join(&mut self, id: &GatheringId, encoding: Encoding) {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.world.clients.borrow_mut().insert(
-            conn,
-            Client {
-                gathering: Some(id.clone()),
-                encoding,
-                ..Client::default()
-            },
-        );
-        let handle = FakeConn {
-            conn,
-            world: self.world.clone(),
-        };
-        self.route(id, Inbound::open_join(conn, encoding), Some(handle));
-    }
-
-    fn client(&self, conn: ConnId) -> Option<(GatheringId, Encoding)> {
-        let clients = self.world.clients.borrow();
-        let c = clients.get(&conn)?;
-        if c.closed.is_some() || c.left {
-            return None;
-        }
-        Some((c.gathering.clone()?, c.encoding))
-    }
-
-    fn send(&mut self, conn: ConnId, msg: &ClientMsg<TournamentOp>) {
-        let Some((id, encoding)) = self.client(conn) else {
-            return;
-        };
-        let frame = protocol::encode(msg, encoding).expect("client messages encode");
-        self.route(&id, Inbound::open_frame(conn, frame), None);
-    }
-
-    /// Client `conn` leaves.
-    pub fn leave(&mut self, conn: ConnId) {
-        let Some((id, _)) = self.client(conn) else {
-            return;
-        };
-        if let Some(c) = self.world.clients.borrow_mut().get_mut(&conn) {
-            c.left = true;
-        }
-        self.route(&id, Inbound::Leave { conn }, None);
-    }
-
-    /// Client `conn` registers a player: a fresh name when `valid`, else
-    /// one the tournament refuses.
-    pub fn op(&mut self, conn: ConnId, valid: bool) {
-        let Some((id, _)) = self.client(conn) else {
-            return;
-        };
-        self.next_request += 1;
-        let name = if valid {
-            format!("p{}", self.next_request)
-        } else {
-            String::new()
-        };
-        if valid {
-            self.sent_valid.entry(id).or_default().insert(name.clone());
-        }
-        let op = TournamentOp::RegisterPlayer { name };
-        let id = self.next_request;
-        self.send(conn, &ClientMsg::Op { id, op });
-    }
-
-    /// Client `conn` fetches the state.
-    pub fn fetch(&mut self, conn: ConnId) {
-        self.next_request += 1;
-        let id = self.next_request;
-        self.send(conn, &ClientMsg::Fetch { id });
-    }
-
-    /// Client `conn` acknowledges every forward it has seen.
-    pub fn ack(&mut self, conn: ConnId) {
-        let seq = self
-            .world
-            .clients
-            .borrow()
-            .get(&conn)
-            .map_or(0, |c| c.highest_forward);
-        if seq > 0 {
-            self.send(conn, &ClientMsg::Ack { seq });
-        }
-    }
-
-    /// Client `conn` sends bytes that are no message (not activity).
-    pub fn garbage(&mut self, conn: ConnId) {
-        let Some((id, encoding)) = self.client(conn) else {
-            return;
-        };
-        let frame = match encoding {
-            Encoding::Json => Frame::Text("{\"type\":\"op\"".into()),
-            Encoding::Postcard => Frame::Binary(vec![7, 7, 7].into()),
-        };
-        self.route_as(&id, Inbound::open_frame(conn, frame), None, false);
+        self.world.clients.borrow().open()
     }
 
     /// The oldest pending load finishes. Returns whether there was one.
@@ -633,64 +446,32 @@ impl Driven {
         );
     }
 
-    /// Nothing was lost: every valid op acknowledged is in the stored
-    /// state, and so is every valid op sent when the run ended in
-    /// dispersal (a shutdown turns away, unacknowledged, what waits for a
-    /// gathering still loading or dispersing).
+    /// Nothing was lost (see [`Clients::check_final`]): every valid op
+    /// sent is stored when the run ended in dispersal; after a shutdown
+    /// (which turns away, unacknowledged, what waits for a gathering still
+    /// loading or dispersing) or a failed write, every one acknowledged.
     pub fn check_final(&self, shut_down: bool) {
-        let store = self.world.store.borrow();
-        let acked = self.world.acked.borrow();
-        // A failed write undoes the ops it carried: their senders are told
-        // (and those who left hear nothing, as with any op not yet acked),
-        // so only what was acknowledged is owed.
+        let config = self.world.config.clone();
+        let stored = self
+            .world
+            .store
+            .borrow()
+            .iter()
+            .map(|(id, loaded)| {
+                let restored = Gathering::<Tournament>::restore(
+                    id.clone(),
+                    config.clone(),
+                    Instant::ZERO,
+                    loaded,
+                )
+                .expect("what was stored restores");
+                (id.clone(), restored.app().clone())
+            })
+            .collect();
         let failed = self.world.stats.borrow().failed_writes > 0;
-        let must = if shut_down || failed {
-            &*acked
-        } else {
-            &self.sent_valid
-        };
-        let withdrawn = self.world.withdrawn.borrow();
-        // An op refused as not durable was not applied.
-        for (id, names) in withdrawn.iter() {
-            let Some(stored) = store.get(id) else {
-                continue;
-            };
-            let config = self.world.config.clone();
-            let restored =
-                Gathering::<Tournament>::restore(id.clone(), config, Instant::ZERO, stored)
-                    .expect("what was stored restores");
-            for name in names {
-                assert!(
-                    !restored.app().players.contains_key(name),
-                    "op registering {name} in {id} was refused as not durable, yet stored"
-                );
-            }
-        }
-        for (id, names) in must {
-            let names: Vec<&String> = names
-                .iter()
-                .filter(|n| !withdrawn.get(id).is_some_and(|w| w.contains(*n)))
-                .collect();
-            if names.is_empty() {
-                continue;
-            }
-            let stored = store
-                .get(id)
-                .expect("a gathering that took ops was persisted");
-            let config = self.world.config.clone();
-            let restored =
-                Gathering::<Tournament>::restore(id.clone(), config, Instant::ZERO, stored)
-                    .expect("what was stored restores");
-            let state = restored.app();
-            for name in names {
-                assert!(
-                    state.players.contains_key(name),
-                    "op registering {name} in {id} was lost"
-                );
-            }
-        }
-        for (conn, c) in self.world.clients.borrow().iter() {
-            assert!(c.dispersed <= 1, "{conn} told {} times", c.dispersed);
-        }
+        self.world
+            .clients
+            .borrow()
+            .check_final(shut_down || failed, &stored);
     }
 }

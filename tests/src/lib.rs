@@ -1,9 +1,11 @@
 //! Test support for gathering: a deterministic simulation of the whole system
 //! on a fake clock ([`sim::Sim`]), shared by the property and scenario tests,
-//! and the real driver under a fake runtime ([`driven::Driven`]).
+//! and the real driver under a fake runtime ([`driven::Driven`]); both script
+//! the same clients and check them with one checker ([`clients`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod clients;
 pub mod driven;
 pub mod sim;
 
@@ -82,6 +84,23 @@ pub fn racing_config() -> gathering_core::Config {
         snapshot_bytes: 1 << 20,
         ..Config::default()
     }
+}
+
+/// `runs` runs drawn as the properties draw them (a configuration of
+/// [`configs`] and 1 to 119 steps), from the fixed seed: for the tests
+/// that check the generators reach the paths the properties are about.
+pub fn drawn<S: proptest::strategy::Strategy>(
+    step: S,
+    runs: usize,
+) -> impl Iterator<Item = (gathering_core::Config, Vec<S::Value>)> {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::new(proptest_config(1));
+    let steps = proptest::collection::vec(step, 1..120);
+    (0..runs).map(move |_| {
+        let config = configs().new_tree(&mut runner).unwrap().current();
+        let steps = steps.new_tree(&mut runner).unwrap().current();
+        (config, steps)
+    })
 }
 
 /// The `i`-th of `items`, wrapping; `None` if there are none.

@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
-    Action, ClientMsg, Commit, Config, ConnId, Delivery, DisperseReason, Duration, Encoding, Event,
-    Frame, Gathering, GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded,
-    NOT_DURABLE, Phase, STORAGE_FAILED, ServerMsg, Verdict,
+    Action, ClientMsg, Commit, Config, ConnId, DisperseReason, Duration, Event, Gathering,
+    GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded, Phase, ServerMsg, Verdict,
 };
 
-type Server = ServerMsg<TournamentOp, Tournament>;
+use crate::clients::{ClientStep, Clients, Sent, Server};
 
 /// Something waiting in a gathering's mailbox; stamped with the time when it
 /// is processed, as a real host would.
@@ -60,29 +59,6 @@ impl Slot {
     }
 }
 
-/// What the checker knows about one client connection.
-#[derive(Debug)]
-pub struct Client {
-    /// The gathering it joined.
-    pub gathering: GatheringId,
-    /// Its encoding.
-    pub encoding: Encoding,
-    /// Whether its socket has been closed by a gathering.
-    pub closed: bool,
-    /// The close code, once closed.
-    pub close_code: Option<u16>,
-    /// How many `dispersed` messages it received.
-    pub dispersed: u32,
-    /// Highest forward seq received.
-    pub highest_forward: u64,
-    /// Highest forward seq acknowledged.
-    pub acked_upto: u64,
-    /// Forwards received: seq -> time last (re)sent, while unacknowledged.
-    pub unacked: BTreeMap<u64, Instant>,
-    /// Whether it has left (its socket closed from its side).
-    pub left: bool,
-}
-
 /// The simulated system.
 pub struct Sim {
     /// The fake clock.
@@ -99,16 +75,8 @@ pub struct Sim {
     /// Generations a write failed for: the host writes none of their later
     /// commits (`Config::overlap_commits`).
     failed_generations: BTreeSet<u64>,
-    /// Every client ever connected.
-    pub clients: BTreeMap<ConnId, Client>,
-    next_conn: u64,
-    next_request: u64,
-    /// Valid ops sent, by gathering: the player names registered.
-    pub sent_valid: BTreeMap<GatheringId, BTreeSet<String>>,
-    /// Ops acknowledged, by gathering.
-    pub acked: BTreeMap<GatheringId, BTreeSet<String>>,
-    /// Request id -> (gathering, name, valid).
-    requests: BTreeMap<u64, (GatheringId, String, bool)>,
+    /// The clients, what they sent and what they were told.
+    pub clients: Clients,
     spawned: BTreeSet<GatheringId>,
     /// Counts, for tests that want to see the interesting paths were taken.
     pub stats: Stats,
@@ -123,10 +91,6 @@ pub struct Stats {
     pub refusals: u64,
     /// Gatherings spawned again after a dispersal.
     pub respawns: u64,
-    /// Forwards re-sent.
-    pub resends: u64,
-    /// Ops rejected with an error.
-    pub rejections: u64,
     /// Storage writes made to fail.
     pub failed_writes: u64,
     /// Commits asked for while another of the same gathering was waiting.
@@ -148,12 +112,7 @@ impl Sim {
             storage: BTreeMap::new(),
             writes: VecDeque::new(),
             failed_generations: BTreeSet::new(),
-            clients: BTreeMap::new(),
-            next_conn: 0,
-            next_request: 0,
-            sent_valid: BTreeMap::new(),
-            acked: BTreeMap::new(),
-            requests: BTreeMap::new(),
+            clients: Clients::default(),
             spawned: BTreeSet::new(),
             stats: Stats::default(),
         }
@@ -171,129 +130,18 @@ impl Sim {
 
     /// Connections that can still send (not closed, not left).
     pub fn open_clients(&self) -> Vec<ConnId> {
-        self.clients
-            .iter()
-            .filter(|(_, c)| !c.closed && !c.left)
-            .map(|(id, _)| *id)
-            .collect()
+        self.clients.open()
     }
 
-    /// A new client connects to `id`.
-    pub fn join(&mut self, id: &GatheringId, encoding: Encoding) -> ConnId {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.clients.insert(
-            conn,
-            Client {
-                gathering: id.clone(),
-                encoding,
-                closed: false,
-                close_code: None,
-                dispersed: 0,
-                highest_forward: 0,
-                acked_upto: 0,
-                unacked: BTreeMap::new(),
-                left: false,
-            },
-        );
-        self.hall_inbox.push_back(HallEvent::Route(
-            id.clone(),
-            Inbound::open_join(conn, encoding),
-        ));
-        conn
-    }
-
-    /// Client `conn` closes its socket.
-    pub fn leave(&mut self, conn: ConnId) {
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        if c.closed || c.left {
-            return;
+    /// A client takes `step`; what it sends goes into the hall's mailbox.
+    pub fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
+        if let Some(Sent {
+            gathering, inbound, ..
+        }) = step.play(&mut self.clients, ids)
+        {
+            self.hall_inbox
+                .push_back(HallEvent::Route(gathering, inbound));
         }
-        c.left = true;
-        let id = c.gathering.clone();
-        self.hall_inbox
-            .push_back(HallEvent::Route(id, Inbound::Leave { conn }));
-    }
-
-    fn send(&mut self, conn: ConnId, msg: &ClientMsg<TournamentOp>) {
-        let Some(c) = self.clients.get(&conn) else {
-            return;
-        };
-        if c.closed || c.left {
-            return;
-        }
-        let frame = protocol::encode(msg, c.encoding).expect("client messages encode");
-        let id = c.gathering.clone();
-        self.hall_inbox
-            .push_back(HallEvent::Route(id, Inbound::open_frame(conn, frame)));
-    }
-
-    /// Client `conn` registers a player: a fresh unique name when `valid`,
-    /// otherwise a name the tournament must refuse.
-    pub fn op(&mut self, conn: ConnId, valid: bool) {
-        let Some(c) = self.clients.get(&conn) else {
-            return;
-        };
-        let id = c.gathering.clone();
-        self.next_request += 1;
-        let request = self.next_request;
-        let name = if valid {
-            format!("p{request}")
-        } else {
-            String::new()
-        };
-        if c.closed || c.left {
-            return;
-        }
-        if valid {
-            self.sent_valid
-                .entry(id.clone())
-                .or_default()
-                .insert(name.clone());
-        }
-        self.requests.insert(request, (id, name.clone(), valid));
-        let op = TournamentOp::RegisterPlayer { name };
-        self.send(conn, &ClientMsg::Op { id: request, op });
-    }
-
-    /// Client `conn` asks for the state.
-    pub fn fetch(&mut self, conn: ConnId) {
-        self.next_request += 1;
-        let id = self.next_request;
-        self.send(conn, &ClientMsg::Fetch { id });
-    }
-
-    /// Client `conn` acknowledges every forward it has received.
-    pub fn ack(&mut self, conn: ConnId) {
-        let Some(c) = self.clients.get_mut(&conn) else {
-            return;
-        };
-        let seq = c.highest_forward;
-        if seq == 0 {
-            return;
-        }
-        c.unacked.retain(|s, _| *s > seq);
-        c.acked_upto = seq;
-        self.send(conn, &ClientMsg::Ack { seq });
-    }
-
-    /// Client `conn` sends bytes that are not a message.
-    pub fn garbage(&mut self, conn: ConnId) {
-        let Some(c) = self.clients.get(&conn) else {
-            return;
-        };
-        if c.closed || c.left {
-            return;
-        }
-        let frame = match c.encoding {
-            Encoding::Json => Frame::Text("{\"type\":\"op\"".into()),
-            Encoding::Postcard => Frame::Binary(vec![7, 7, 7].into()),
-        };
-        let id = c.gathering.clone();
-        self.hall_inbox
-            .push_back(HallEvent::Route(id, Inbound::open_frame(conn, frame)));
     }
 
     /// The hall processes its oldest input. Returns whether there was one.
@@ -515,43 +363,17 @@ impl Sim {
         panic!("gatherings never all dispersed");
     }
 
-    /// Invariants that hold once everything has dispersed: nothing was lost.
+    /// Invariants that hold once everything has dispersed: nothing was lost
+    /// (a failed write undoes the ops it carried, and its senders are told:
+    /// then only what was acknowledged is owed).
     pub fn check_final(&self) {
-        // A failed write undoes the ops it carried: their senders are told
-        // (those who left hear nothing, as with any op not yet acked), so
-        // then only what was acknowledged is owed.
-        let owed = if self.stats.failed_writes > 0 {
-            &self.acked
-        } else {
-            &self.sent_valid
-        };
-        for (id, names) in owed {
-            let state = self.stored_state(id);
-            for name in names {
-                assert!(
-                    state.players.contains_key(name),
-                    "valid op registering {name} in {id} was lost"
-                );
-            }
-        }
-        for (conn, c) in &self.clients {
-            assert!(
-                c.dispersed <= 1,
-                "{conn} got {} dispersed messages",
-                c.dispersed
-            );
-            if !c.left {
-                assert!(c.closed, "{conn} was never closed");
-            }
-        }
-        for (id, state) in self.storage.keys().map(|id| (id, self.stored_state(id))) {
-            for name in state.players.keys() {
-                assert!(
-                    self.sent_valid.get(id).is_some_and(|s| s.contains(name)),
-                    "{name} in {id} was never sent as a valid op"
-                );
-            }
-        }
+        let stored = self
+            .storage
+            .keys()
+            .map(|id| (id.clone(), self.stored_state(id)))
+            .collect();
+        self.clients
+            .check_final(self.stats.failed_writes > 0, &stored);
     }
 
     /// The durable state of `id`.
@@ -572,7 +394,7 @@ impl Sim {
                     Gathering::restore(id.clone(), self.config.clone(), self.now, &loaded)
                         .expect("stored state restores");
                 // Every acknowledged op is in the state the successor starts from.
-                if let Some(acked) = self.acked.get(&id) {
+                if let Some(acked) = self.clients.acked.get(&id) {
                     for name in acked {
                         assert!(
                             gathering.app().players.contains_key(name),
@@ -661,25 +483,11 @@ impl Sim {
                 {
                     slot.remove_member(*conn, now);
                 }
-                let Some(c) = self.clients.get_mut(conn) else {
-                    panic!("close for unknown {conn}");
-                };
-                if c.left {
-                    return;
-                }
-                assert!(!c.closed, "{conn} closed twice");
-                if *code == CLOSE_DISPERSED || *code == CLOSE_GOING_AWAY {
-                    assert_eq!(
-                        c.dispersed, 1,
-                        "{conn} closed for dispersal without exactly one notice"
-                    );
-                }
-                c.closed = true;
-                c.close_code = Some(*code);
-                c.unacked.clear();
                 // The host's reader ends with the socket: the hall hears of it.
-                self.hall_inbox
-                    .push_back(HallEvent::Route(id.clone(), Inbound::Leave { conn: *conn }));
+                if let Some(gathering) = self.clients.closed(*conn, *code) {
+                    self.hall_inbox
+                        .push_back(HallEvent::Route(gathering, Inbound::Leave { conn: *conn }));
+                }
             }
             Action::Persist(commit) => {
                 if self.writes.iter().any(|w| w.generation == generation) {
@@ -746,10 +554,11 @@ impl Sim {
                 );
                 let closed = self
                     .clients
+                    .clients
                     .iter()
                     .filter(|(c, _)| slot.members.contains(c));
                 for (conn, c) in closed {
-                    assert!(c.closed || c.left, "{id} dispersed without closing {conn}");
+                    assert!(!c.is_open(), "{id} dispersed without closing {conn}");
                 }
                 let stored = self.storage.get(id).map_or(0, Loaded::seq);
                 assert_eq!(
@@ -771,88 +580,24 @@ impl Sim {
         &mut self,
         id: &GatheringId,
         conn: ConnId,
-        frame: &Frame,
-        delivery: Delivery,
+        frame: &gathering_core::Frame,
+        delivery: gathering_core::Delivery,
         now: Instant,
     ) {
-        let Some(c) = self.clients.get_mut(&conn) else {
-            panic!("send to unknown {conn}");
-        };
-        if c.closed || c.left {
-            // The host has no socket for it any more and drops the frame.
-            return;
-        }
-        assert_eq!(
-            frame.encoding(),
-            c.encoding,
-            "{conn} answered in the wrong encoding"
-        );
-        let msg = protocol::decode::<Server>(frame).expect("server frames decode");
-        match msg {
-            ServerMsg::Dispersed { .. } => {
-                assert_eq!(
-                    delivery,
-                    Delivery::Once,
-                    "dispersed notice must not be retried"
-                );
-                c.dispersed += 1;
-                assert_eq!(c.dispersed, 1, "{conn} got a second dispersed notice");
-            }
-            ServerMsg::Forward { seq, .. } => {
-                assert_eq!(delivery, Delivery::Retried);
-                if seq <= c.acked_upto {
-                    // A re-send that crossed our ack.
-                    self.stats.resends += 1;
-                } else if c.unacked.insert(seq, now).is_some() {
-                    self.stats.resends += 1;
-                }
-                c.highest_forward = c.highest_forward.max(seq);
-            }
-            ServerMsg::Ack { id: request, .. } => {
-                let Some((gid, name, valid)) = self.requests.get(&request) else {
-                    panic!("ack for unknown request {request}");
-                };
-                assert!(*valid, "invalid op {request} was acknowledged");
-                assert_eq!(gid, id);
-                self.acked
-                    .entry(id.clone())
-                    .or_default()
-                    .insert(name.clone());
-            }
-            ServerMsg::Error {
-                id: Some(request),
-                code,
-                ..
-            } => {
-                if let Some((gid, name, valid)) = self.requests.get(&request) {
-                    // Storage failed: the client is told the op is not
-                    // durable, and no longer owed it (the fake store never
-                    // keeps a failed write).
-                    if code == NOT_DURABLE || code == STORAGE_FAILED {
-                        if let Some(names) = self.sent_valid.get_mut(gid) {
-                            names.remove(name);
-                        }
-                    } else {
-                        assert!(!valid, "valid op {request} was refused: {code}");
-                    }
-                }
-                self.stats.rejections += 1;
-            }
-            ServerMsg::Error { id: None, .. } | ServerMsg::State { .. } => {}
-        }
+        let durable = self.storage.get(id).map_or(0, Loaded::seq);
+        self.clients.receive(conn, frame, delivery, now, durable);
     }
 
     /// No forward stays unacknowledged, without a re-send, for longer than
     /// the maximum retry interval while its gathering serves.
     fn check_retry_duty(&self) {
-        for (conn, c) in &self.clients {
+        for (conn, c) in &self.clients.clients {
             let Some(slot) = self.slots.get(&c.gathering) else {
                 continue;
             };
             if !matches!(slot.gathering.phase(), Phase::Live | Phase::Asking(_))
                 || !slot.members.contains(conn)
-                || c.closed
-                || c.left
+                || !c.is_open()
             {
                 continue;
             }

@@ -5,21 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
-use gathering_core::{Config, Duration, Encoding, GatheringId};
+use gathering_core::{Config, Duration};
+use gathering_tests::clients::{ClientStep, ids, steps};
 use gathering_tests::sim::Sim;
-use gathering_tests::{configs, pick, proptest_config, racing_config};
+use gathering_tests::{configs, drawn, proptest_config, racing_config};
 use proptest::prelude::*;
-
-const IDS: [&str; 3] = ["g0", "g1", "g2"];
 
 #[derive(Clone, Debug)]
 enum Step {
-    Join { g: usize, binary: bool },
-    Leave { c: usize },
-    Op { c: usize, valid: bool },
-    Fetch { c: usize },
-    Ack { c: usize },
-    Garbage { c: usize },
+    Client(ClientStep),
     Hall,
     Deliver { g: usize },
     Store { fail: bool },
@@ -27,52 +21,43 @@ enum Step {
     TickEarly { g: usize },
 }
 
-fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        3 => (0..IDS.len(), any::<bool>()).prop_map(|(g, binary)| Step::Join { g, binary }),
-        1 => any::<usize>().prop_map(|c| Step::Leave { c }),
-        4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(c, valid)| Step::Op { c, valid }),
-        1 => any::<usize>().prop_map(|c| Step::Fetch { c }),
-        2 => any::<usize>().prop_map(|c| Step::Ack { c }),
-        1 => any::<usize>().prop_map(|c| Step::Garbage { c }),
-        6 => Just(Step::Hall),
-        6 => (0..IDS.len()).prop_map(|g| Step::Deliver { g }),
-        3 => prop::bool::weighted(0.15).prop_map(|fail| Step::Store { fail }),
-        3 => (0u64..4_000).prop_map(|ms| Step::Advance { ms }),
-        1 => (0..IDS.len()).prop_map(|g| Step::TickEarly { g }),
-    ]
+/// A step; clock jumps are up to `max_ms` long.
+fn step(max_ms: u64) -> impl Strategy<Value = Step> {
+    let g = || 0..gathering_tests::clients::IDS.len();
+    steps(
+        Step::Client,
+        vec![
+            (6, Just(Step::Hall).boxed()),
+            (6, g().prop_map(|g| Step::Deliver { g }).boxed()),
+            (
+                3,
+                prop::bool::weighted(0.15)
+                    .prop_map(|fail| Step::Store { fail })
+                    .boxed(),
+            ),
+            (3, (0..max_ms).prop_map(|ms| Step::Advance { ms }).boxed()),
+            (1, g().prop_map(|g| Step::TickEarly { g }).boxed()),
+        ],
+    )
 }
 
 fn run(config: Config, steps: &[Step]) -> Sim {
-    let ids: Vec<GatheringId> = IDS.iter().map(|s| GatheringId::parse(s).unwrap()).collect();
+    let ids = ids();
     let mut sim = Sim::new(config);
     for step in steps {
-        let open = sim.open_clients();
-        match *step {
-            Step::Join { g, binary } => {
-                let enc = if binary {
-                    Encoding::Postcard
-                } else {
-                    Encoding::Json
-                };
-                sim.join(&ids[g], enc);
-            }
-            Step::Leave { c } => pick(&open, c).into_iter().for_each(|c| sim.leave(c)),
-            Step::Op { c, valid } => pick(&open, c).into_iter().for_each(|c| sim.op(c, valid)),
-            Step::Fetch { c } => pick(&open, c).into_iter().for_each(|c| sim.fetch(c)),
-            Step::Ack { c } => pick(&open, c).into_iter().for_each(|c| sim.ack(c)),
-            Step::Garbage { c } => pick(&open, c).into_iter().for_each(|c| sim.garbage(c)),
+        match step {
+            Step::Client(step) => sim.play(step, &ids),
             Step::Hall => {
                 sim.step_hall();
             }
             Step::Deliver { g } => {
-                sim.step_gathering(&ids[g]);
+                sim.step_gathering(&ids[*g]);
             }
             Step::Store { fail } => {
-                sim.step_storage(fail);
+                sim.step_storage(*fail);
             }
-            Step::Advance { ms } => sim.advance(Duration::from_millis(ms)),
-            Step::TickEarly { g } => sim.tick(&ids[g]),
+            Step::Advance { ms } => sim.advance(Duration::from_millis(*ms)),
+            Step::TickEarly { g } => sim.tick(&ids[*g]),
         }
     }
     sim.run_until_all_dispersed();
@@ -87,7 +72,7 @@ proptest! {
     #[test]
     fn nothing_is_lost_and_dispersal_is_exact(
         config in configs(),
-        steps in prop::collection::vec(step(), 1..120),
+        steps in prop::collection::vec(step(4_000), 1..120),
     ) {
         run(config, &steps);
     }
@@ -100,17 +85,10 @@ proptest! {
     /// timeout and many small clock jumps.
     #[test]
     fn dispersal_races_new_traffic(
-        steps in prop::collection::vec(step(), 1..80),
+        steps in prop::collection::vec(step(400), 1..80),
         overlap_commits in any::<bool>(),
     ) {
         let config = Config { overlap_commits, ..racing_config() };
-        let steps: Vec<Step> = steps
-            .into_iter()
-            .map(|s| match s {
-                Step::Advance { ms } => Step::Advance { ms: ms % 400 },
-                other => other,
-            })
-            .collect();
         run(config, &steps);
     }
 }
@@ -119,31 +97,25 @@ proptest! {
 /// never sees a refusal or a respawn would prove little.
 #[test]
 fn generated_runs_exercise_the_races() {
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::new(proptest_config(1));
     let mut total = gathering_tests::sim::Stats::default();
-    for _ in 0..300 {
-        let config = configs().new_tree(&mut runner).unwrap().current();
-        let steps = prop::collection::vec(step(), 1..120)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
-        let s = run(config, &steps).stats;
+    let mut clients = gathering_tests::clients::ClientStats::default();
+    for (config, steps) in drawn(step(4_000), 300) {
+        let sim = run(config, &steps);
+        let (s, c) = (sim.stats, &sim.clients.stats);
+        clients.resends += c.resends;
+        clients.rejections += c.rejections;
         total.dispersals += s.dispersals;
         total.refusals += s.refusals;
         total.respawns += s.respawns;
-        total.resends += s.resends;
-        total.rejections += s.rejections;
         total.overlapped_commits += s.overlapped_commits;
         total.unwritten_after_failure += s.unwritten_after_failure;
     }
-    println!("{total:?}");
+    println!("{total:?} {clients:?}");
     assert!(total.dispersals > 100, "{total:?}");
     assert!(total.refusals > 0, "{total:?}");
     assert!(total.respawns > 0, "{total:?}");
-    assert!(total.resends > 0, "{total:?}");
-    assert!(total.rejections > 0, "{total:?}");
+    assert!(clients.resends > 0, "{clients:?}");
+    assert!(clients.rejections > 0, "{clients:?}");
     assert!(total.overlapped_commits > 0, "{total:?}");
     assert!(total.unwritten_after_failure > 0, "{total:?}");
 }
