@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/wasm-tools.sh
-# No debug info in the page's wasm: half the download.
+# No debug info in the page's wasm: half the download. The demo crate
+# exports the page's apps; the page loads it as pkg/gathering_wasm.js.
 CARGO_PROFILE_RELEASE_DEBUG=0 \
-  cargo build --locked --release -p gathering-wasm --target wasm32-unknown-unknown
+  cargo build --locked --release -p gathering-wasm-demo --target wasm32-unknown-unknown
 wasm-bindgen --target web --no-typescript \
-  --out-dir host-wasm/www/pkg \
-  target/wasm32-unknown-unknown/release/gathering_wasm.wasm
+  --out-dir host-wasm/www/pkg --out-name gathering_wasm \
+  target/wasm32-unknown-unknown/release/gathering_wasm_demo.wasm
 echo "built host-wasm/www/pkg"

@@ -19,7 +19,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The benchmarks' detection strategies, which no server build contains.
 cargo clippy -p gathering-native --features bench --all-targets --locked -- -D warnings
-cargo clippy -p gathering-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+cargo clippy -p gathering-wasm -p gathering-wasm-demo --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "core is sans-IO: builds for wasm32 and depends on no runtime; the driver on none either"
 cargo build -p gathering-core --target wasm32-unknown-unknown --locked

@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-version=$(sed -n 's/^wasm-bindgen = "=\([0-9.]*\)".*/\1/p' host-wasm/Cargo.toml)
+version=$(sed -n 's/^wasm-bindgen = "=\([0-9.]*\)".*/\1/p' Cargo.toml)
 if [ -z "$version" ]; then
-  echo "host-wasm/Cargo.toml must pin wasm-bindgen with =X.Y.Z" >&2
+  echo "Cargo.toml's [workspace.dependencies] must pin wasm-bindgen with =X.Y.Z" >&2
   exit 1
 fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

@@ -13,6 +13,8 @@ use crate::wire_enum;
 
 /// Close code sent after a `dispersed` message for an idle or empty gathering.
 pub const CLOSE_DISPERSED: u16 = 4000;
+/// Close code of a connection its client closed (WebSocket "normal").
+pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code sent when the server shuts down (WebSocket "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that broke the WebSocket protocol (RFC 6455).
@@ -29,8 +31,15 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a connection whose token expired: reconnect with a fresh one.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 
+/// Close code for a connection whose host went away to come back (RFC 6455
+/// "service restart": an in-page owner tab that closed): join again.
+pub const CLOSE_RESTART: u16 = 1012;
 /// Close code for a join to a gathering at its connection bound.
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// Largest frame a host accepts from a client, by default (1 MiB): both
+/// hosts' default, and the server's `--max-frame-bytes`.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Error code of an op over the connection's rate; not applied.
 pub const RATE_LIMITED: &str = "rate_limited";

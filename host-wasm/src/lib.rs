@@ -3,9 +3,9 @@
 //! IndexedDB, for any application.
 //!
 //! [`Host<A>`] is the host in Rust; [`export_host!`] exports it to
-//! JavaScript as a class for one app. This crate exports two:
-//! `TournamentHost` (the demo page's) and `ChatHost`. From JavaScript
-//! (after `wasm-bindgen --target web`):
+//! JavaScript as a class for one app, from the wasm crate that links this
+//! one (the demo page's, `host-wasm/demo`, exports `TournamentHost` and
+//! `ChatHost`). From JavaScript (after `wasm-bindgen --target web`):
 //!
 //! ```js
 //! import init, { TournamentHost } from "./pkg/gathering_wasm.js";
@@ -21,6 +21,8 @@
 //! strings, postcard in `Uint8Array`s.
 
 mod clock;
+mod link;
+mod listing;
 mod member;
 mod options;
 mod peer;
@@ -32,14 +34,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use gathering_core::chat::Chat;
-use gathering_core::protocol::CLOSE_TOO_BIG;
-use gathering_core::tournament::Tournament;
 use std::sync::Arc;
 
+use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG};
 use gathering_core::{App, Encoding, GatheringId, Inbound};
 use gathering_driver::{HallMail, HallState, hall_task};
-use js_sys::{Array, Function, Object, Reflect};
+use js_sys::{Array, Function};
 use wasm_bindgen::prelude::*;
 
 pub use options::Options;
@@ -178,7 +178,7 @@ impl<A: App> Host<A> {
     pub fn gatherings(&self) -> Array {
         match self.tabs.as_ref().filter(|t| t.role() == Role::Follower) {
             Some(tabs) => tabs.listing(),
-            None => listing(&self.rt),
+            None => listing::to_array(&listing::listed(&self.rt)),
         }
     }
 
@@ -210,35 +210,11 @@ impl<A: App> Host<A> {
     }
 }
 
-/// The live gatherings of the hall in this page, sorted by id (see
-/// [`Host::gatherings`]).
-pub(crate) fn listing<A: App>(rt: &Wasm<A>) -> Array {
-    let shared = &rt.0;
-    let now = shared.clock.now();
-    let list = Array::new();
-    for (id, status) in shared.registry.borrow().iter() {
-        let entry = Object::new();
-        let set = |k: &str, v: JsValue| {
-            let _ = Reflect::set(&entry, &k.into(), &v);
-        };
-        set("id", id.as_str().into());
-        set("connections", status.connections().into());
-        set("seq", (status.seq() as f64).into());
-        let idle = now.saturating_since(status.last_activity());
-        set("idleMs", (idle.as_secs_f64() * 1e3).into());
-        let deadline = status.idle_deadline(shared.config.idle_timeout);
-        let left = deadline.saturating_since(now);
-        set("dispersesInMs", (left.as_secs_f64() * 1e3).into());
-        list.push(&entry);
-    }
-    list
-}
-
 /// Exports [`Host`] of an application to JavaScript as class `$name`, with
 /// `static async open(options)`, `join(id)`, `gatherings()`, `role`,
 /// `now()` and `shutdown()` (see [`Host`]); connections are this crate's exported
-/// `Connection` class. The calling crate needs no wasm-bindgen dependency
-/// of its own: the macro uses this crate's.
+/// `Connection` class. The calling crate depends on `wasm-bindgen` at this
+/// crate's version (what the macro expands to derives through it by name).
 ///
 /// ```ignore
 /// gathering_wasm::export_host!(ChatHost, gathering_core::chat::Chat);
@@ -307,16 +283,13 @@ macro_rules! export_host {
 }
 
 /// What [`export_host!`] expands to needs, so that its caller needs none
-/// of it among its own dependencies.
+/// of it among its own dependencies but `wasm-bindgen`.
 #[doc(hidden)]
 pub mod __private {
     pub use js_sys;
     pub use wasm_bindgen;
     pub use wasm_bindgen_futures;
 }
-
-export_host!(TournamentHost, Tournament);
-export_host!(ChatHost, Chat);
 
 /// One in-page connection to a gathering, with a WebSocket-like API.
 ///
@@ -389,13 +362,13 @@ impl Connection {
         }
         if !self.peer.route(frame) {
             // The host shut down under this connection.
-            self.peer.close(1001, "host shut down");
+            self.peer.close(CLOSE_GOING_AWAY, "host shut down");
         }
         Ok(())
     }
 
     /// Closes the connection (code 1000); `onclose` is called at once.
     pub fn close(&self) {
-        self.peer.close(1000, "closed by the page");
+        self.peer.close(CLOSE_NORMAL, "closed by the page");
     }
 }

@@ -24,13 +24,3 @@ pub fn from_js(value: &JsValue) -> Result<Option<Member>, String> {
     };
     Ok(Some(Member::new(field("sub")?, field("role")?)))
 }
-
-/// `member` as a page would give it, to pass it to another tab.
-pub fn to_js(member: &Member) -> JsValue {
-    let object = js_sys::Object::new();
-    let _ = Reflect::set(&object, &"sub".into(), &member.id.as_str().into());
-    if let Some(role) = member.role() {
-        let _ = Reflect::set(&object, &"role".into(), &role.into());
-    }
-    object.into()
-}

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use gathering_core::Config;
+use gathering_core::protocol::DEFAULT_MAX_FRAME_BYTES;
 use js_sys::{Function, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// Default IndexedDB database name.
 pub const DEFAULT_DATABASE: &str = "gathering";
-/// Default largest frame, as on the server.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Host options, as `open({...})` takes them (every field optional):
 /// `idleTimeoutMs` (default 24 h), `emptyGraceMs` (default off),

@@ -8,10 +8,10 @@ use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
 
-use crate::tabs::Link;
+use crate::link::Link;
 
 /// Where a connection's frames and its close go: this page's hall, or the
-/// tab that owns the database (see [`crate::tabs`]).
+/// tab that owns the database (see [`crate::tabs`] and [`crate::link`]).
 #[derive(Debug)]
 pub enum Upstream {
     /// The hall's mailbox in this page.
@@ -148,7 +148,7 @@ impl Peer {
                 let route = HallMail::Route(self.gathering.clone(), inbound, None);
                 hall.try_send(route).is_ok()
             }
-            Upstream::Owner(link) => link.frame(self.conn, &frame_data(&frame)),
+            Upstream::Owner(link) => link.frame(self.conn, &frame),
         }
     }
 }

@@ -9,12 +9,7 @@
 //! IndexedDB as any spawn does; connections the old owner served are
 //! closed with 1012 and join again, as after a server restart.
 //!
-//! On the channel, every message is an object with `t` (its kind) and
-//! `from` (the sending tab): followers send `hello`, `join` (`conn`, `id`),
-//! `frame` (`conn`, `data`), `leave` (`conn`) and `list`; the owner sends
-//! `owner` (to a `hello`, or to everyone when it takes over), `out`
-//! (`conn`, `data`), `close` (`conn`, `code`, `reason`) and `listing`
-//! (`list`), each with `to`, the follower it is for.
+//! On the channel, tabs speak [`TabMsg`] (see [`crate::link`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -24,22 +19,23 @@ use std::time::Duration;
 
 use futures_timer::Delay;
 use futures_util::future::{Either, select};
-use gathering_core::protocol::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG};
-use gathering_core::{App, ConnId, Encoding, GatheringId, Inbound, Member};
+use gathering_core::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG,
+};
+use gathering_core::{App, ConnId, Encoding, Frame, GatheringId, Inbound, Member};
 use gathering_driver::HallMail;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{AbortController, BroadcastChannel, MessageEvent};
 
+use crate::link::{Data, Envelope, Link, TabMsg};
+use crate::listing::{Listed, listed, to_array};
 use crate::peer::{Peer, PeerRef, Upstream, data_frame};
 use crate::runtime::Wasm;
 
-/// Close code of the connections an owner tab served when it goes away
-/// (RFC 6455 "service restart"): join again, and the new owner serves.
-pub const CLOSE_OWNER_GONE: u16 = 1012;
-
-/// The reason of that close.
+/// The reason of the close ([`CLOSE_RESTART`]) of the connections an owner
+/// tab served when it goes away: join again, and the new owner serves.
 const OWNER_GONE: &str = "the tab that ran this gathering went away; join again";
 
 /// How long a tab that finds the lock taken waits for the owner to answer
@@ -53,54 +49,6 @@ pub enum Role {
     Owner,
     /// Another tab runs the hall; its connections go there.
     Follower,
-}
-
-/// A tab's end of the database's channel, as its connections use it.
-#[derive(Clone, Debug)]
-pub struct Link {
-    channel: BroadcastChannel,
-    tab: Rc<str>,
-}
-
-impl Link {
-    /// Posts a message of kind `t` from this tab with `fields`; `false`
-    /// if the channel is closed.
-    fn post(&self, t: &str, fields: &[(&str, JsValue)]) -> bool {
-        let msg = Object::new();
-        set(&msg, "t", &t.into());
-        set(&msg, "from", &(*self.tab).into());
-        for (name, value) in fields {
-            set(&msg, name, value);
-        }
-        self.channel.post_message(&msg).is_ok()
-    }
-
-    /// Asks the owner to join `conn` to gathering `id`, as `member` if
-    /// given.
-    fn join(&self, conn: ConnId, id: &GatheringId, member: Option<&Member>) -> bool {
-        let member = member.map_or(JsValue::UNDEFINED, crate::member::to_js);
-        self.post(
-            "join",
-            &[
-                ("conn", conn_value(conn)),
-                ("id", id.as_str().into()),
-                ("member", member),
-            ],
-        )
-    }
-
-    /// Sends `data` from `conn` to the owner.
-    pub fn frame(&self, conn: ConnId, data: &JsValue) -> bool {
-        self.post(
-            "frame",
-            &[("conn", conn_value(conn)), ("data", data.clone())],
-        )
-    }
-
-    /// Tells the owner `conn` closed.
-    pub fn leave(&self, conn: ConnId) {
-        self.post("leave", &[("conn", conn_value(conn))]);
-    }
 }
 
 /// One tab's part in the database's ownership.
@@ -117,7 +65,7 @@ pub(crate) struct Tabs {
     /// Owner: other tabs' connections, by tab and their id there.
     served: RefCell<BTreeMap<(String, u64), Rc<Peer>>>,
     /// Follower: the owner's latest listing of live gatherings.
-    listing: RefCell<Array>,
+    listing: RefCell<Vec<Listed>>,
     /// Woken when this tab learns who owns the database.
     settled: async_channel::Sender<()>,
     /// Handlers the browser calls, dropped at shutdown.
@@ -144,14 +92,14 @@ impl Tabs {
         let tab: Rc<str> = format!("{:x}", (js_sys::Math::random() * 2f64.powi(52)) as u64).into();
         let (settled, woken) = async_channel::unbounded();
         let tabs = Rc::new(Tabs {
-            link: Link { channel, tab },
+            link: Link::new(channel, tab),
             role: Cell::new(Role::Follower),
             stopping: Cell::new(false),
             release: RefCell::new(None),
             abort,
             proxied: RefCell::default(),
             served: RefCell::default(),
-            listing: RefCell::new(Array::new()),
+            listing: RefCell::default(),
             settled,
             handlers: RefCell::default(),
         });
@@ -162,7 +110,7 @@ impl Tabs {
             })
         };
         tabs.link
-            .channel
+            .channel()
             .set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         tabs.keep(on_message.into_js_value());
 
@@ -208,7 +156,7 @@ impl Tabs {
                 tabs.keep(ignore.into_js_value());
             }
             tabs.keep(grant.into_js_value());
-            tabs.link.post("hello", &[]);
+            tabs.link.post(None, TabMsg::Hello);
             let woken = std::pin::pin!(woken.recv());
             if let Either::Right(_) = select(woken, Delay::new(HELLO_PATIENCE)).await {
                 web_sys::console::warn_1(
@@ -241,8 +189,8 @@ impl Tabs {
         let was = self.role.replace(Role::Owner);
         if was == Role::Follower {
             // What an owner that went away served is gone with it.
-            self.close_proxied(CLOSE_OWNER_GONE, OWNER_GONE);
-            self.link.post("owner", &[]);
+            self.close_proxied(CLOSE_RESTART, OWNER_GONE);
+            self.link.post(None, TabMsg::Owner);
         }
         let _ = self.settled.try_send(());
         hold.into()
@@ -270,8 +218,8 @@ impl Tabs {
     /// The owner's latest listing, as a follower last heard it; asks for
     /// the next.
     pub fn listing(&self) -> Array {
-        self.link.post("list", &[]);
-        self.listing.borrow().clone()
+        self.link.post(None, TabMsg::List);
+        to_array(&self.listing.borrow())
     }
 
     fn close_proxied(&self, code: u16, reason: &str) {
@@ -295,34 +243,30 @@ impl Tabs {
         if let Some(release) = self.release.borrow_mut().take() {
             let _ = release.call0(&JsValue::NULL);
         }
-        self.link.channel.set_onmessage(None);
-        self.link.channel.close();
+        self.link.channel().set_onmessage(None);
+        self.link.channel().close();
         self.served.borrow_mut().clear();
         self.handlers.borrow_mut().clear();
     }
 
-    fn on_message<A: App>(&self, rt: &Wasm<A>, msg: &JsValue) {
-        let get = |name: &str| Reflect::get(msg, &name.into()).unwrap_or(JsValue::UNDEFINED);
-        let (Some(t), Some(from)) = (get("t").as_string(), get("from").as_string()) else {
+    fn on_message<A: App>(&self, rt: &Wasm<A>, data: &JsValue) {
+        let Some(Envelope { from, to, msg }) = Envelope::from_js(data) else {
             return;
         };
-        let to = get("to").as_string();
-        if to.is_some() && to.as_deref() != Some(&*self.link.tab) {
+        if to.as_deref().is_some_and(|to| to != self.link.tab()) {
             return;
         }
-        let conn = get("conn").as_f64().map(|c| c as u64);
-        match (self.role.get(), t.as_str()) {
-            (Role::Owner, "hello") => {
-                self.link.post("owner", &[("to", from.into())]);
+        match (self.role.get(), msg) {
+            (Role::Owner, TabMsg::Hello) => {
+                self.link.post(Some(&from), TabMsg::Owner);
             }
-            (Role::Owner, "join") => {
-                if let (Some(conn), Some(id)) = (conn, get("id").as_string()) {
-                    self.serve(rt, from, conn, &id, &get("member"));
-                }
+            (Role::Owner, TabMsg::Join { conn, id, member }) => {
+                self.serve(rt, from, conn, &id, member);
             }
-            (Role::Owner, "frame") => {
-                let peer = conn.and_then(|c| self.served.borrow().get(&(from, c)).cloned());
-                if let (Some(peer), Some(frame)) = (peer, data_frame(&get("data"))) {
+            (Role::Owner, TabMsg::Frame { conn, data }) => {
+                let peer = self.served.borrow().get(&(from, conn)).cloned();
+                if let Some(peer) = peer {
+                    let frame = Frame::from(data);
                     if frame.len() > rt.0.max_frame_bytes {
                         peer.close(CLOSE_TOO_BIG, "frame too large");
                     } else if !peer.route(frame) {
@@ -330,43 +274,37 @@ impl Tabs {
                     }
                 }
             }
-            (Role::Owner, "leave") => {
-                let peer = conn.and_then(|c| self.served.borrow_mut().remove(&(from, c)));
+            (Role::Owner, TabMsg::Leave { conn }) => {
+                let peer = self.served.borrow_mut().remove(&(from, conn));
                 if let Some(peer) = peer {
-                    peer.close(1000, "closed by the page");
+                    peer.close(CLOSE_NORMAL, "closed by the page");
                 }
             }
-            (Role::Owner, "list") => {
-                self.link.post(
-                    "listing",
-                    &[("to", from.into()), ("list", crate::listing(rt).into())],
-                );
+            (Role::Owner, TabMsg::List) => {
+                self.link.post(Some(&from), TabMsg::Listing(listed(rt)));
             }
-            (Role::Follower, "owner") => {
+            (Role::Follower, TabMsg::Owner) => {
                 // Sent to everyone, it is a takeover: the old owner is gone,
                 // and so is what it served.
                 if to.is_none() {
-                    self.close_proxied(CLOSE_OWNER_GONE, OWNER_GONE);
+                    self.close_proxied(CLOSE_RESTART, OWNER_GONE);
                 }
                 let _ = self.settled.try_send(());
             }
-            (Role::Follower, "out") => {
-                let peer = conn.and_then(|c| self.proxied.borrow().get(&c).cloned());
+            (Role::Follower, TabMsg::Out { conn, data }) => {
+                let peer = self.proxied.borrow().get(&conn).cloned();
                 if let Some(peer) = peer {
-                    peer.deliver_data(&get("data"));
+                    peer.deliver(&Frame::from(data));
                 }
             }
-            (Role::Follower, "close") => {
-                let peer = conn.and_then(|c| self.proxied.borrow_mut().remove(&c));
+            (Role::Follower, TabMsg::Close { conn, code, reason }) => {
+                let peer = self.proxied.borrow_mut().remove(&conn);
                 if let Some(peer) = peer {
-                    let code = get("code").as_f64().map_or(1006, |c| c as u16);
-                    peer.close(code, &get("reason").as_string().unwrap_or_default());
+                    peer.close(code, &reason);
                 }
             }
-            (Role::Follower, "listing") => {
-                if let Ok(list) = get("list").dyn_into::<Array>() {
-                    *self.listing.borrow_mut() = list;
-                }
+            (Role::Follower, TabMsg::Listing(list)) => {
+                *self.listing.borrow_mut() = list;
             }
             _ => {}
         }
@@ -374,19 +312,27 @@ impl Tabs {
 
     /// The owner joins connection `conn` of tab `from` to gathering `id`:
     /// a peer in this page whose messages and close go back to that tab.
-    fn serve<A: App>(&self, rt: &Wasm<A>, from: String, conn: u64, id: &str, member: &JsValue) {
-        let reply = |t: &'static str| {
-            let link = self.link.clone();
-            let to = JsValue::from(from.as_str());
-            move |fields: &[(&str, JsValue)]| {
-                let mut all = vec![("to", to.clone()), ("conn", JsValue::from(conn as f64))];
-                all.extend(fields.iter().cloned());
-                link.post(t, &all);
-            }
-        };
-        // The follower checked both; a message that fails is not from it.
-        let (Ok(id), Ok(member)) = (GatheringId::parse(id), crate::member::from_js(member)) else {
-            reply("close")(&[("code", 1008.into()), ("reason", "bad join".into())]);
+    fn serve<A: App>(
+        &self,
+        rt: &Wasm<A>,
+        from: String,
+        conn: u64,
+        id: &str,
+        member: Option<Member>,
+    ) {
+        let link = self.link.clone();
+        let to: Rc<str> = from.as_str().into();
+        // The follower parsed it; a message that fails is not from it.
+        let Ok(id) = GatheringId::parse(id) else {
+            let reason = "bad join".to_owned();
+            link.post(
+                Some(&to),
+                TabMsg::Close {
+                    conn,
+                    code: CLOSE_POLICY,
+                    reason,
+                },
+            );
             return;
         };
         let local = rt.next_conn();
@@ -397,14 +343,18 @@ impl Tabs {
             member.clone(),
             Upstream::Hall(rt.0.mailbox.clone()),
         ));
-        let out = reply("out");
-        let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
-            let data = Reflect::get(&event, &"data".into()).unwrap_or(JsValue::UNDEFINED);
-            out(&[("data", data)]);
-        });
-        let close = reply("close");
+        let on_message = {
+            let (link, to) = (link.clone(), to.clone());
+            Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+                let data = Reflect::get(&event, &"data".into()).unwrap_or(JsValue::UNDEFINED);
+                if let Some(frame) = data_frame(&data) {
+                    let data = Data::from(&frame);
+                    link.post(Some(&to), TabMsg::Out { conn, data });
+                }
+            })
+        };
         let on_close = Closure::<dyn FnMut(u16, String)>::new(move |code: u16, reason: String| {
-            close(&[("code", code.into()), ("reason", reason.into())]);
+            link.post(Some(&to), TabMsg::Close { conn, code, reason });
         });
         peer.set_onmessage(Some(on_message.into_js_value().unchecked_into()));
         peer.set_onclose(Some(on_close.into_js_value().unchecked_into()));
@@ -426,9 +376,4 @@ impl Tabs {
 
 fn set(target: &Object, name: &str, value: &JsValue) {
     let _ = Reflect::set(target, &name.into(), value);
-}
-
-fn conn_value(conn: ConnId) -> JsValue {
-    // Connection ids count up from 1: far below 2^53.
-    JsValue::from(conn.0 as f64)
 }

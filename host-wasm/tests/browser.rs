@@ -11,7 +11,12 @@ use futures_util::future::{Either, select};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use gathering_wasm::{ChatHost, Connection, TournamentHost as Host};
+use gathering_wasm::{Connection, export_host};
+
+// The library exports no app: these tests export the shipped two, as a
+// user's wasm crate (or the demo's, host-wasm/demo) does.
+export_host!(Host, gathering_core::tournament::Tournament);
+export_host!(ChatHost, gathering_core::chat::Chat);
 use js_sys::{Function, Object, Reflect};
 use serde_json::{Value, json};
 use wasm_bindgen::JsCast;
