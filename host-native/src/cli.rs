@@ -62,11 +62,11 @@ pub struct Args {
     pub empty_grace: Option<Duration>,
 
     /// First wait before re-sending an unacknowledged forward; it doubles after each re-send, up to 30 times this.
-    #[arg(long, env = "GATHERING_RETRY_INTERVAL", default_value = "1s", value_parser = positive_duration)]
-    pub retry_interval: Duration,
+    #[arg(long, env = "GATHERING_RETRY_INTERVAL", default_value_t = gathering_core::DEFAULT_RETRY_INTERVAL.into(), value_parser = positive_human)]
+    pub retry_interval: humantime::Duration,
 
     /// Largest frame accepted from a client, in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "GATHERING_MAX_FRAME_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
+    #[arg(long, env = "GATHERING_MAX_FRAME_BYTES", default_value_t = gathering_core::protocol::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
     pub max_frame_bytes: u64,
 
     /// Write a gathering's whole state (and drop its op log) once this many
@@ -205,8 +205,9 @@ impl Args {
             .gathering(Config {
                 idle_timeout: self.idle_timeout,
                 empty_grace: self.empty_grace,
-                retry_interval: self.retry_interval,
-                max_retry_interval: self.retry_interval.saturating_mul(30),
+                retry_interval: self.retry_interval.into(),
+                max_retry_interval: Duration::from(self.retry_interval)
+                    .saturating_mul(gathering_core::RETRY_BACKOFF_CAP),
                 snapshot_ops: self.snapshot_ops,
                 snapshot_bytes: self.snapshot_bytes,
                 max_in_flight: self.max_in_flight,
@@ -368,6 +369,11 @@ async fn shutdown_signal() {
             () = term => {}
         }
     }
+}
+
+/// [`positive_duration`], shown in `--help` as it is written.
+fn positive_human(s: &str) -> Result<humantime::Duration, String> {
+    positive_duration(s).map(Into::into)
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {

@@ -16,6 +16,8 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod dispersal;
+#[cfg(feature = "server")]
 mod front;
 #[cfg(feature = "server")]
 pub mod metrics;
@@ -27,6 +29,8 @@ mod server;
 mod storage;
 
 #[cfg(feature = "server")]
+pub use dispersal::Dispersal;
+#[cfg(feature = "server")]
 pub use front::auth::{Admission, Authenticator, Claims, Credentials, Jwt, Refusal};
 #[cfg(feature = "server")]
 pub use front::http::recover;
@@ -37,6 +41,6 @@ pub use runtime::Detection;
 #[cfg(feature = "server")]
 pub use runtime::NativeApp;
 #[cfg(feature = "server")]
-pub use server::{Builder, Dispersal, Engine, Running, Server, ServerError, Stopping};
+pub use server::{Builder, Engine, Running, Server, ServerError, Stopping};
 #[cfg(feature = "server")]
 pub use storage::{RedbStore, Store, StoreError, Write};

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gathering_core::{Config, ConnId, DisperseReason, Encoding, GatheringId, Inbound};
+use gathering_core::{Config, ConnId, Encoding, GatheringId, Inbound};
 use gathering_driver::{HallMail, HallState, hall_task};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::dispersal::{Dispersal, DispersalHook};
 use crate::front::auth::Authenticator;
 #[cfg(doc)]
 use crate::front::auth::Jwt;
@@ -40,22 +41,6 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
 
 /// Messages waiting for the hall before readers feel backpressure.
 const HALL_MAILBOX: usize = 65_536;
-
-/// What [`Builder::on_dispersed`] calls.
-pub(crate) type DispersalHook = Arc<dyn Fn(&Dispersal) + Send + Sync>;
-
-/// One dispersal, as [`Builder::on_dispersed`] sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dispersal {
-    /// The gathering.
-    pub id: GatheringId,
-    /// Why it dispersed.
-    pub reason: DisperseReason,
-    /// How long after its deadline it was decided (zero for a shutdown).
-    pub late: Duration,
-    /// Its final op count.
-    pub seq: u64,
-}
 
 /// The server of application `A`; start one with [`Server::builder`].
 ///
@@ -85,7 +70,7 @@ impl<A: NativeApp> Server<A> {
             admin_listen: None,
             data_dir: PathBuf::from("./data"),
             gathering: Config::default(),
-            max_frame_bytes: 1 << 20,
+            max_frame_bytes: gathering_core::protocol::DEFAULT_MAX_FRAME_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             origins: Origins::default(),

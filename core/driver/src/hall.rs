@@ -21,7 +21,7 @@ use gathering_core::{
 };
 
 use crate::gathering_task;
-use crate::mail::{HallMail, Loading, Mail, Mailbox};
+use crate::mail::{HallMail, Mail, Mailbox};
 use crate::runtime::{Conn, Observed, Runtime};
 use crate::status::Status;
 
@@ -316,5 +316,32 @@ pub async fn hall_task<R: Runtime>(
             }
         }
         mailbox.close();
+    }
+}
+
+/// A load the hall asked for: report its outcome once with
+/// [`Loading::finish`], which starts the gathering.
+pub struct Loading<R: Runtime> {
+    pub(crate) id: GatheringId,
+    pub(crate) rt: R,
+}
+
+impl<R: Runtime> std::fmt::Debug for Loading<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loading").field("id", &self.id).finish()
+    }
+}
+
+impl<R: Runtime> Loading<R> {
+    /// The gathering to load.
+    pub fn id(&self) -> &GatheringId {
+        &self.id
+    }
+
+    /// Hands what the store holds of the gathering (`Loaded::default()`:
+    /// never persisted) or the reason the load failed to the hall; a loaded
+    /// gathering starts at once.
+    pub fn finish(self, outcome: Result<Loaded, String>) {
+        loaded(self.rt, self.id, outcome);
     }
 }

@@ -148,7 +148,7 @@ mod runtime;
 mod status;
 
 pub use gathering_task::GatheringLoop;
-pub use hall::{HallState, Settled, hall_task};
-pub use mail::{Durable, FailedWrites, HallMail, Loading, Mail, Mailbox};
+pub use hall::{HallState, Loading, Settled, hall_task};
+pub use mail::{Durable, FailedWrites, HallMail, Mail, Mailbox};
 pub use runtime::{Conn, Observed, Runtime, StoreError};
 pub use status::Status;

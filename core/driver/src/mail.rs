@@ -1,8 +1,6 @@
 //! What travels between connections, the hall, gatherings and storage.
 
-use gathering_core::{GatheringId, Inbound, Loaded, Verdict};
-
-use crate::runtime::Runtime;
+use gathering_core::{GatheringId, Inbound, Verdict};
 
 /// The sending end of a gathering's mailbox: unbounded (the hall must never
 /// wait on one gathering) and empty-cheap (most gatherings are idle).
@@ -106,32 +104,5 @@ impl<C> FailedWrites<C> {
         // A gathering gone is caught above; forgetting it keeps this short.
         self.failed.retain(|m| !m.is_closed());
         self.failed.iter().any(|m| m.same_receiver(&durable.reply))
-    }
-}
-
-/// A load the hall asked for: report its outcome once with
-/// [`Loading::finish`], which starts the gathering.
-pub struct Loading<R: Runtime> {
-    pub(crate) id: GatheringId,
-    pub(crate) rt: R,
-}
-
-impl<R: Runtime> std::fmt::Debug for Loading<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loading").field("id", &self.id).finish()
-    }
-}
-
-impl<R: Runtime> Loading<R> {
-    /// The gathering to load.
-    pub fn id(&self) -> &GatheringId {
-        &self.id
-    }
-
-    /// Hands what the store holds of the gathering (`Loaded::default()`:
-    /// never persisted) or the reason the load failed to the hall; a loaded
-    /// gathering starts at once.
-    pub fn finish(self, loaded: Result<Loaded, String>) {
-        crate::hall::loaded(self.rt, self.id, loaded);
     }
 }

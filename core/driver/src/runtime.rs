@@ -10,8 +10,8 @@ use gathering_core::{
 };
 
 use crate::gathering_task::GatheringLoop;
-use crate::hall::HallState;
-use crate::mail::{Durable, Loading};
+use crate::hall::{HallState, Loading};
+use crate::mail::Durable;
 use crate::status::Status;
 
 /// A storage failure, saying what was being done: what both hosts' stores

@@ -16,10 +16,10 @@ use gathering_driver::{Durable, GatheringLoop, HallState, Loading, Observed, Run
 #[cfg(feature = "bench")]
 pub use detection::Detection;
 
+use crate::dispersal::{Dispersal, DispersalHook};
 use crate::front::Front;
 use crate::front::outbox::Outbox;
 use crate::metrics::{CodeLabel, ReasonLabel};
-use crate::server::{Dispersal, DispersalHook};
 use crate::storage::persist::Persister;
 use crate::storage::{Store, Write};
 use clock::Clock;
