@@ -15,6 +15,7 @@ impl<A: App> Gathering<A> {
     /// The commit of every op not handed to the host yet: their log
     /// entries, or a snapshot once the log since the last one passes its
     /// bound, or when closing (a successor then loads without replaying).
+    #[inline]
     pub(super) fn commit(&mut self) -> Result<Commit, postcard::Error> {
         // What awaits is what is not durable (it is released, and
         // forgotten, as soon as it is); the ops of outstanding commits
@@ -91,6 +92,7 @@ impl<A: App> Gathering<A> {
         }
     }
 
+    #[inline]
     pub(super) fn on_persisted(&mut self, now: Instant, seq: u64) {
         self.durable = self.durable.max(seq.min(self.submitted));
         self.release(now);
@@ -99,6 +101,7 @@ impl<A: App> Gathering<A> {
 
     /// One op of `origin` no longer waits for its commit (acked or
     /// refused): its count comes down. Returns the encoding to answer in.
+    #[inline]
     pub(super) fn settled(&mut self, origin: ConnId) -> Encoding {
         self.conns
             .get_mut(origin)
@@ -109,6 +112,7 @@ impl<A: App> Gathering<A> {
     }
 
     /// Acknowledges and forwards every op that is now durable.
+    #[inline]
     pub(super) fn release(&mut self, now: Instant) {
         while self.awaiting.front().is_some_and(|a| a.seq <= self.durable) {
             let Some(accepted) = self.awaiting.pop_front() else {

@@ -490,6 +490,7 @@ impl<A: App> Gathering<A> {
     }
 
     /// Closes the gathering once its final snapshot is durable.
+    #[inline]
     pub(super) fn try_finish(&mut self) {
         let Phase::Closing(reason) = self.phase else {
             return;

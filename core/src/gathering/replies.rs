@@ -11,6 +11,7 @@ use crate::protocol::{self, Encoding, Frame, ServerMsg};
 
 /// Queues the close of `conn` at a limit, counted as refusal `counted`
 /// (see [`Action::Refused`]), like [`refuse`] counts an error.
+#[inline]
 pub(super) fn close_at_limit(
     actions: &mut VecDeque<Action>,
     conn: ConnId,
@@ -28,6 +29,7 @@ pub(super) fn close_at_limit(
 /// Queues an `error` reply: request `id` (none: the frame did not decode)
 /// failed and changed nothing. Every error passes here, so every message
 /// a client is sent is [`protocol::bounded`].
+#[inline]
 pub(super) fn refuse(
     actions: &mut VecDeque<Action>,
     conn: ConnId,
@@ -47,6 +49,7 @@ pub(super) fn refuse(
 }
 
 /// Queues a reply, sent once.
+#[inline]
 pub(super) fn reply<O: Serialize, S: Serialize>(
     actions: &mut VecDeque<Action>,
     conn: ConnId,
@@ -62,6 +65,7 @@ pub(super) fn reply<O: Serialize, S: Serialize>(
 
 /// Encodes `msg`; if the application's state cannot be encoded, the client
 /// gets an error message that says so instead of nothing.
+#[inline]
 pub(super) fn encode_or_internal_error<T: Serialize>(msg: &T, encoding: Encoding) -> Frame {
     protocol::encode(msg, encoding).unwrap_or_else(|e| internal_error(&e, encoding))
 }

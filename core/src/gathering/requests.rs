@@ -22,6 +22,7 @@ pub(super) struct Fetched {
 }
 
 impl<A: App> Gathering<A> {
+    #[inline]
     pub(super) fn on_inbound(&mut self, now: Instant, inbound: Inbound) {
         if matches!(self.phase, Phase::Closing(_) | Phase::Dispersed(_)) {
             self.actions.push_back(Action::Bounce(inbound));
