@@ -1,4 +1,4 @@
-// Browser benchmark of the in-page host (BENCHMARKS.md, part 4): ops/s with
+// Browser benchmark of the in-page host (BENCHMARKS.md, "The in-browser host"): ops/s with
 // and without IndexedDB, and dispersal lateness, in headless Chromium.
 // The page is served by gathering-server (it only hosts the files here).
 //

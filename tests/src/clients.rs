@@ -10,14 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Counts;
 use gathering_core::protocol::{self, CLOSE_DISPERSED, CLOSE_GOING_AWAY, CLOSE_INTERNAL};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{
     ClientMsg, ConnId, Delivery, Encoding, Frame, GatheringId, Inbound, Instant, NOT_DURABLE,
     STORAGE_FAILED, ServerMsg,
 };
-use proptest::prelude::*;
-use proptest::strategy::{BoxedStrategy, Union};
 
 /// What the tournament's server sends.
 pub type Server = ServerMsg<TournamentOp, Tournament>;
@@ -60,17 +59,6 @@ impl Client {
     }
 }
 
-/// How often the interesting things happened on the clients' side.
-#[derive(Clone, Debug, Default)]
-pub struct ClientStats {
-    /// Acks received.
-    pub acks: u64,
-    /// Forwards received again (re-sent before or across an ack).
-    pub resends: u64,
-    /// Requests refused with an error.
-    pub rejections: u64,
-}
-
 /// An op a client sent: where, the player it registers, whether valid.
 #[derive(Debug)]
 struct Request {
@@ -106,8 +94,9 @@ pub struct Clients {
     /// so they are not owed), by gathering.
     withdrawn: BTreeMap<GatheringId, BTreeSet<String>>,
     requests: BTreeMap<u64, Request>,
-    /// Counts, for tests that want to see the paths taken.
-    pub stats: ClientStats,
+    /// How often acks, re-sent forwards and refusals arrived (`acks`,
+    /// `resends`, `rejections`).
+    pub stats: Counts,
 }
 
 impl Clients {
@@ -249,7 +238,7 @@ impl Clients {
                 assert!(seq <= durable, "op {seq} of {g} forwarded before durable");
                 // A re-send that crossed our ack, or came again.
                 if seq <= c.acked_upto || c.unacked.insert(seq, now).is_some() {
-                    self.stats.resends += 1;
+                    self.stats.bump("resends");
                 }
                 c.highest_forward = c.highest_forward.max(seq);
             }
@@ -263,13 +252,13 @@ impl Clients {
                 };
                 assert!(r.valid, "invalid op {id} was acknowledged");
                 assert_eq!(r.gathering, g, "op {id} acked by another gathering");
-                self.stats.acks += 1;
+                self.stats.bump("acks");
                 self.acked.entry(g).or_default().insert(r.name.clone());
             }
             ServerMsg::Error {
                 id: Some(id), code, ..
             } => {
-                self.stats.rejections += 1;
+                self.stats.bump("rejections");
                 if let Some(r) = self.requests.get(&id) {
                     if code == NOT_DURABLE || code == STORAGE_FAILED {
                         let withdrawn = self.withdrawn.entry(g).or_default();
@@ -279,7 +268,7 @@ impl Clients {
                     }
                 }
             }
-            ServerMsg::Error { id: None, .. } => self.stats.rejections += 1,
+            ServerMsg::Error { id: None, .. } => self.stats.bump("rejections"),
             ServerMsg::State { .. } => {}
         }
         true
@@ -437,47 +426,4 @@ impl ClientStep {
             ClientStep::Garbage { c } => clients.garbage(pick(c)?),
         }
     }
-}
-
-/// The steps of a harness: the clients' steps, weighted as both harnesses
-/// weigh them, and the harness's own steps with their weights.
-pub fn steps<S: std::fmt::Debug + 'static>(
-    client: impl Fn(ClientStep) -> S + Clone + 'static,
-    own: Vec<(u32, BoxedStrategy<S>)>,
-) -> Union<BoxedStrategy<S>> {
-    let c = move |s: BoxedStrategy<ClientStep>| s.prop_map(client.clone()).boxed();
-    let mut all = vec![
-        (
-            3,
-            c((0..IDS.len(), any::<bool>())
-                .prop_map(|(g, binary)| ClientStep::Join { g, binary })
-                .boxed()),
-        ),
-        (
-            1,
-            c(any::<usize>().prop_map(|c| ClientStep::Leave { c }).boxed()),
-        ),
-        (
-            4,
-            c((any::<usize>(), prop::bool::weighted(0.8))
-                .prop_map(|(c, valid)| ClientStep::Op { c, valid })
-                .boxed()),
-        ),
-        (
-            1,
-            c(any::<usize>().prop_map(|c| ClientStep::Fetch { c }).boxed()),
-        ),
-        (
-            2,
-            c(any::<usize>().prop_map(|c| ClientStep::Ack { c }).boxed()),
-        ),
-        (
-            1,
-            c(any::<usize>()
-                .prop_map(|c| ClientStep::Garbage { c })
-                .boxed()),
-        ),
-    ];
-    all.extend(own);
-    Union::new_weighted(all)
 }

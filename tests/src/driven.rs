@@ -21,7 +21,9 @@ use gathering_driver::{
     hall_task,
 };
 
+use crate::Counts;
 use crate::clients::{ClientStep, Clients, Sent};
+use crate::harness::Harness;
 
 /// Everything the fake runtime and the checker share.
 pub struct World {
@@ -57,20 +59,7 @@ pub struct World {
     /// Whether timers that fire take in-flight traffic to the hall.
     pub race: Cell<bool>,
     /// Counts, to see that the interesting paths were taken.
-    pub stats: RefCell<Stats>,
-}
-
-/// How often the interesting things happened.
-#[derive(Clone, Debug, Default)]
-pub struct Stats {
-    /// Idle or empty dispersals.
-    pub dispersals: u64,
-    /// Spawns of a gathering that had been persisted before.
-    pub respawns: u64,
-    /// Writes made to fail.
-    pub failed_writes: u64,
-    /// Writes answered as failed, unwritten, after an earlier one failed.
-    pub unwritten_after_failure: u64,
+    pub stats: RefCell<Counts>,
 }
 
 impl World {
@@ -185,7 +174,7 @@ impl Runtime for Fake {
             Observed::Spawned { id, seq, .. } => {
                 assert!(w.live.borrow_mut().insert(id.clone()), "{id} spawned twice");
                 if seq > 0 {
-                    w.stats.borrow_mut().respawns += 1;
+                    w.stats.borrow_mut().bump("respawns");
                 }
             }
             Observed::DisperseRequested {
@@ -208,7 +197,7 @@ impl Runtime for Fake {
                 if reason == DisperseReason::Shutdown {
                     return;
                 }
-                w.stats.borrow_mut().dispersals += 1;
+                w.stats.borrow_mut().bump("dispersals");
                 // The fake timer wakes each task at its deadline exactly.
                 assert_eq!(late, Duration::ZERO, "{id} dispersed late");
                 // The request granted is the last one asked; the hall grants
@@ -274,46 +263,6 @@ impl Driven {
         self.pool.run_until_stalled();
     }
 
-    /// A client takes `step`; what it sends heads for the hall (with the
-    /// connection's handle, for a join).
-    pub fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
-        let sent = step.play(&mut self.world.clients.borrow_mut(), ids);
-        let Some(Sent {
-            gathering,
-            inbound,
-            activity,
-        }) = sent
-        else {
-            return;
-        };
-        let handle = match inbound {
-            Inbound::Join { conn, .. } => Some(FakeConn {
-                conn,
-                world: self.world.clone(),
-            }),
-            _ => None,
-        };
-        let mail = HallMail::Route(gathering, inbound, handle);
-        self.world
-            .in_flight
-            .borrow_mut()
-            .push_back((mail, activity));
-    }
-
-    /// The oldest traffic in flight reaches the hall's mailbox. Returns
-    /// whether there was some.
-    pub fn step_hall(&mut self) -> bool {
-        let Some((mail, activity)) = self.world.in_flight.borrow_mut().pop_front() else {
-            return false;
-        };
-        self.world.reached_hall(&mail, activity);
-        // After a shutdown the hall's mailbox is closed: a connection's send
-        // then fails, as it does on a server.
-        let _ = self.world.mailbox.try_send(mail);
-        self.run();
-        true
-    }
-
     /// Clients that can still send.
     pub fn open_clients(&self) -> Vec<ConnId> {
         self.world.clients.borrow().open()
@@ -330,75 +279,11 @@ impl Driven {
         true
     }
 
-    /// The oldest pending write finishes, or fails. Returns whether there
-    /// was one.
-    pub fn step_write(&mut self, fail: bool) -> bool {
-        let Some((id, commit, durable)) = self.world.writes.borrow_mut().pop_front() else {
-            return false;
-        };
-        let mut failed = self.world.failed.borrow_mut();
-        if failed.follows_failure(&durable) {
-            self.world.stats.borrow_mut().unwritten_after_failure += 1;
-            failed.fail(durable, "an earlier write failed".into());
-        } else if fail {
-            self.world.stats.borrow_mut().failed_writes += 1;
-            failed.fail(durable, "injected failure".into());
-        } else {
-            let mut store = self.world.store.borrow_mut();
-            let kept = store.entry(id.clone()).or_default();
-            assert!(commit.seq >= kept.seq(), "storage of {id} went backwards");
-            assert_eq!(durable.seq(), commit.seq);
-            if commit.snapshot.is_some() {
-                assert!(
-                    commit.log.is_empty(),
-                    "a snapshot commit carries log entries"
-                );
-            } else {
-                // Log entries continue the log exactly.
-                for (next, entry) in (kept.seq() + 1..).zip(&commit.log) {
-                    assert_eq!(entry.seq, next, "the log of {id} skips or repeats");
-                }
-            }
-            kept.apply(commit);
-            drop(store);
-            durable.report(Ok(()));
-        }
-        drop(failed);
-        self.run();
-        true
-    }
-
-    /// Moves the clock forward by `by`, waking each timer exactly at its
-    /// instant on the way; bounded.
-    pub fn advance(&mut self, by: Duration) {
-        let target = self.world.now.get() + by;
-        for _ in 0..10_000 {
-            let next = self.world.timers.borrow().iter().map(|(at, _)| *at).min();
-            match next {
-                Some(at) if at <= target => {
-                    let now = self.world.now.get().max(at);
-                    self.world.now.set(now);
-                    let due: Vec<Waker> = {
-                        let mut timers = self.world.timers.borrow_mut();
-                        let (due, rest) = timers.drain(..).partition(|(at, _)| *at <= now);
-                        *timers = rest;
-                        due.into_iter().map(|(_, w)| w).collect()
-                    };
-                    due.into_iter().for_each(Waker::wake);
-                    self.run();
-                }
-                _ => break,
-            }
-        }
-        self.world.now.set(self.world.now.get().max(target));
-        self.run();
-    }
-
     /// Finishes every load and write, then lets time run until every
     /// gathering has dispersed; bounded.
     pub fn run_until_all_dispersed(&mut self) {
         for _ in 0..10_000 {
-            while self.step_hall() || self.step_load() || self.step_write(false) {}
+            while self.step_hall() || self.step_load() || self.step_store(false) {}
             if self.world.live.borrow().is_empty() && self.world.hall.borrow().live() == 0 {
                 return;
             }
@@ -421,7 +306,7 @@ impl Driven {
         assert!(self.world.mailbox.try_send(HallMail::Shutdown).is_ok());
         self.run();
         for _ in 0..10_000 {
-            while self.step_hall() || self.step_load() || self.step_write(false) {}
+            while self.step_hall() || self.step_load() || self.step_store(false) {}
             if self.world.hall.borrow().finished() {
                 break;
             }
@@ -468,10 +353,108 @@ impl Driven {
                 (id.clone(), restored.app().clone())
             })
             .collect();
-        let failed = self.world.stats.borrow().failed_writes > 0;
+        let failed = self.world.stats.borrow().get("failed_writes") > 0;
         self.world
             .clients
             .borrow()
             .check_final(shut_down || failed, &stored);
+    }
+}
+
+impl Harness for Driven {
+    fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
+        let sent = step.play(&mut self.world.clients.borrow_mut(), ids);
+        let Some(Sent {
+            gathering,
+            inbound,
+            activity,
+        }) = sent
+        else {
+            return;
+        };
+        let handle = match inbound {
+            Inbound::Join { conn, .. } => Some(FakeConn {
+                conn,
+                world: self.world.clone(),
+            }),
+            _ => None,
+        };
+        let mail = HallMail::Route(gathering, inbound, handle);
+        self.world
+            .in_flight
+            .borrow_mut()
+            .push_back((mail, activity));
+    }
+    fn step_hall(&mut self) -> bool {
+        let Some((mail, activity)) = self.world.in_flight.borrow_mut().pop_front() else {
+            return false;
+        };
+        self.world.reached_hall(&mail, activity);
+        // After a shutdown the hall's mailbox is closed: a connection's send
+        // then fails, as it does on a server.
+        let _ = self.world.mailbox.try_send(mail);
+        self.run();
+        true
+    }
+    fn step_store(&mut self, fail: bool) -> bool {
+        let Some((id, commit, durable)) = self.world.writes.borrow_mut().pop_front() else {
+            return false;
+        };
+        let mut failed = self.world.failed.borrow_mut();
+        if failed.follows_failure(&durable) {
+            self.world
+                .stats
+                .borrow_mut()
+                .bump("unwritten_after_failure");
+            failed.fail(durable, "an earlier write failed".into());
+        } else if fail {
+            self.world.stats.borrow_mut().bump("failed_writes");
+            failed.fail(durable, "injected failure".into());
+        } else {
+            let mut store = self.world.store.borrow_mut();
+            let kept = store.entry(id.clone()).or_default();
+            assert!(commit.seq >= kept.seq(), "storage of {id} went backwards");
+            assert_eq!(durable.seq(), commit.seq);
+            if commit.snapshot.is_some() {
+                assert!(
+                    commit.log.is_empty(),
+                    "a snapshot commit carries log entries"
+                );
+            } else {
+                // Log entries continue the log exactly.
+                for (next, entry) in (kept.seq() + 1..).zip(&commit.log) {
+                    assert_eq!(entry.seq, next, "the log of {id} skips or repeats");
+                }
+            }
+            kept.apply(commit);
+            drop(store);
+            durable.report(Ok(()));
+        }
+        drop(failed);
+        self.run();
+        true
+    }
+    fn advance(&mut self, by: Duration) {
+        let target = self.world.now.get() + by;
+        for _ in 0..10_000 {
+            let next = self.world.timers.borrow().iter().map(|(at, _)| *at).min();
+            match next {
+                Some(at) if at <= target => {
+                    let now = self.world.now.get().max(at);
+                    self.world.now.set(now);
+                    let due: Vec<Waker> = {
+                        let mut timers = self.world.timers.borrow_mut();
+                        let (due, rest) = timers.drain(..).partition(|(at, _)| *at <= now);
+                        *timers = rest;
+                        due.into_iter().map(|(_, w)| w).collect()
+                    };
+                    due.into_iter().for_each(Waker::wake);
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.world.now.set(self.world.now.get().max(target));
+        self.run();
     }
 }

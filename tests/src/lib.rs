@@ -7,6 +7,7 @@
 
 pub mod clients;
 pub mod driven;
+pub mod harness;
 pub mod sim;
 
 /// The proptest configuration every property uses: `cases` cases from a fixed
@@ -83,6 +84,56 @@ pub fn racing_config() -> gathering_core::Config {
         snapshot_ops: 3,
         snapshot_bytes: 1 << 20,
         ..Config::default()
+    }
+}
+
+/// Runs `test` on `cases` values of `strategy` from the fixed seed of
+/// [`proptest_config`]; a panic fails the case, which proptest shrinks to
+/// the smallest failing value it can find and reports.
+pub fn check<S>(cases: u32, strategy: S, test: impl Fn(S::Value))
+where
+    S: proptest::strategy::Strategy,
+{
+    let mut runner = proptest::test_runner::TestRunner::new(proptest_config(cases));
+    if let Err(e) = runner.run(&strategy, |value| {
+        test(value);
+        Ok(())
+    }) {
+        panic!("{e}\n{runner}");
+    }
+}
+
+/// How often a run took the paths worth taking, by name (`dispersals`,
+/// `acks`, ...): what the tests that check the generators assert on. One
+/// type for both harnesses and their clients, so that a new counter needs
+/// no new field anywhere.
+#[derive(Clone, Debug, Default)]
+pub struct Counts(std::collections::BTreeMap<&'static str, u64>);
+
+impl Counts {
+    /// `what` happened once more.
+    pub fn bump(&mut self, what: &'static str) {
+        *self.0.entry(what).or_default() += 1;
+    }
+
+    /// How often `what` happened.
+    pub fn get(&self, what: &str) -> u64 {
+        self.0.get(what).copied().unwrap_or(0)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Counts) {
+        for (what, n) in &other.0 {
+            *self.0.entry(what).or_default() += n;
+        }
+    }
+
+    /// Fails unless each `(what, least)` happened at least `least` times.
+    pub fn assert_at_least(&self, least: &[(&str, u64)]) {
+        for (what, n) in least {
+            let got = self.get(what);
+            assert!(got >= *n, "{what}: {got}, fewer than {n}, in {self:?}");
+        }
     }
 }
 

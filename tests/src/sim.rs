@@ -16,7 +16,9 @@ use gathering_core::{
     GatheringId, Hall, HallAction, HallEvent, Inbound, Instant, Loaded, Phase, ServerMsg, Verdict,
 };
 
+use crate::Counts;
 use crate::clients::{ClientStep, Clients, Sent, Server};
+use crate::harness::Harness;
 
 /// Something waiting in a gathering's mailbox; stamped with the time when it
 /// is processed, as a real host would.
@@ -79,24 +81,7 @@ pub struct Sim {
     pub clients: Clients,
     spawned: BTreeSet<GatheringId>,
     /// Counts, for tests that want to see the interesting paths were taken.
-    pub stats: Stats,
-}
-
-/// How often the interesting things happened.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    /// Dispersals granted and completed.
-    pub dispersals: u64,
-    /// Dispersal requests refused because traffic was in flight.
-    pub refusals: u64,
-    /// Gatherings spawned again after a dispersal.
-    pub respawns: u64,
-    /// Storage writes made to fail.
-    pub failed_writes: u64,
-    /// Commits asked for while another of the same gathering was waiting.
-    pub overlapped_commits: u64,
-    /// Commits answered as failed, unwritten, after an earlier one failed.
-    pub unwritten_after_failure: u64,
+    pub stats: Counts,
 }
 
 impl Sim {
@@ -114,7 +99,7 @@ impl Sim {
             failed_generations: BTreeSet::new(),
             clients: Clients::default(),
             spawned: BTreeSet::new(),
-            stats: Stats::default(),
+            stats: Counts::default(),
         }
     }
 
@@ -131,29 +116,6 @@ impl Sim {
     /// Connections that can still send (not closed, not left).
     pub fn open_clients(&self) -> Vec<ConnId> {
         self.clients.open()
-    }
-
-    /// A client takes `step`; what it sends goes into the hall's mailbox.
-    pub fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
-        if let Some(Sent {
-            gathering, inbound, ..
-        }) = step.play(&mut self.clients, ids)
-        {
-            self.hall_inbox
-                .push_back(HallEvent::Route(gathering, inbound));
-        }
-    }
-
-    /// The hall processes its oldest input. Returns whether there was one.
-    pub fn step_hall(&mut self) -> bool {
-        let Some(event) = self.hall_inbox.pop_front() else {
-            return false;
-        };
-        self.hall.handle(event);
-        while let Some(action) = self.hall.poll_action() {
-            self.on_hall_action(action);
-        }
-        true
     }
 
     /// Gathering `id` processes its oldest mail. Returns whether there was one.
@@ -230,59 +192,6 @@ impl Sim {
         }
     }
 
-    /// The oldest storage write completes (or fails).
-    pub fn step_storage(&mut self, fail: bool) -> bool {
-        let Some(write) = self.writes.pop_front() else {
-            return false;
-        };
-        // After a failed write, the host answers the gathering's later
-        // commits as failed without writing them; the gathering may have
-        // dispersed meanwhile (nothing it holds is durable any more).
-        if self.failed_generations.contains(&write.generation) {
-            self.stats.unwritten_after_failure += 1;
-            if let Some(slot) = self.slots.get_mut(&write.id)
-                && slot.generation == write.generation
-            {
-                slot.inbox.push_back(Mail::PersistFailed);
-            }
-            return true;
-        }
-        let Some(slot) = self.slots.get_mut(&write.id) else {
-            panic!("a write completed for {} after it dispersed", write.id);
-        };
-        assert_eq!(
-            slot.generation, write.generation,
-            "write outlived its gathering"
-        );
-        if fail {
-            self.stats.failed_writes += 1;
-            self.failed_generations.insert(write.generation);
-            slot.inbox.push_back(Mail::PersistFailed);
-            return true;
-        }
-        let stored = self.storage.get(&write.id).map_or(0, Loaded::seq);
-        assert!(
-            write.commit.seq >= stored,
-            "storage went backwards for {}",
-            write.id
-        );
-        if let Some(first) = write.commit.log.first() {
-            assert_eq!(
-                first.seq,
-                stored + 1,
-                "a commit of {} does not continue its log",
-                write.id
-            );
-        }
-        let seq = write.commit.seq;
-        self.storage
-            .entry(write.id.clone())
-            .or_default()
-            .apply(write.commit);
-        slot.inbox.push_back(Mail::Persisted(seq));
-        true
-    }
-
     /// The earliest deadline of any gathering.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.slots
@@ -290,35 +199,6 @@ impl Sim {
             .filter_map(|s| s.gathering.next_deadline())
             .map(|d| d.at)
             .min()
-    }
-
-    /// Moves the clock forward by `by`, ticking every gathering exactly at
-    /// each of its deadlines on the way (zero lateness, as a perfect timer).
-    pub fn advance(&mut self, by: Duration) {
-        let target = self.now + by;
-        for _ in 0..10_000 {
-            match self.next_deadline() {
-                Some(at) if at <= target => {
-                    self.now = self.now.max(at);
-                    let due: Vec<GatheringId> = self
-                        .slots
-                        .iter()
-                        .filter(|(_, s)| {
-                            s.gathering
-                                .next_deadline()
-                                .is_some_and(|d| d.at <= self.now)
-                        })
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in due {
-                        self.tick(&id);
-                    }
-                }
-                _ => break,
-            }
-        }
-        self.now = self.now.max(target);
-        self.check_retry_duty();
     }
 
     /// Delivers everything queued (hall, mailboxes, storage, successfully)
@@ -331,7 +211,7 @@ impl Sim {
                     moved = true;
                 }
             }
-            while self.step_storage(false) {
+            while self.step_store(false) {
                 moved = true;
             }
             if !moved {
@@ -373,7 +253,7 @@ impl Sim {
             .map(|id| (id.clone(), self.stored_state(id)))
             .collect();
         self.clients
-            .check_final(self.stats.failed_writes > 0, &stored);
+            .check_final(self.stats.get("failed_writes") > 0, &stored);
     }
 
     /// The durable state of `id`.
@@ -403,7 +283,7 @@ impl Sim {
                     }
                 }
                 if !self.spawned.insert(id.clone()) {
-                    self.stats.respawns += 1;
+                    self.stats.bump("respawns");
                 }
                 self.next_generation += 1;
                 self.slots.insert(
@@ -427,7 +307,7 @@ impl Sim {
             }
             HallAction::Verdict(id, verdict) => {
                 if verdict == Verdict::Refused {
-                    self.stats.refusals += 1;
+                    self.stats.bump("refusals");
                 }
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.inbox.push_back(Mail::Verdict(verdict));
@@ -495,7 +375,7 @@ impl Sim {
                         self.config.overlap_commits,
                         "{id} asked for a second commit before the first was answered"
                     );
-                    self.stats.overlapped_commits += 1;
+                    self.stats.bump("overlapped_commits");
                 }
                 self.writes.push_back(Write {
                     id: id.clone(),
@@ -566,7 +446,7 @@ impl Sim {
                     slot.gathering.seq(),
                     "{id} dispersed before its final persist"
                 );
-                self.stats.dispersals += 1;
+                self.stats.bump("dispersals");
                 self.hall_inbox.push_back(HallEvent::Dispersed(id.clone()));
             }
             Action::Bounce(inbound) => {
@@ -609,5 +489,104 @@ impl Sim {
                 );
             }
         }
+    }
+}
+
+impl Harness for Sim {
+    fn play(&mut self, step: &ClientStep, ids: &[GatheringId]) {
+        if let Some(Sent {
+            gathering, inbound, ..
+        }) = step.play(&mut self.clients, ids)
+        {
+            self.hall_inbox
+                .push_back(HallEvent::Route(gathering, inbound));
+        }
+    }
+    fn step_hall(&mut self) -> bool {
+        let Some(event) = self.hall_inbox.pop_front() else {
+            return false;
+        };
+        self.hall.handle(event);
+        while let Some(action) = self.hall.poll_action() {
+            self.on_hall_action(action);
+        }
+        true
+    }
+    fn step_store(&mut self, fail: bool) -> bool {
+        let Some(write) = self.writes.pop_front() else {
+            return false;
+        };
+        // After a failed write, the host answers the gathering's later
+        // commits as failed without writing them; the gathering may have
+        // dispersed meanwhile (nothing it holds is durable any more).
+        if self.failed_generations.contains(&write.generation) {
+            self.stats.bump("unwritten_after_failure");
+            if let Some(slot) = self.slots.get_mut(&write.id)
+                && slot.generation == write.generation
+            {
+                slot.inbox.push_back(Mail::PersistFailed);
+            }
+            return true;
+        }
+        let Some(slot) = self.slots.get_mut(&write.id) else {
+            panic!("a write completed for {} after it dispersed", write.id);
+        };
+        assert_eq!(
+            slot.generation, write.generation,
+            "write outlived its gathering"
+        );
+        if fail {
+            self.stats.bump("failed_writes");
+            self.failed_generations.insert(write.generation);
+            slot.inbox.push_back(Mail::PersistFailed);
+            return true;
+        }
+        let stored = self.storage.get(&write.id).map_or(0, Loaded::seq);
+        assert!(
+            write.commit.seq >= stored,
+            "storage went backwards for {}",
+            write.id
+        );
+        if let Some(first) = write.commit.log.first() {
+            assert_eq!(
+                first.seq,
+                stored + 1,
+                "a commit of {} does not continue its log",
+                write.id
+            );
+        }
+        let seq = write.commit.seq;
+        self.storage
+            .entry(write.id.clone())
+            .or_default()
+            .apply(write.commit);
+        slot.inbox.push_back(Mail::Persisted(seq));
+        true
+    }
+    fn advance(&mut self, by: Duration) {
+        let target = self.now + by;
+        for _ in 0..10_000 {
+            match self.next_deadline() {
+                Some(at) if at <= target => {
+                    self.now = self.now.max(at);
+                    let due: Vec<GatheringId> = self
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| {
+                            s.gathering
+                                .next_deadline()
+                                .is_some_and(|d| d.at <= self.now)
+                        })
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in due {
+                        self.tick(&id);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(target);
+        self.check_retry_duty();
     }
 }
