@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::measure::*;
-use crate::servers::*;
+use crate::measure::{id, rss_of};
+use crate::servers::ChildServer;
 use gathering_core::Encoding;
 use gathering_core::tournament::Tournament;
 use gathering_native::client::Client;

@@ -3,13 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::measure::*;
-use crate::servers::*;
+use crate::measure::{id, median, quantile, sorted, wait_until};
+use crate::servers::{Detection, Server};
 use gathering_core::protocol::{ClientMsg, encode};
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_core::{Encoding, Frame};
-#[cfg(feature = "bench")]
-use gathering_native::Detection;
 use gathering_native::client::Client;
 use tokio_tungstenite::tungstenite::Message;
 

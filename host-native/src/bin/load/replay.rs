@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::measure::*;
+use crate::measure::{a_beats_b, id, median};
 use gathering_core::Config;
 use gathering_core::tournament::{Tournament, TournamentOp};
 

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::measure::*;
-use crate::servers::*;
+use crate::measure::{cpu_secs, id, quantile, rss, sorted, wait_until};
+use crate::servers::{Detection, Server};
 use gathering_core::GatheringId;
-#[cfg(feature = "bench")]
-use gathering_native::Detection;
 
 /// Default seconds over which `scale` makes a size fall due: 3 s, or longer
 /// so that no more than 100,000 fall due per second.

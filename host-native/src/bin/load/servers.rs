@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::measure::cpu_split_of;
 use gathering_core::Config;
 use gathering_core::tournament::Tournament;
+/// The stale-detection strategies `overhead` compares (`--features bench`).
 #[cfg(feature = "bench")]
-use gathering_native::Detection;
+pub(crate) use gathering_native::Detection;
 use gathering_native::Running;
 
+use crate::measure::cpu_split_of;
+
+/// The product's detection, the only one in a build without `bench`.
 #[cfg(not(feature = "bench"))]
 #[derive(Clone, Copy)]
 pub(crate) enum Detection {

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::measure::*;
-use crate::servers::*;
+use crate::measure::{a_beats_b, id, quantile, sorted, tournament_clients};
+use crate::servers::ChildServer;
 use gathering_core::Encoding;
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_native::client::{Client, Reply};

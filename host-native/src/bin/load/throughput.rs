@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::measure::*;
-use crate::servers::*;
-#[cfg(feature = "bench")]
-use gathering_native::Detection;
+use crate::measure::{a_beats_b, quantile, sorted, tournament_clients};
+use crate::servers::{Detection, Server};
 use gathering_native::client::Reply;
 
 pub(crate) async fn throughput(smoke: bool) {
