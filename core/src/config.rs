@@ -3,7 +3,8 @@
 use crate::clock::Duration;
 
 /// Ops logged between two snapshots, by default: a load replays at most
-/// this many (see BENCHMARKS.md for what that costs a spawn).
+/// this many (BENCHMARKS.md, "Durability and replay", says what that
+/// costs a spawn).
 pub const DEFAULT_SNAPSHOT_OPS: u32 = 1024;
 /// Bytes logged between two snapshots, by default.
 pub const DEFAULT_SNAPSHOT_BYTES: u32 = 1 << 20;

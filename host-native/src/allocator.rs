@@ -8,7 +8,7 @@
 //! with one op in flight cost 0.3–0.4 `futex` calls per op; its fastbins,
 //! which would avoid some of that, also stall for tens of milliseconds when
 //! a hundred thousand gatherings disperse per second and their chunks are
-//! merged at once (BENCHMARKS.md, sections 2 and 5). jemalloc's thread
+//! merged at once (BENCHMARKS.md, "Tried and not kept"). jemalloc's thread
 //! caches take frees of any origin and hand them back in batches: about
 //! 0.02 `futex` calls per op, 11–63 % more forwards per second with 16 ops
 //! in flight per client, less CPU per forward in most runs with one, and

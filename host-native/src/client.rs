@@ -30,7 +30,7 @@ const ACK_EVERY: u32 = 32;
 /// Bytes the WebSocket layer reads from the socket at a time. It zero-fills
 /// this much before every read (tungstenite 0.29), so its default of
 /// 128 KiB made the zeroing most of a client's CPU under a stream of small
-/// frames (BENCHMARKS.md section 5); a larger message still arrives whole,
+/// frames (BENCHMARKS.md, "Tried and not kept"); a larger message still arrives whole,
 /// over several reads.
 const READ_CHUNK: usize = 8 * 1024;
 

@@ -36,7 +36,8 @@ use crate::storage::{RedbStore, Store};
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Under load, storage commits start at least this far apart (see
-/// [`Builder::commit_interval`]); measured in BENCHMARKS.md section 5.
+/// [`Builder::commit_interval`]); the other intervals tried are in
+/// BENCHMARKS.md, "Tried and not kept".
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
 
 /// Messages waiting for the hall before readers feel backpressure.

@@ -4,7 +4,7 @@
 //! end. A snapshot covers its gathering's older rows, which are scattered
 //! over every commit since its last snapshot: deleting them one by one
 //! rewrote a B-tree leaf per row (about two thirds of the bytes a commit
-//! wrote; BENCHMARKS.md section 5). So covered rows stay where they are,
+//! wrote; BENCHMARKS.md, "Tried and not kept"). So covered rows stay where they are,
 //! unread (a load skips entries its snapshot holds), until every row of
 //! the commits before them is covered too; then one range deletion takes
 //! that prefix of the journal, whole leaves at a time. A gathering that

@@ -57,8 +57,8 @@ type OldLog<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
 /// at the end of the table: a group commit rewrites the few pages there,
 /// however many gatherings it spans. (Keyed by gathering, one commit's
 /// entries landed on as many B-tree leaves as gatherings, each copied
-/// whole: 114 KB written per commit for 19 B of log per op; BENCHMARKS.md
-/// section 5.) Which rows hold a gathering's entries is kept in memory,
+/// whole: 114 KB written per commit for 19 B of log per op; BENCHMARKS.md,
+/// "Tried and not kept".) Which rows hold a gathering's entries is kept in memory,
 /// rebuilt from the journal at open; rows a snapshot covers are deleted
 /// later, a prefix of the journal at a time (see [`super::journal`]).
 /// Every commit is one write transaction, fsynced before it returns: the
