@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use crate::{ConnId, Member};
+use crate::{ConnId, Member, SessionId};
 
 /// One logged op: its number and its encoding (who sent it and the op,
 /// postcard), everything `App::apply` needs to apply it again.
@@ -122,13 +122,45 @@ fn open_conn(by: &Member) -> Option<u64> {
     (by.role.is_none() && conn != 0 && Member::open(ConnId(conn)) == *by).then_some(conn)
 }
 
+/// Encodes op `op` sent by `by` from session `session` under op id `id`:
+/// the zero format followed by the session and the id, so that a replay
+/// knows again which of the session's ops applied. (An entry without them
+/// ends after its op; the ones written before sessions existed still load.)
+pub fn encode_session_entry<O: Serialize>(
+    by: &Member,
+    op: &O,
+    session: &SessionId,
+    id: u64,
+) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(&(EntryRef { format: 0, by, op }, session.as_str(), id))
+}
+
+/// A decoded log entry: who sent the op, the op, and, if it came with a
+/// session, that session and the op's id in it.
+pub type Entry<O> = (Member, O, Option<(String, u64)>);
+
 /// Decodes a log entry's bytes: who sent the op, and the op.
 pub fn decode_entry<O: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(Member, O), postcard::Error> {
+    decode_session_entry(bytes).map(|(by, op, _)| (by, op))
+}
+
+/// Decodes a log entry's bytes, with its session if it has one.
+pub fn decode_session_entry<O: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<Entry<O>, postcard::Error> {
     match postcard::take_from_bytes::<u64>(bytes)? {
-        (0, rest) => postcard::from_bytes::<(Member, O)>(rest),
-        (conn, rest) => postcard::from_bytes::<O>(rest).map(|op| (Member::open(ConnId(conn)), op)),
+        (0, rest) => match postcard::take_from_bytes::<(Member, O)>(rest)? {
+            ((by, op), []) => Ok((by, op, None)),
+            ((by, op), rest) => {
+                let session = postcard::from_bytes::<(String, u64)>(rest)?;
+                Ok((by, op, Some(session)))
+            }
+        },
+        (conn, rest) => {
+            postcard::from_bytes::<O>(rest).map(|op| (Member::open(ConnId(conn)), op, None))
+        }
     }
 }
 
@@ -140,7 +172,10 @@ mod entry_tests {
     fn entries_carry_their_member_and_the_first_format_still_loads() {
         let ada = Member::new("Ada", "player");
         let bytes = encode_entry(&ada, &"op".to_string()).unwrap();
-        assert_eq!(decode_entry::<String>(&bytes).unwrap(), (ada, "op".into()));
+        assert_eq!(
+            decode_entry::<String>(&bytes).unwrap(),
+            (ada.clone(), "op".into())
+        );
         // An open server's member is logged as its connection, as before;
         // a name that only looks like one is logged as a name.
         let open = Member::open(ConnId(300));
@@ -160,6 +195,14 @@ mod entry_tests {
                 (member, "op".into())
             );
         }
+        // With a session, the session and the op's id follow.
+        let session = SessionId::parse("tab-1").unwrap();
+        let bytes = encode_session_entry(&ada, &"op".to_string(), &session, 9).unwrap();
+        assert_eq!(
+            decode_session_entry::<String>(&bytes).unwrap(),
+            (ada.clone(), "op".into(), Some(("tab-1".into(), 9)))
+        );
+        assert_eq!(decode_entry::<String>(&bytes).unwrap(), (ada, "op".into()));
         // The first format: the sender's connection id, then the op.
         let legacy = postcard::to_allocvec(&(300u64, "op".to_string())).unwrap();
         assert_eq!(

@@ -14,6 +14,13 @@ pub const DEFAULT_SNAPSHOT_BYTES: u32 = 1 << 20;
 /// server), and well below what a connection's outbox holds for replies.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 
+/// Sessions a gathering remembers (the most recently active), by default.
+pub const DEFAULT_MAX_SESSIONS: u32 = 4096;
+
+/// Ops a session's record keeps the seq of: an op retried after this many
+/// more of its session's ops were applied is refused as stale.
+pub const SESSION_RECENT_OPS: usize = 256;
+
 /// First wait before an unacknowledged forward is re-sent, by default.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The wait before a re-send doubles after each, up to this many times the
@@ -72,6 +79,16 @@ pub struct Config {
     /// each connection's socket write, carries more ops. Off, a gathering
     /// has at most one commit outstanding.
     pub overlap_commits: bool,
+    /// Sessions a gathering remembers: past this, the least recently
+    /// active is forgotten (an op it retries then applies again, and a
+    /// resume of it gets `last_op` null).
+    pub max_sessions: u32,
+    /// Durable ops a gathering with sessions keeps in memory, newest
+    /// first, to resume a client op by op (older: a `resync`); and the
+    /// most bytes of log entries they may hold.
+    pub resume_ops: u32,
+    /// See `resume_ops`.
+    pub resume_bytes: u32,
 }
 
 impl Default for Config {
@@ -90,6 +107,9 @@ impl Default for Config {
             op_burst: 0,
             max_gatherings: u32::MAX,
             overlap_commits: false,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            resume_ops: DEFAULT_SNAPSHOT_OPS,
+            resume_bytes: DEFAULT_SNAPSHOT_BYTES,
         }
     }
 }

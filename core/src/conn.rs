@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use crate::SharedMember;
 use crate::clock::{Duration, Instant};
 use crate::id::ConnId;
-use crate::protocol::{Encoding, Frame};
+use crate::protocol::{CLOSE_POLICY, Encoding, Frame};
 
 /// One connection's delivery state inside a gathering.
 #[derive(Debug)]
@@ -18,8 +18,9 @@ pub(crate) struct Conn {
     pub unacked: VecDeque<Unacked>,
     /// When the oldest-sent unacknowledged forward has waited `backoff`.
     pub retry_at: Option<Instant>,
-    /// How long a forward waits unacknowledged before it is re-sent.
-    pub backoff: Duration,
+    /// How long a forward waits unacknowledged before it is re-sent, in
+    /// nanoseconds (half a `Duration`: every connection holds one).
+    backoff_ns: u64,
     /// Its ops accepted and waiting for their commit.
     pub in_flight: u32,
     /// Who it is; `None` for an open server's member until it first acts.
@@ -28,6 +29,30 @@ pub(crate) struct Conn {
     pub rate: Bucket,
     /// Ops refused for the rate in a row since one was let through.
     pub rate_refused: u16,
+    /// Closed at this limit once the ops it had sent when it broke it are
+    /// acked; no forward is sent to it meanwhile.
+    pub closing: Option<Limit>,
+    /// With `closing`: the number of its last op accepted before then.
+    pub closing_at: u64,
+}
+
+/// A bound a connection broke, closing it (see `Action::Refused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// Far over the op rate.
+    Flood,
+    /// Too many forwards unacknowledged.
+    Lagging,
+}
+
+impl Limit {
+    /// The refusal's code, the close code and the close reason.
+    pub fn close(self) -> (&'static str, u16, &'static str) {
+        match self {
+            Limit::Flood => ("flood", CLOSE_POLICY, "op rate far over the limit"),
+            Limit::Lagging => ("lagging", CLOSE_POLICY, "too many unacknowledged forwards"),
+        }
+    }
 }
 
 /// A token bucket of ops: `burst` ops at once, refilled at `per_sec`. Eight
@@ -68,6 +93,11 @@ impl Bucket {
     }
 }
 
+/// `d` in nanoseconds, saturating (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A forward sent and not yet acknowledged.
 #[derive(Debug)]
 pub(crate) struct Unacked {
@@ -83,12 +113,19 @@ impl Conn {
             encoding,
             unacked: VecDeque::new(),
             retry_at: None,
-            backoff: retry_interval,
+            backoff_ns: nanos(retry_interval),
             in_flight: 0,
             member,
             rate: Bucket::default(),
             rate_refused: 0,
+            closing: None,
+            closing_at: 0,
         }
+    }
+
+    /// How long a forward waits unacknowledged before it is re-sent.
+    pub fn backoff(&self) -> Duration {
+        Duration::from_nanos(self.backoff_ns)
     }
 
     /// Records a forward sent at `now`; returns when this connection next
@@ -99,7 +136,7 @@ impl Conn {
             frame,
             sent: now,
         });
-        *self.retry_at.get_or_insert(now + self.backoff)
+        *self.retry_at.get_or_insert(now + self.backoff())
     }
 
     /// Acknowledges every forward up to and including `seq`. Progress resets
@@ -112,8 +149,9 @@ impl Conn {
             self.unacked.pop_front();
         }
         if self.unacked.len() < before {
-            self.backoff = retry_interval;
-            self.retry_at = self.oldest_sent().map(|sent| sent + self.backoff);
+            self.backoff_ns = nanos(retry_interval);
+            let backoff = self.backoff();
+            self.retry_at = self.oldest_sent().map(|sent| sent + backoff);
         }
     }
 
@@ -129,14 +167,16 @@ impl Conn {
         match self.retry_at {
             Some(at) if at <= now => {
                 let mut frames = Vec::new();
+                let backoff = self.backoff();
                 for u in self.unacked.iter_mut() {
-                    if u.sent + self.backoff <= now {
+                    if u.sent + backoff <= now {
                         u.sent = now;
                         frames.push(u.frame.clone());
                     }
                 }
-                self.backoff = self.backoff.saturating_mul(2).min(max);
-                self.retry_at = self.oldest_sent().map(|sent| sent + self.backoff);
+                let backoff = backoff.saturating_mul(2).min(max);
+                self.backoff_ns = nanos(backoff);
+                self.retry_at = self.oldest_sent().map(|sent| sent + backoff);
                 Some(frames)
             }
             _ => None,

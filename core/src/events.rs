@@ -5,7 +5,19 @@
 use crate::clock::{Duration, Instant};
 use crate::commit::Commit;
 use crate::protocol::{DisperseReason, Encoding, Frame};
-use crate::{ConnId, SharedMember};
+use crate::{ConnId, SessionId, SharedMember};
+
+/// A join's session, and where its client's history stands: what
+/// `?session=S&since=K&epoch=E` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionJoin {
+    /// The client's session.
+    pub session: SessionId,
+    /// The highest op number the client has seen: it resumes after it.
+    pub since: Option<u64>,
+    /// The gathering's epoch the client saw `since` in (its `welcome`'s).
+    pub epoch: Option<u64>,
+}
 
 /// Something routed to a gathering on behalf of a connection.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +32,10 @@ pub enum Inbound {
         /// server: the member of its own named after the connection
         /// ([`Member::open`](crate::Member::open)), made only if it acts.
         member: Option<SharedMember>,
+        /// Its session, if it joins with one (see docs/PROTOCOL.md): it
+        /// is then welcomed, resumed, and its ops apply exactly once.
+        /// `None`: today's protocol, exactly.
+        session: Option<Box<SessionJoin>>,
     },
     /// A data frame from a connection.
     Frame {
@@ -33,6 +49,9 @@ pub enum Inbound {
         /// gathering dispersed, which its successor applies. `None` on an
         /// open server, as for a join.
         member: Option<SharedMember>,
+        /// Its session, as joined: a frame that reaches a gathering without
+        /// its join (see `member`) still applies its op at most once.
+        session: Option<SessionId>,
     },
     /// The connection's socket closed.
     Leave {
@@ -49,6 +68,7 @@ impl Inbound {
             conn,
             encoding,
             member: None,
+            session: None,
         }
     }
 
@@ -59,6 +79,7 @@ impl Inbound {
             conn,
             frame,
             member: None,
+            session: None,
         }
     }
 

@@ -44,21 +44,27 @@ impl fmt::Display for IdError {
 
 impl std::error::Error for IdError {}
 
+/// Checks `s` against the alphabet gathering ids and sessions share.
+fn validate(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong(s.len()));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(IdError::BadChar(c));
+    }
+    Ok(())
+}
+
 impl GatheringId {
     /// Validates `s` as a gathering id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        if s.is_empty() {
-            return Err(IdError::Empty);
-        }
-        if s.len() > MAX_ID_LEN {
-            return Err(IdError::TooLong(s.len()));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-        {
-            return Err(IdError::BadChar(c));
-        }
+        validate(s)?;
         Ok(GatheringId(Arc::from(s)))
     }
 
@@ -75,6 +81,53 @@ impl fmt::Display for GatheringId {
 }
 
 impl fmt::Debug for GatheringId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// A client's session: 1 to 64 characters of `[A-Za-z0-9_-]`, chosen by
+/// the client and kept for the life of that client instance. A gathering
+/// remembers which ops each session applied (so a retried op applies once)
+/// and which member it belongs to.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(Arc<str>);
+
+/// Why a string is not a valid [`SessionId`]: what [`IdError`] says of a
+/// gathering id, said of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionIdError(pub IdError);
+
+impl fmt::Display for SessionIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let said = self.0.to_string();
+        let said = said.strip_prefix("gathering id").unwrap_or(&said);
+        write!(f, "session{said}")
+    }
+}
+
+impl std::error::Error for SessionIdError {}
+
+impl SessionId {
+    /// Validates `s` as a session.
+    pub fn parse(s: &str) -> Result<Self, SessionIdError> {
+        validate(s).map_err(SessionIdError)?;
+        Ok(SessionId(Arc::from(s)))
+    }
+
+    /// The session as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", &*self.0)
     }
@@ -114,5 +167,9 @@ mod tests {
         assert_eq!(GatheringId::parse("é"), Err(IdError::BadChar('é')));
         let msg = GatheringId::parse("a b").unwrap_err().to_string();
         assert!(msg.contains("' '"), "{msg}");
+        let msg = SessionId::parse("a b").unwrap_err().to_string();
+        assert!(msg.starts_with("session contains ' '"), "{msg}");
+        assert!(SessionId::parse(&"s".repeat(64)).is_ok());
+        assert!(SessionId::parse(&"s".repeat(65)).is_err());
     }
 }

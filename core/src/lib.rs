@@ -85,13 +85,13 @@ pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
 pub use commit::{Commit, Loaded, LogEntry, Snapshot};
 pub use config::{
-    Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_INTERVAL, DEFAULT_SNAPSHOT_BYTES,
-    DEFAULT_SNAPSHOT_OPS, RETRY_BACKOFF_CAP,
+    Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_SESSIONS, DEFAULT_RETRY_INTERVAL,
+    DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, RETRY_BACKOFF_CAP,
 };
 pub use conn::ConnMap;
-pub use events::{Action, Deadline, Delivery, Event, Inbound, Verdict, Why};
+pub use events::{Action, Deadline, Delivery, Event, Inbound, SessionJoin, Verdict, Why};
 pub use gathering::{Gathering, NOT_DURABLE, Phase, RestoreError, STORAGE_FAILED};
 pub use hall::{Hall, HallAction, HallEvent, RejectReason};
-pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN};
+pub use id::{ConnId, GatheringId, IdError, MAX_ID_LEN, SessionId, SessionIdError};
 pub use member::{Member, SharedMember};
 pub use protocol::{ClientMsg, DisperseReason, Encoding, Frame, ServerMsg};

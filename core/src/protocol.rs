@@ -28,8 +28,17 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a failure inside the server (e.g. storage unreadable).
 pub const CLOSE_INTERNAL: u16 = 1011;
 
+/// Close code for a connection whose session joined again on another
+/// connection: the newer one carries on; do not reconnect this one.
+pub const CLOSE_SESSION_MOVED: u16 = 4002;
 /// Close code for a connection whose token expired: reconnect with a fresh one.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
+/// Close code for a join refused for its credentials (HTTP 401's meaning),
+/// for clients that cannot read an HTTP answer to an upgrade: browsers.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code for a join refused to who it is (HTTP 403's meaning): a
+/// token for another gathering, or a session of another member.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
 
 /// Close code for a connection whose host went away to come back (RFC 6455
 /// "service restart": an in-page owner tab that closed): join again.
@@ -46,6 +55,14 @@ pub const RATE_LIMITED: &str = "rate_limited";
 
 /// Error code of an op (or a join) the member may not do.
 pub const FORBIDDEN: &str = "forbidden";
+
+/// Error code of a join with a session that belongs to another member.
+pub const SESSION_TAKEN: &str = "session_taken";
+
+/// Error code of an op whose id is below its session's highest applied one
+/// and too old to be remembered: whether it applied is no longer known, so
+/// it is not applied again.
+pub const STALE_OP: &str = "stale_op";
 
 /// Which of the two encodings a frame uses. A server answers each client in
 /// the encoding of the last frame that client sent.
@@ -179,6 +196,14 @@ wire_enum! {
         State { id: u64, seq: u64, state: S },
         /// The gathering dispersed; the connection closes next.
         Dispersed { reason: DisperseReason },
+        /// First message to a connection that joined with a session: who
+        /// it acts as, the gathering's `epoch` (its history's identity),
+        /// its latest durable op number, and the highest op id applied from
+        /// this session (`None` if the gathering does not know the session).
+        Welcome { member: String, epoch: u64, seq: u64, last_op: Option<u64> },
+        /// The whole state as of op `seq`, for a resume that could not be
+        /// served op by op; forwards continue from `seq + 1`.
+        Resync { seq: u64, state: S },
     }
 }
 

@@ -124,6 +124,11 @@ pub struct Args {
     #[arg(long, env = "GATHERING_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub frame_timeout: Duration,
 
+    /// A session's connection silent this long is pinged; silent twice as
+    /// long (no frame, no pong), it is closed.
+    #[arg(long, env = "GATHERING_PING_INTERVAL", default_value = "20s", value_parser = positive_duration)]
+    pub ping_interval: Duration,
+
     /// Connections one gathering holds at once; more are answered 503
     /// before the upgrade (or closed with 1013). 0 for no bound.
     #[arg(
@@ -232,6 +237,7 @@ impl Args {
                 header_timeout: self.header_timeout,
                 http_timeout: self.http_timeout,
                 frame_timeout: self.frame_timeout,
+                ping_interval: self.ping_interval,
             })
             .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
             .web_dir(&self.web_dir)

@@ -287,7 +287,9 @@ impl<A: App> Client<A> {
                         return Ok(Reply::Dispersed { reason, code });
                     }
                 }
-                ServerMsg::State { .. } => {}
+                // Only a session join is sent these; this client joins
+                // without one.
+                ServerMsg::State { .. } | ServerMsg::Welcome { .. } | ServerMsg::Resync { .. } => {}
             }
         }
     }

@@ -258,6 +258,7 @@ impl<A: NativeApp> Builder<A> {
             origins: self.origins,
             auth: self.auth,
             frame_timeout: self.limits.frame_timeout,
+            ping_interval: self.limits.ping_interval,
             idle_timeout: self.gathering.idle_timeout,
             max_per_gathering: self.gathering.max_connections,
             next_conn: AtomicU64::new(1),

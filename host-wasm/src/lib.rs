@@ -161,6 +161,7 @@ impl<A: App> Host<A> {
             conn,
             encoding: Encoding::Json,
             member,
+            session: None,
         };
         shared
             .mailbox

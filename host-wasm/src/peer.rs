@@ -144,6 +144,7 @@ impl Peer {
                     conn: self.conn,
                     frame,
                     member: self.member.clone(),
+                    session: None,
                 };
                 let route = HallMail::Route(self.gathering.clone(), inbound, None);
                 hall.try_send(route).is_ok()

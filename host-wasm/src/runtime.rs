@@ -124,6 +124,15 @@ impl<A: App> Runtime for Wasm<A> {
         wasm_bindgen_futures::spawn_local(task.run());
     }
 
+    /// Wall-clock microseconds, with a random sub-millisecond part: the
+    /// page's clock counts whole milliseconds, and two tabs may create
+    /// gatherings in the same one.
+    fn fresh_epoch(&self) -> u64 {
+        let micros = js_sys::Date::now() * 1000.0 + (js_sys::Math::random() * 1000.0).floor();
+        // A float of at most 2^53: exact, and cast without loss.
+        micros as u64
+    }
+
     fn observe(&self, what: Observed<'_>) {
         match what {
             Observed::Spawned { id, status, .. } => {

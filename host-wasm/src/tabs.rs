@@ -366,6 +366,7 @@ impl Tabs {
             conn: local,
             encoding: Encoding::Json,
             member,
+            session: None,
         };
         let route = HallMail::Route(id, join, Some(PeerRef(peer.clone())));
         if rt.0.mailbox.try_send(route).is_err() {

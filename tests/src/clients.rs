@@ -270,6 +270,9 @@ impl Clients {
             }
             ServerMsg::Error { id: None, .. } => self.stats.bump("rejections"),
             ServerMsg::State { .. } => {}
+            ServerMsg::Welcome { .. } | ServerMsg::Resync { .. } => {
+                panic!("{conn} joined without a session and was sent a session's message")
+            }
         }
         true
     }

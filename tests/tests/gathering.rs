@@ -1171,6 +1171,7 @@ fn the_app_decides_joins_and_ops_with_the_member() {
         conn: ConnId(conn),
         encoding: Encoding::Json,
         member: Some(Arc::new(member)),
+        session: None,
     };
     g.handle(Event::Message(
         T0,
@@ -1212,6 +1213,7 @@ fn the_app_decides_joins_and_ops_with_the_member() {
         conn: ConnId(conn),
         frame: protocol::encode(&ClientMsg::Op { id: 1, op: () }, Encoding::Json).unwrap(),
         member: Some(Arc::new(member)),
+        session: None,
     };
     // A joined connection acts as the member it joined as, whatever its
     // frame says; one that never joined here (its gathering dispersed
@@ -1280,6 +1282,27 @@ fn ops_over_the_rate_are_refused_and_a_flood_is_closed() {
             "flood"
         ]
     );
+    // Closed once its accepted ops are durable and acked, not before.
+    let closes = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Close { .. }))
+            .count()
+    };
+    assert_eq!(closes(&actions), 0, "closed with acks owed");
+    let mut actions = Vec::new();
+    while g.durable_seq() < g.seq() {
+        g.handle(Event::Persisted(at, u64::MAX));
+        actions.extend(drain(&mut g));
+    }
+    let acked: Vec<u64> = sends(&actions)
+        .into_iter()
+        .filter_map(|(_, msg, _)| match msg {
+            ServerMsg::Ack { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, [1, 2, 3, 5]);
     assert!(
         actions.iter().any(|a| matches!(
             a,

@@ -277,7 +277,10 @@ pub(crate) fn loaded<R: Runtime>(rt: R, id: GatheringId, loaded: Result<Loaded, 
     let now = rt.now();
     let config = rt.config().clone();
     let gathering = loaded.and_then(|loaded| {
-        Gathering::<R::App>::restore(id.clone(), config, now, &loaded).map_err(|e| e.to_string())
+        let mut gathering = Gathering::<R::App>::restore(id.clone(), config, now, &loaded)
+            .map_err(|e| e.to_string())?;
+        gathering.offer_epoch(rt.fresh_epoch());
+        Ok(gathering)
     });
     let mailbox = gathering.map(|gathering| {
         let (task, mailbox, status) = gathering_task::new(gathering, &rt);

@@ -187,6 +187,17 @@ pub trait Runtime: Clone + 'static {
     /// Runs a gathering's task.
     fn spawn(&self, task: GatheringLoop<Self>);
 
+    /// A value never returned before for this host's store, for a
+    /// gathering whose store holds no epoch
+    /// ([`gathering_core::Gathering::offer_epoch`]): a gathering created
+    /// anew (a wiped or restored store) then shows its clients another
+    /// epoch. By default the host clock's microseconds, which suits only a
+    /// store that lives no longer than the clock (a test's); hosts with a
+    /// durable store use the wall clock.
+    fn fresh_epoch(&self) -> u64 {
+        self.now().as_nanos() / 1000
+    }
+
     /// Called after each batch of mail a gathering handled, with the number
     /// of messages from connections in it and the gathering's timer (a host
     /// counts them; a benchmark host may re-arm a timer per batch).

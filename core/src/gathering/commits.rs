@@ -4,11 +4,12 @@
 
 use crate::clock::{Duration, Instant};
 use crate::commit::{self, Commit, LogEntry};
+use crate::conn::Limit;
 use crate::events::{Action, Delivery};
-use crate::protocol::{CLOSE_POLICY, DisperseReason, Encoding, Frame, ServerMsg};
+use crate::protocol::{DisperseReason, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId};
 
-use super::replies::{close_at_limit, encode_or_internal_error, refuse, reply};
+use super::replies::{encode_or_internal_error, refuse, reply};
 use super::{Accepted, Gathering, NOT_DURABLE, Phase, add, saturate};
 
 impl<A: App> Gathering<A> {
@@ -25,12 +26,21 @@ impl<A: App> Gathering<A> {
         let mut log = Vec::with_capacity(usize::try_from(self.seq - self.submitted).unwrap_or(0));
         let mut bytes = 0u64;
         for a in fresh {
-            let entry = commit::encode_entry(&a.by, &a.op)?;
+            let entry = match &a.session {
+                Some(session) => commit::encode_session_entry(&a.by, &a.op, session, a.id)?,
+                None => commit::encode_entry(&a.by, &a.op)?,
+            };
             bytes += entry.len() as u64;
             log.push(LogEntry {
                 seq: a.seq,
                 bytes: entry,
             });
+        }
+        if let Some(sessions) = &mut self.sessions {
+            let (ops, bytes) = (self.config.resume_ops, self.config.resume_bytes);
+            for entry in &log {
+                sessions.logged(entry.clone(), ops, bytes);
+            }
         }
         let (ops, bytes) = add(
             self.logged,
@@ -40,11 +50,19 @@ impl<A: App> Gathering<A> {
         // A bound is passed, and the log outweighs the last snapshot (or the
         // gathering closes): a state that grows makes snapshots rarer, so
         // each logged byte pays for at most one byte of snapshot.
+        // A session's client may have been told the epoch: the first
+        // commit after stores it, in a snapshot.
+        let unsaved_epoch = self.sessions.as_ref().is_some_and(|s| !s.epoch_saved);
         let compact = ((ops >= self.config.snapshot_ops || bytes >= self.config.snapshot_bytes)
             && bytes >= self.snapshot_len)
-            || matches!(self.phase, Phase::Closing(_));
+            || matches!(self.phase, Phase::Closing(_))
+            || unsaved_epoch;
         let commit = if compact {
-            let snapshot = postcard::to_allocvec(&self.app)?;
+            let mut snapshot = postcard::to_allocvec(&self.app)?;
+            if let Some(sessions) = &mut self.sessions {
+                snapshot.extend(sessions.save(self.epoch)?);
+                sessions.epoch_saved = true;
+            }
             self.snapshot_len = saturate(snapshot.len());
             Commit {
                 seq: self.seq,
@@ -62,6 +80,27 @@ impl<A: App> Gathering<A> {
     }
 
     pub(super) fn on_persist_failed(&mut self) {
+        let echoes = self
+            .sessions
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.echoes))
+            .unwrap_or_default();
+        for (_, conn, id) in echoes {
+            let encoding = self
+                .conns
+                .get(conn)
+                .map_or_else(Encoding::default, |c| c.encoding);
+            refuse(
+                &mut self.actions,
+                conn,
+                encoding,
+                Some(id),
+                NOT_DURABLE,
+                "storage failed while this op was being made durable: it is not \
+                 acknowledged and may be lost; reconnect and send it again"
+                    .into(),
+            );
+        }
         for a in std::mem::take(&mut self.awaiting) {
             let encoding = self.settled(a.origin);
             refuse(
@@ -75,6 +114,7 @@ impl<A: App> Gathering<A> {
                  if it is missing"
                     .into(),
             );
+            self.close_if_settled(a.origin, a.seq);
         }
         // Nothing after the durable state is persisted or counted again
         // (a host that overlaps commits writes none after a failed one).
@@ -114,6 +154,20 @@ impl<A: App> Gathering<A> {
     /// Acknowledges and forwards every op that is now durable.
     #[inline]
     pub(super) fn release(&mut self, now: Instant) {
+        if let Some(sessions) = &mut self.sessions {
+            // A resync waiting for its ops goes before any later forward.
+            for r in &mut sessions.resyncs {
+                if r.seq <= self.durable
+                    && let Some(frame) = r.frame.take()
+                {
+                    self.actions.push_back(Action::Send {
+                        conn: r.conn,
+                        frame,
+                        delivery: Delivery::Once,
+                    });
+                }
+            }
+        }
         while self.awaiting.front().is_some_and(|a| a.seq <= self.durable) {
             let Some(accepted) = self.awaiting.pop_front() else {
                 break;
@@ -124,9 +178,52 @@ impl<A: App> Gathering<A> {
                 seq: accepted.seq,
             };
             reply(&mut self.actions, accepted.origin, origin_encoding, &ack);
+            self.close_if_settled(accepted.origin, accepted.seq);
             if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
                 self.forward(now, &accepted);
             }
+        }
+        if let Some(sessions) = &mut self.sessions {
+            if !sessions.echoes.is_empty() {
+                let durable = self.durable;
+                let (due, later) = std::mem::take(&mut sessions.echoes)
+                    .into_iter()
+                    .partition(|&(seq, _, _)| seq <= durable);
+                sessions.echoes = later;
+                for (seq, conn, id) in due {
+                    let encoding = self
+                        .conns
+                        .get(conn)
+                        .map_or_else(Encoding::default, |c| c.encoding);
+                    reply(
+                        &mut self.actions,
+                        conn,
+                        encoding,
+                        &ServerMsg::<(), ()>::Ack { id, seq },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Closes `origin` if it was closed at a limit and op `seq`, just
+    /// answered, was the last it had sent then.
+    #[inline]
+    fn close_if_settled(&mut self, origin: ConnId, seq: u64) {
+        let Some(c) = self.conns.get(origin) else {
+            return;
+        };
+        if let Some(limit) = c.closing
+            && c.closing_at == seq
+        {
+            let (_, code, reason) = limit.close();
+            let now = self.now;
+            self.drop_conn(now, origin);
+            self.actions.push_back(Action::Close {
+                conn: origin,
+                code,
+                reason,
+            });
         }
     }
 
@@ -138,8 +235,20 @@ impl<A: App> Gathering<A> {
         // Encoded at most once per encoding, shared by every recipient.
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut lagging: Vec<ConnId> = Vec::new();
+        let floors = self
+            .sessions
+            .as_mut()
+            .map(|s| {
+                s.resyncs.retain(|r| r.seq >= accepted.seq);
+                &s.resyncs
+            })
+            .filter(|f| !f.is_empty());
         for (conn, c) in self.conns.iter_mut() {
-            if conn == accepted.origin {
+            if conn == accepted.origin || c.closing.is_some() {
+                continue;
+            }
+            // Resynced with a state that holds this op.
+            if floors.is_some_and(|f| f.iter().any(|r| r.conn == conn)) {
                 continue;
             }
             if c.unacked.len() >= self.config.max_unacked as usize {
@@ -159,14 +268,7 @@ impl<A: App> Gathering<A> {
             });
         }
         for conn in lagging {
-            self.conns.remove(conn);
-            close_at_limit(
-                &mut self.actions,
-                conn,
-                "lagging",
-                CLOSE_POLICY,
-                "too many unacknowledged forwards",
-            );
+            self.close_at(now, conn, Limit::Lagging);
         }
         if self.conns.is_empty() && self.empty_since.is_none() {
             self.empty_since = Some(now);

@@ -8,6 +8,8 @@
 mod commits;
 mod replies;
 mod requests;
+mod sessions;
+mod welcome;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -19,10 +21,14 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnMap};
 use crate::events::{Action, Deadline, Delivery, Event, Verdict, Why};
 use crate::protocol::{DisperseReason, Frame, ServerMsg};
-use crate::{App, ConnId, GatheringId, SharedMember};
+use crate::{App, ConnId, GatheringId, SessionId, SharedMember};
 
 use replies::encode_or_internal_error;
 use requests::Fetched;
+use sessions::Sessions;
+
+/// Epochs are below 2^53: exact as a JavaScript number.
+const EPOCH_MASK: u64 = (1 << 53) - 1;
 
 /// Error code of an op whose commit failed: it was not applied.
 pub const NOT_DURABLE: &str = "not_durable";
@@ -71,6 +77,8 @@ struct Accepted<O> {
     by: SharedMember,
     id: u64,
     op: O,
+    /// The session it came with, logged with it.
+    session: Option<SessionId>,
 }
 
 /// `logged` with `ops` more ops of `bytes` bytes, saturating.
@@ -151,6 +159,12 @@ pub struct Gathering<A: App> {
     /// fetches a large state costs one encoding of it per encoding, not one
     /// per fetch. Boxed, so that a gathering nobody fetches pays a pointer.
     fetched: Option<Box<Fetched>>,
+    /// Its history's identity, below 2^53; 0 until one is stored or
+    /// offered ([`Gathering::offer_epoch`]).
+    epoch: u64,
+    /// Its sessions, from the first join with one (or a snapshot holding
+    /// some) on. Boxed: a gathering without sessions pays a pointer.
+    sessions: Option<Box<Sessions>>,
 }
 
 impl<A: App> fmt::Debug for Gathering<A> {
@@ -185,12 +199,22 @@ impl<A: App> Gathering<A> {
             id: id.clone(),
             message,
         };
-        let (mut app, mut seq) = match &loaded.snapshot {
-            Some(snapshot) => match postcard::from_bytes::<A>(&snapshot.bytes) {
-                Ok(app) => (app, snapshot.seq),
+        let (mut app, mut seq, mut sessions, epoch) = match &loaded.snapshot {
+            Some(snapshot) => match postcard::take_from_bytes::<A>(&snapshot.bytes) {
+                Ok((app, [])) => (app, snapshot.seq, None, 0),
+                // A gathering with sessions saves them after the state.
+                Ok((app, rest)) => {
+                    let (sessions, epoch) = Sessions::load(rest).map_err(|e| {
+                        fail(format!(
+                            "sessions in the snapshot of op {}: {e}",
+                            snapshot.seq
+                        ))
+                    })?;
+                    (app, snapshot.seq, Some(Box::new(sessions)), epoch)
+                }
                 Err(e) => return Err(fail(format!("snapshot of op {}: {e}", snapshot.seq))),
             },
-            None => (A::default(), 0),
+            None => (A::default(), 0, None, 0),
         };
         let mut logged = (0u32, 0u32);
         for entry in &loaded.log {
@@ -205,14 +229,31 @@ impl<A: App> Gathering<A> {
                     entry.seq
                 )));
             }
-            let (by, op) = commit::decode_entry::<A::Op>(&entry.bytes)
+            let (by, op, session) = commit::decode_session_entry::<A::Op>(&entry.bytes)
                 .map_err(|e| fail(format!("log entry of op {}: {e}", entry.seq)))?;
             app.apply(&by, &op)
                 .map_err(|r| fail(format!("log entry of op {} does not apply: {r}", entry.seq)))?;
             seq = entry.seq;
             logged = add(logged, 1, entry.bytes.len());
+            if let Some((name, op_id)) = session {
+                let name = SessionId::parse(&name)
+                    .map_err(|e| fail(format!("log entry of op {}: {e}", entry.seq)))?;
+                let sessions = sessions.get_or_insert_default();
+                sessions.applied(&name, &by.id, op_id, entry.seq, u32::MAX);
+            }
         }
-        let mut gathering = Self::with_state(id, config.into(), now, app, seq);
+        let config: Arc<Config> = config.into();
+        if let Some(sessions) = &mut sessions {
+            // What the log holds after the snapshot is what a resume can
+            // be served from, restarts and all.
+            let covered = loaded.snapshot.as_ref().map_or(0, |s| s.seq);
+            for entry in loaded.log.iter().filter(|e| e.seq > covered) {
+                sessions.logged(entry.clone(), config.resume_ops, config.resume_bytes);
+            }
+        }
+        let mut gathering = Self::with_state(id, config, now, app, seq);
+        gathering.sessions = sessions;
+        gathering.epoch = epoch;
         gathering.logged = logged;
         gathering.snapshot_len = loaded
             .snapshot
@@ -244,7 +285,31 @@ impl<A: App> Gathering<A> {
             awaiting: VecDeque::new(),
             actions: VecDeque::new(),
             fetched: None,
+            epoch: 0,
+            sessions: None,
         }
+    }
+
+    /// Gives the gathering `fresh` (masked below 2^53, never 0) as its
+    /// epoch if its store held none: a value the host never handed out
+    /// before for this store (wall-clock microseconds, say), so that a
+    /// gathering created anew never shows an old epoch. Ignored once it
+    /// has one.
+    pub fn offer_epoch(&mut self, fresh: u64) {
+        if self.epoch == 0 {
+            self.epoch = (fresh & EPOCH_MASK).max(1);
+        }
+    }
+
+    /// Its history's identity (see [`Gathering::offer_epoch`]); 0 if it
+    /// has none yet.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Sessions it remembers.
+    pub fn sessions(&self) -> usize {
+        self.sessions.as_ref().map_or(0, |s| s.len())
     }
 
     /// The gathering's id.

@@ -4,11 +4,14 @@
 
 use crate::clock::Instant;
 use crate::conn::Conn;
+use crate::conn::Limit;
 use crate::events::{Action, Delivery, Inbound};
-use crate::protocol::{self, CLOSE_POLICY, ClientMsg, Encoding, Frame, ServerMsg};
-use crate::{App, ConnId, SharedMember};
+use crate::protocol::{self, CLOSE_FORBIDDEN, CLOSE_POLICY, ClientMsg, Encoding, Frame, ServerMsg};
+use crate::{App, ConnId, SessionId, SharedMember};
 
-use super::replies::{close_at_limit, internal_error, refuse};
+use super::replies::{close_at_limit, internal_error, refuse, reply};
+use super::sessions::Seen;
+use super::welcome::session_member;
 use super::{Accepted, Gathering, Phase, STORAGE_FAILED};
 
 /// Encoded states smaller than this are not cached for the next fetch.
@@ -34,6 +37,7 @@ impl<A: App> Gathering<A> {
                 conn,
                 encoding,
                 member,
+                session,
             } => {
                 self.last_activity = now;
                 // An open server's member has every right, joining included.
@@ -66,23 +70,85 @@ impl<A: App> Gathering<A> {
                     );
                     return;
                 }
+                let member = match &session {
+                    Some(join) => {
+                        let member = session_member(member, &join.session);
+                        if self.session_taken(&join.session, &member) {
+                            refuse(
+                                &mut self.actions,
+                                conn,
+                                encoding,
+                                None,
+                                protocol::SESSION_TAKEN,
+                                format!(
+                                    "session {} belongs to another member: choose another",
+                                    join.session
+                                ),
+                            );
+                            self.actions.push_back(Action::Close {
+                                conn,
+                                code: CLOSE_FORBIDDEN,
+                                reason: "session_taken",
+                            });
+                            return;
+                        }
+                        Some(member)
+                    }
+                    None => member,
+                };
                 self.empty_since = None;
                 if self.conns.get(conn).is_none() {
-                    let fresh = Conn::new(encoding, member, self.config.retry_interval);
+                    let fresh = Conn::new(encoding, member.clone(), self.config.retry_interval);
                     self.conns.insert(conn, fresh);
                 }
-            }
-            Inbound::Leave { conn } => {
-                if self.conns.remove(conn).is_some() && self.conns.is_empty() {
-                    self.empty_since = Some(now);
+                if let (Some(join), Some(member)) = (session, member) {
+                    self.welcome(now, conn, encoding, &member, &join);
                 }
             }
+            Inbound::Leave { conn } => self.drop_conn(now, conn),
             Inbound::Frame {
                 conn,
                 frame,
                 member,
-            } => self.on_frame(now, conn, &frame, member),
+                session,
+            } => self.on_frame(now, conn, &frame, member, session),
         }
+    }
+
+    /// Forgets connection `conn` (gone, or closed by the gathering).
+    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
+        if let Some(sessions) = &mut self.sessions {
+            sessions.detach(conn);
+        }
+        if self.conns.remove(conn).is_some() && self.conns.is_empty() {
+            self.empty_since = Some(now);
+        }
+    }
+
+    /// Closes `conn` at `limit` once every op it sent that was accepted is
+    /// acked (at once if none waits): a client never loses the ack of an
+    /// op that applied. Meanwhile it is sent no forward.
+    pub(super) fn close_at(&mut self, now: Instant, conn: ConnId, limit: Limit) {
+        let (counted, code, reason) = limit.close();
+        let last = self
+            .awaiting
+            .iter()
+            .rev()
+            .find(|a| a.origin == conn)
+            .map(|a| a.seq);
+        if let (Some(c), Some(last)) = (self.conns.get_mut(conn), last) {
+            self.actions.push_back(Action::Refused {
+                conn,
+                code: counted,
+            });
+            c.closing = Some(limit);
+            c.closing_at = last;
+            c.unacked.clear();
+            c.retry_at = None;
+            return;
+        }
+        self.drop_conn(now, conn);
+        close_at_limit(&mut self.actions, conn, counted, code, reason);
     }
 
     fn on_frame(
@@ -91,6 +157,7 @@ impl<A: App> Gathering<A> {
         conn: ConnId,
         frame: &Frame,
         member: Option<SharedMember>,
+        session: Option<SessionId>,
     ) {
         let encoding = frame.encoding();
         if let Some(c) = self.conns.get_mut(conn) {
@@ -143,26 +210,56 @@ impl<A: App> Gathering<A> {
                     ),
                 );
                 if far_over {
-                    close_at_limit(
-                        &mut self.actions,
-                        conn,
-                        "flood",
-                        CLOSE_POLICY,
-                        "op rate far over the limit",
-                    );
+                    self.close_at(now, conn, Limit::Flood);
                 }
             }
-            ClientMsg::Op { id, op } => match self.admit(conn) {
-                Err(message) => refuse(
-                    &mut self.actions,
-                    conn,
-                    encoding,
-                    Some(id),
-                    "too_many_in_flight",
-                    message,
-                ),
-                Ok(()) => self.apply(conn, encoding, id, op, member),
-            },
+            ClientMsg::Op { id, op } => {
+                // The session it joined with; its frame's if it joined
+                // elsewhere (a frame sent while its gathering dispersed).
+                let session = match self.sessions.as_ref().and_then(|s| s.of(conn)) {
+                    Some(joined) => Some(joined.clone()),
+                    None if self.conns.get(conn).is_none() => session,
+                    None => None,
+                };
+                if let Some(s) = &session
+                    && self.conns.get(conn).is_none()
+                    && self.session_taken(s, &session_member(member.clone(), s))
+                {
+                    let message = format!("session {s} belongs to another member");
+                    let code = protocol::SESSION_TAKEN;
+                    refuse(&mut self.actions, conn, encoding, Some(id), code, message);
+                    return;
+                }
+                let seen = match (&session, &self.sessions) {
+                    (Some(s), Some(sessions)) => sessions.seen(s, id),
+                    _ => Seen::Fresh,
+                };
+                match seen {
+                    Seen::Applied(seq) => self.applied_before(conn, encoding, id, seq),
+                    Seen::Stale => refuse(
+                        &mut self.actions,
+                        conn,
+                        encoding,
+                        Some(id),
+                        protocol::STALE_OP,
+                        format!(
+                            "op {id} is older than the ops this session's record keeps, and \
+                             below the highest id applied from it: it is not applied again"
+                        ),
+                    ),
+                    Seen::Fresh => match self.admit(conn) {
+                        Err(message) => refuse(
+                            &mut self.actions,
+                            conn,
+                            encoding,
+                            Some(id),
+                            "too_many_in_flight",
+                            message,
+                        ),
+                        Ok(()) => self.apply(conn, encoding, id, op, member, session),
+                    },
+                }
+            }
             ClientMsg::Fetch { id } => {
                 let frame = self
                     .state_reply(id, encoding)
@@ -270,6 +367,21 @@ impl<A: App> Gathering<A> {
         ))
     }
 
+    /// Answers op `id`, which its session already applied as op `seq`:
+    /// acked with that seq, at once if it is durable, else once it is.
+    fn applied_before(&mut self, conn: ConnId, encoding: Encoding, id: u64, seq: u64) {
+        if seq <= self.durable {
+            reply(
+                &mut self.actions,
+                conn,
+                encoding,
+                &ServerMsg::<(), ()>::Ack { id, seq },
+            );
+        } else if let Some(sessions) = &mut self.sessions {
+            sessions.echoes.push((seq, conn, id));
+        }
+    }
+
     /// Applies an op from `conn`: accepted, it waits for its commit;
     /// refused, the client hears why at once.
     fn apply(
@@ -279,8 +391,12 @@ impl<A: App> Gathering<A> {
         id: u64,
         op: A::Op,
         member: Option<SharedMember>,
+        session: Option<SessionId>,
     ) {
-        let by = self.member(conn, member);
+        let by = match (&session, member) {
+            (Some(s), member) if self.conns.get(conn).is_none() => session_member(member, s),
+            (_, member) => self.member(conn, member),
+        };
         match self.app.apply(&by, &op) {
             Ok(()) => {
                 self.seq += 1;
@@ -288,12 +404,18 @@ impl<A: App> Gathering<A> {
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.in_flight += 1;
                 }
+                if let Some(s) = &session {
+                    let max = self.config.max_sessions;
+                    let sessions = self.sessions.get_or_insert_default();
+                    sessions.applied(s, &by.id, id, self.seq, max);
+                }
                 self.awaiting.push_back(Accepted {
                     seq: self.seq,
                     origin: conn,
                     by,
                     id,
                     op,
+                    session,
                 });
             }
             Err(rejection) => refuse(

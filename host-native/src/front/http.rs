@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use gathering_core::{Encoding, GatheringId, IdError};
+use gathering_core::{Encoding, GatheringId, IdError, SessionId, SessionJoin, protocol};
 use gathering_driver::Status;
 use serde::Serialize;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::{self, Admission, Credentials, Refusal};
+use super::auth::{self, Credentials, Refusal};
+use super::ws::Joining;
 use super::{Front, upgrade, ws};
 use crate::metrics::AnswerLabel;
 
@@ -77,6 +78,34 @@ struct NotLive {
 }
 
 /// The public routes: `/gatherings/{id}` (the WebSocket),
+/// A join's query parameters `session`, `since` and `epoch`: a session
+/// join, none without `session`, or what is wrong with them.
+fn session_join(query: &HashMap<String, String>) -> Result<Option<Box<SessionJoin>>, String> {
+    let number = |name: &str| {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    format!("{name} must be a whole number, not {}", protocol::quote(v))
+                })
+            })
+            .transpose()
+    };
+    let (since, epoch) = (number("since")?, number("epoch")?);
+    let Some(session) = query.get("session") else {
+        if since.is_some() || epoch.is_some() {
+            return Err("since and epoch resume a session: give session too".into());
+        }
+        return Ok(None);
+    };
+    let session = SessionId::parse(session).map_err(|e| e.to_string())?;
+    Ok(Some(Box::new(SessionJoin {
+        session,
+        since,
+        epoch,
+    })))
+}
+
 /// `/gatherings/{id}/status` and `/healthz`. They reject what they do not
 /// serve, so that other filters (a page, an app's own routes) can follow
 /// with `.or`. Nothing here enumerates gatherings: only those who know an
@@ -99,7 +128,8 @@ pub fn routes(
                     ))));
                 }
             };
-            Ok::<_, Rejection>((id, encoding, query.remove("token")))
+            let session = session_join(&query).map_err(|e| warp::reject::custom(BadQuery(e)))?;
+            Ok::<_, Rejection>((id, encoding, query.remove("token"), session))
         })
         .untuple_one()
         .and(warp::header::headers_cloned())
@@ -108,6 +138,7 @@ pub fn routes(
             |id: GatheringId,
              encoding,
              token: Option<String>,
+             session: Option<Box<SessionJoin>>,
              headers: HeaderMap,
              shared: Arc<Front>| async move {
                 // A page on another site must not drive this server with the
@@ -155,7 +186,7 @@ pub fn routes(
                         .inc();
                     return Err(warp::reject::custom(Full(shared.max_per_gathering)));
                 }
-                Ok((id, encoding, admission))
+                Ok((id, encoding, Joining { admission, session }))
             },
         )
         .untuple_one()
@@ -164,14 +195,14 @@ pub fn routes(
         .map(
             |id: GatheringId,
              encoding: Encoding,
-             admission: Option<Admission>,
+             joining: Joining,
              handshake: upgrade::Handshake,
              shared: Arc<Front>| {
                 // Larger frames are refused by the WebSocket layer itself
                 // (1009), from their header, before their payload is read.
                 let max = shared.max_frame_bytes;
                 handshake.accept(max, shared.frame_timeout, move |socket, slot| {
-                    ws::serve(socket, slot, id, encoding, admission, shared)
+                    ws::serve(socket, slot, id, encoding, joining, shared)
                 })
             },
         );

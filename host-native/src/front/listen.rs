@@ -39,6 +39,10 @@ pub struct Limits {
     /// Time the bytes of one WebSocket message may take to arrive once they
     /// begin; a client that stalls mid-frame is closed with 1008.
     pub frame_timeout: Duration,
+    /// A session's connection from which nothing arrived for this long is
+    /// pinged, and closed once nothing (not even a pong) arrived for twice
+    /// as long: a peer gone without a FIN is let go in bounded time.
+    pub ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +53,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
         }
     }
 }

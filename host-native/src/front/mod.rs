@@ -38,6 +38,8 @@ pub(crate) struct Front {
     pub auth: Option<Arc<dyn auth::Authenticator>>,
     /// How long the bytes of one message may take to arrive once begun.
     pub frame_timeout: std::time::Duration,
+    /// A session's connection silent this long is pinged (see `Limits`).
+    pub ping_interval: std::time::Duration,
     /// Largest frame accepted from a client, in bytes.
     pub max_frame_bytes: usize,
     /// The gatherings' idle timeout, for the listing's countdown.

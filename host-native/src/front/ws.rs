@@ -13,7 +13,9 @@ use gathering_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_BIG,
 };
-use gathering_core::{ConnId, Encoding, Frame, GatheringId, Inbound, SharedMember};
+use gathering_core::{
+    ConnId, Encoding, Frame, GatheringId, Inbound, SessionId, SessionJoin, SharedMember,
+};
 use gathering_driver::HallMail;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -34,6 +36,15 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 /// The header of a server's pong (unmasked, payload at most 125 bytes).
 const PONG_HEADER: usize = 2;
 
+/// Who joins: as whom the authenticator let it in (`None` on an open
+/// server), and with which session, if any.
+pub struct Joining {
+    /// The authenticator's answer.
+    pub admission: Option<Admission>,
+    /// The session it joins with.
+    pub session: Option<Box<SessionJoin>>,
+}
+
 /// Serves one upgraded connection to gathering `id` until it closes.
 ///
 /// One task per connection both reads (frames go to the hall) and writes
@@ -47,13 +58,15 @@ pub fn serve(
     slot: Option<Held>,
     id: GatheringId,
     encoding: Encoding,
-    admission: Option<Admission>,
+    joining: Joining,
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
     // Taken apart here, not in the task: what a task captures stays in it
     // for its whole life. Open (no authenticator), the gathering names the
     // member after the connection, and only if it acts.
-    let mut ends = Ends::of(admission);
+    let Joining { admission, session } = joining;
+    let session_id = session.as_ref().map(|s| s.session.clone());
+    let mut ends = Ends::of(admission, session_id, shared.ping_interval);
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
@@ -69,6 +82,7 @@ pub fn serve(
                 conn,
                 encoding,
                 member: ends.member(),
+                session,
             },
             Some(outbox.clone()),
         );
@@ -141,9 +155,23 @@ async fn pump(
                 return Box::pin(closing(socket, code, reason)).await;
             }
             () = gate.taken_by_gathering(), if !gate.may_read() => continue,
-            () = std::future::poll_fn(|cx| ends.expired(cx)) => {
-                return Box::pin(closing(socket, CLOSE_TOKEN_EXPIRED, "token expired")).await;
-            }
+            due = std::future::poll_fn(|cx| ends.due(cx)) => match due {
+                Due::Expired => {
+                    return Box::pin(closing(socket, CLOSE_TOKEN_EXPIRED, "token expired")).await;
+                }
+                Due::Ping => {
+                    let ping = tokio::time::timeout(SEND_BOUND, socket.send(Message::Ping(Vec::new().into())));
+                    if !matches!(Box::pin(ping).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                Due::Silent => {
+                    // Told, without waiting for an answer that will not come.
+                    let close = close(CLOSE_GOING_AWAY, "nothing received for two ping intervals");
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_BOUND, socket.send(close))).await;
+                    return;
+                }
+            },
             next = socket.next(), if gate.may_read() => {
                 let msg = match next {
                     Some(Ok(msg)) => msg,
@@ -157,6 +185,7 @@ async fn pump(
                     }
                     None => return,
                 };
+                ends.heard();
                 socket.get_mut().message_done();
                 let frame = match msg {
                     Message::Text(text) => Frame::Text(text.as_str().into()),
@@ -188,7 +217,12 @@ async fn pump(
                     Message::Pong(_) | Message::Frame(_) => continue,
                 };
                 gate.routed();
-                let inbound = Inbound::Frame { conn, frame, member: ends.member() };
+                let inbound = Inbound::Frame {
+                    conn,
+                    frame,
+                    member: ends.member(),
+                    session: ends.session(),
+                };
                 let route = HallMail::Route(id.clone(), inbound, None);
                 if shared.hall.send(route).await.is_err() {
                     // The hall is gone: a shutdown has completed, and the
@@ -205,29 +239,116 @@ async fn pump(
 /// open server's connections, one pointer in every connection's task.
 struct Ends(Option<Box<Admitted>>);
 
-/// An authenticated connection's member, and its token's expiry.
+/// An authenticated connection's member, and its token's expiry; its
+/// session, and whether its client still answers.
 struct Admitted {
     member: Option<SharedMember>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    session: Option<SessionId>,
+    live: Option<Liveness>,
+}
+
+/// A session connection's liveness: when anything last arrived from it,
+/// and one timer, moved on only when it fires (a frame costs a clock
+/// read, not a timer reset).
+struct Liveness {
+    interval: Duration,
+    heard: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// What a connection is due, whatever it sends.
+enum Due {
+    /// Its token expired.
+    Expired,
+    /// Silent for a ping interval: ping it.
+    Ping,
+    /// Silent for two: it is gone.
+    Silent,
 }
 
 impl Ends {
-    fn of(admission: Option<Admission>) -> Self {
-        Ends(admission.map(|Admission { member, expires }| {
-            let expiry = expires.map(|at| {
-                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                Box::pin(tokio::time::sleep(left))
-            });
-            Box::new(Admitted {
-                member: Some(Arc::new(member)),
-                expiry,
-            })
-        }))
+    /// Nothing allocated for an open server's connection without a session.
+    fn of(admission: Option<Admission>, session: Option<SessionId>, ping: Duration) -> Self {
+        if admission.is_none() && session.is_none() {
+            return Ends(None);
+        }
+        // Only a session's connection is pinged: one without sees today's
+        // protocol, exactly.
+        let live = session.as_ref().map(|_| {
+            let heard = tokio::time::Instant::now();
+            Liveness {
+                interval: ping,
+                heard,
+                timer: Box::pin(tokio::time::sleep_until(heard + ping)),
+            }
+        });
+        let (member, expiry) = match admission {
+            Some(Admission { member, expires }) => {
+                let expiry = expires.map(|at| {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    Box::pin(tokio::time::sleep(left))
+                });
+                (Some(Arc::new(member)), expiry)
+            }
+            None => (None, None),
+        };
+        Ends(Some(Box::new(Admitted {
+            member,
+            expiry,
+            session,
+            live,
+        })))
+    }
+
+    /// Something arrived from the client.
+    fn heard(&mut self) {
+        if let Some(live) = self.0.as_mut().and_then(|a| a.live.as_mut()) {
+            live.heard = tokio::time::Instant::now();
+        }
+    }
+
+    /// Ready once the token has expired, or the client has been silent for
+    /// a ping interval (once per silence) or for two.
+    fn due(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Due> {
+        if self.expired(cx).is_ready() {
+            return std::task::Poll::Ready(Due::Expired);
+        }
+        self.liveness(cx)
+    }
+
+    /// Ready when the client has been silent for a ping interval (once per
+    /// silence) or for two; never for a connection without a session.
+    fn liveness(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Due> {
+        let Some(live) = self.0.as_mut().and_then(|a| a.live.as_mut()) else {
+            return std::task::Poll::Pending;
+        };
+        loop {
+            if live.timer.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            let silent = live.heard.elapsed();
+            if silent >= live.interval * 2 {
+                return std::task::Poll::Ready(Due::Silent);
+            }
+            if silent >= live.interval {
+                live.timer.as_mut().reset(live.heard + live.interval * 2);
+                // Registers the wake-up for the new deadline.
+                let _ = live.timer.as_mut().poll(cx);
+                return std::task::Poll::Ready(Due::Ping);
+            }
+            live.timer.as_mut().reset(live.heard + live.interval);
+        }
     }
 
     /// The member its frames carry (`None`: the gathering names it).
     fn member(&self) -> Option<SharedMember> {
         self.0.as_ref().and_then(|a| a.member.clone())
+    }
+
+    /// The session its frames carry.
+    fn session(&self) -> Option<SessionId> {
+        self.0.as_ref().and_then(|a| a.session.clone())
     }
 
     /// Ready once the connection's token has expired; never without one.

@@ -7,6 +7,7 @@ pub(crate) mod clock;
 mod detection;
 pub(crate) mod timer;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -133,6 +134,21 @@ impl<A: NativeApp> Runtime for Native<A> {
 
     fn spawn(&self, task: GatheringLoop<Self>) {
         tokio::spawn(task.run());
+    }
+
+    /// Wall-clock microseconds, and never the same twice in this process:
+    /// a store wiped and created anew gets epochs it never held.
+    fn fresh_epoch(&self) -> u64 {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let before = LAST
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        now.max(before + 1)
     }
 
     #[cfg_attr(not(feature = "bench"), allow(unused_variables))]
