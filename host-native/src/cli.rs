@@ -154,6 +154,11 @@ pub struct Args {
     #[arg(long, env = "GATHERING_OP_BURST", default_value_t = 200)]
     pub op_burst: u32,
 
+    /// Sessions one gathering remembers (which ops each applied, for
+    /// exactly-once retries): the most recently active; at least 1.
+    #[arg(long, env = "GATHERING_MAX_SESSIONS", default_value_t = gathering_core::DEFAULT_MAX_SESSIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -226,6 +231,7 @@ impl Args {
                     n => n,
                 },
                 op_burst: self.op_burst,
+                max_sessions: self.max_sessions,
                 ..Config::default()
             })
             .shutdown_grace(self.shutdown_grace)

@@ -282,3 +282,53 @@ async fn at_the_bound_on_live_gatherings_the_least_recently_active_is_evicted() 
     );
     server.shutdown().await;
 }
+
+/// What a page's session join is told: the first message, if any, and the
+/// close code and reason.
+async fn page_join(server: &Running, query: &str) -> (Option<String>, u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{}/gatherings/spring-open?{query}", server.addr);
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+    let mut first = None;
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Text(text))) => {
+                first.get_or_insert(text.to_string());
+            }
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (first, frame.code.into(), frame.reason.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pages_session_join_is_refused_by_a_close_code_it_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let other = token("Ada", "player", "autumn-open", HOUR);
+    let (first, code, reason) = page_join(&server, "session=tab-1&token=nope").await;
+    assert_eq!((first, code), (None, 4401), "{reason}");
+    assert!(reason.contains("malformed"), "{reason}");
+    let (first, code, reason) = page_join(&server, &format!("session=tab-1&token={other}")).await;
+    assert_eq!((first, code), (None, 4403), "{reason}");
+    let (_, code, _) = page_join(&server, "session=tab-1").await;
+    assert_eq!(code, 4401, "no token");
+    // The session belongs to its first member: another is closed 4403.
+    let ada = token("Ada", "player", "*", HOUR);
+    let bob = token("Bob", "player", "*", HOUR);
+    let url = format!("ws://{}/gatherings/spring-open?session=s&token={ada}", server.addr);
+    let (mut held, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
+    use futures_util::StreamExt;
+    let welcome = within(held.next()).await.unwrap().unwrap();
+    assert!(welcome.to_string().contains(r#""member":"Ada""#), "{welcome}");
+    let (first, code, _) = page_join(&server, &format!("session=s&token={bob}")).await;
+    assert_eq!(code, 4403);
+    assert!(first.unwrap().contains("session_taken"));
+    // Without a session, today's answer: HTTP 401 before the upgrade.
+    let (status, _) = upgrade(&server, "/gatherings/spring-open?token=nope", "").await;
+    assert_eq!(status, 401);
+    server.shutdown().await;
+}

@@ -169,6 +169,19 @@ pub fn routes(
                                     .joins_refused
                                     .get_or_create(&AnswerLabel { answer })
                                     .inc();
+                                // A browser sees a refused upgrade only as
+                                // 1006: a session's join without an
+                                // Authorization header (a page's) is told
+                                // by a close code it can read instead.
+                                if session.is_some() && !headers.contains_key("authorization") {
+                                    let refused = Some(refusal);
+                                    let joining = Joining {
+                                        admission: None,
+                                        session,
+                                        refused,
+                                    };
+                                    return Ok((id, encoding, joining));
+                                }
                                 return Err(warp::reject::custom(Refused(refusal)));
                             }
                         }
@@ -186,7 +199,16 @@ pub fn routes(
                         .inc();
                     return Err(warp::reject::custom(Full(shared.max_per_gathering)));
                 }
-                Ok((id, encoding, Joining { admission, session }))
+                let refused = None;
+                Ok((
+                    id,
+                    encoding,
+                    Joining {
+                        admission,
+                        session,
+                        refused,
+                    },
+                ))
             },
         )
         .untuple_one()

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{
-    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOKEN_EXPIRED,
-    CLOSE_TOO_BIG,
+    CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL,
+    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
 };
 use gathering_core::{
     ConnId, Encoding, Frame, GatheringId, Inbound, SessionId, SessionJoin, SharedMember,
@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Front;
-use super::auth::Admission;
+use super::auth::{Admission, Refusal};
 use super::listen::Held;
 use super::outbox::{Outbox, Outgoing, Queue};
 use super::upgrade::Socket;
@@ -43,6 +43,9 @@ pub struct Joining {
     pub admission: Option<Admission>,
     /// The session it joins with.
     pub session: Option<Box<SessionJoin>>,
+    /// Refused: the connection is closed with 4401 or 4403 and the reason
+    /// (a page's join, which cannot read an HTTP refusal).
+    pub refused: Option<Refusal>,
 }
 
 /// Serves one upgraded connection to gathering `id` until it closes.
@@ -64,12 +67,28 @@ pub fn serve(
     // Taken apart here, not in the task: what a task captures stays in it
     // for its whole life. Open (no authenticator), the gathering names the
     // member after the connection, and only if it acts.
-    let Joining { admission, session } = joining;
+    let Joining {
+        admission,
+        session,
+        refused,
+    } = joining;
     let session_id = session.as_ref().map(|s| s.session.clone());
     let mut ends = Ends::of(admission, session_id, shared.ping_interval);
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
+        if let Some(refusal) = refused {
+            let (code, reason) = match &refusal {
+                Refusal::Unauthorized(why) => (CLOSE_UNAUTHORIZED, why),
+                Refusal::Forbidden(why) => (CLOSE_FORBIDDEN, why),
+            };
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: close_reason(reason).into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
+            return;
+        }
         let _open = shared.open.enter();
         let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
         shared.metrics.connections.inc();
@@ -464,6 +483,16 @@ async fn closing(socket: &mut Socket, code: u16, reason: &'static str) {
         })
         .await;
     }
+}
+
+/// `reason` cut to what a close frame carries (123 bytes), on a character
+/// boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
