@@ -319,11 +319,17 @@ async fn a_pages_session_join_is_refused_by_a_close_code_it_can_read() {
     // The session belongs to its first member: another is closed 4403.
     let ada = token("Ada", "player", "*", HOUR);
     let bob = token("Bob", "player", "*", HOUR);
-    let url = format!("ws://{}/gatherings/spring-open?session=s&token={ada}", server.addr);
+    let url = format!(
+        "ws://{}/gatherings/spring-open?session=s&token={ada}",
+        server.addr
+    );
     let (mut held, _) = within(tokio_tungstenite::connect_async(url)).await.unwrap();
     use futures_util::StreamExt;
     let welcome = within(held.next()).await.unwrap().unwrap();
-    assert!(welcome.to_string().contains(r#""member":"Ada""#), "{welcome}");
+    assert!(
+        welcome.to_string().contains(r#""member":"Ada""#),
+        "{welcome}"
+    );
     let (first, code, _) = page_join(&server, &format!("session=s&token={bob}")).await;
     assert_eq!(code, 4403);
     assert!(first.unwrap().contains("session_taken"));

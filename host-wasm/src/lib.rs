@@ -131,14 +131,17 @@ impl<A: App> Host<A> {
         }
     }
 
-    /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`) as
-    /// `member` (`{sub, role}`, which the app decides with; omitted, the
+    /// A new connection to gathering `id` (1–64 of `A-Z a-z 0-9 _ -`),
+    /// spawning or respawning it as needed. `options` (all optional):
+    /// `sub` and `role`, the member the app decides with (omitted, the
     /// connection is a member of its own with every right, as on an open
-    /// server), spawning or respawning it as needed. Fails on a bad id or
-    /// member, or after `shutdown()`.
-    pub fn join(&self, id: &str, member: &JsValue) -> Result<Connection, JsError> {
+    /// server); `session` (1–64 of the same), and `since` and `epoch` to
+    /// resume, as the server's `?session=S&since=K&epoch=E` (see
+    /// docs/PROTOCOL.md, Sessions). Fails on a bad id or option, or after
+    /// `shutdown()`.
+    pub fn join(&self, id: &str, options: &JsValue) -> Result<Connection, JsError> {
         let id = GatheringId::parse(id).map_err(|e| JsError::new(&e.to_string()))?;
-        let member = member::from_js(member).map_err(|e| JsError::new(&e))?;
+        let (member, session) = member::join_from_js(options).map_err(|e| JsError::new(&e))?;
         let shared = &self.rt.0;
         if shared.mailbox.is_closed() {
             return Err(JsError::new("this host has shut down; open a new one"));
@@ -146,7 +149,7 @@ impl<A: App> Host<A> {
         let conn = self.rt.next_conn();
         if let Some(tabs) = self.tabs.as_ref().filter(|t| t.role() == Role::Follower) {
             return Ok(Connection {
-                peer: tabs.follow(conn, id, member.as_ref()),
+                peer: tabs.follow(conn, id, member.as_ref(), session.as_ref()),
                 max_frame_bytes: shared.max_frame_bytes,
             });
         }
@@ -155,13 +158,14 @@ impl<A: App> Host<A> {
             conn,
             id.clone(),
             member.clone(),
+            session.as_ref().map(|s| s.session.clone()),
             Upstream::Hall(shared.mailbox.clone()),
         ));
         let join = Inbound::Join {
             conn,
             encoding: Encoding::Json,
             member,
-            session: None,
+            session: session.map(Box::new),
         };
         shared
             .mailbox
@@ -248,15 +252,17 @@ macro_rules! export_host {
                 $crate::Host::<$app>::open(options).await.map($name)
             }
 
-            /// A new connection to gathering `id` as `member` (`{sub, role}`, or
-            /// omitted: every right); throws on a bad id or member, or after `shutdown()`.
+            /// A new connection to gathering `id`, with `options` `{sub, role,
+            /// session, since, epoch}` (each optional: without a member, every
+            /// right; with a session, welcomed, resumed, its ops applied once);
+            /// throws on a bad id or option, or after `shutdown()`.
             pub fn join(
                 &self,
                 id: &str,
-                member: $crate::__private::wasm_bindgen::JsValue,
+                options: $crate::__private::wasm_bindgen::JsValue,
             ) -> ::std::result::Result<$crate::Connection, $crate::__private::wasm_bindgen::JsError>
             {
-                self.0.join(id, &member)
+                self.0.join(id, &options)
             }
 
             /// The live gatherings, sorted by id.

@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use gathering_core::{ConnId, Frame, GatheringId, Member};
+use gathering_core::{ConnId, Frame, GatheringId, Member, SessionJoin};
 use js_sys::Uint8Array;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
@@ -29,6 +29,8 @@ pub enum TabMsg {
         id: String,
         /// Who it is.
         member: Option<Member>,
+        /// Its session, and where it resumes: (session, since, epoch).
+        session: Option<(String, Option<u64>, Option<u64>)>,
     },
     /// Follower: a frame its connection `conn` sent.
     Frame {
@@ -155,11 +157,19 @@ impl Link {
 
     /// Asks the owner to join `conn` to gathering `id`, as `member` if
     /// given.
-    pub fn join(&self, conn: ConnId, id: &GatheringId, member: Option<&Member>) -> bool {
+    pub fn join(
+        &self,
+        conn: ConnId,
+        id: &GatheringId,
+        member: Option<&Member>,
+        session: Option<&SessionJoin>,
+    ) -> bool {
+        let session = session.map(|s| (s.session.to_string(), s.since, s.epoch));
         let msg = TabMsg::Join {
             conn: conn.0,
             id: id.as_str().to_owned(),
             member: member.cloned(),
+            session,
         };
         self.post(None, msg)
     }

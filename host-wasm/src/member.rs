@@ -1,6 +1,7 @@
-//! A member as a page gives it: `{sub, role}`.
+//! A member as a page gives it: `{sub, role}`, and the session a join may
+//! carry beside it: `{session, since, epoch}`.
 
-use gathering_core::Member;
+use gathering_core::{Member, SessionId, SessionJoin};
 use js_sys::Reflect;
 use wasm_bindgen::JsValue;
 
@@ -23,4 +24,54 @@ pub fn from_js(value: &JsValue) -> Result<Option<Member>, String> {
             })
     };
     Ok(Some(Member::new(field("sub")?, field("role")?)))
+}
+
+/// A join's options, `{sub, role, session, since, epoch}`, each part
+/// optional: the member (`None` without `sub` and `role`: a member of its
+/// own) and the session, or a message naming what is wrong.
+pub fn join_from_js(value: &JsValue) -> Result<(Option<Member>, Option<SessionJoin>), String> {
+    if value.is_undefined() || value.is_null() {
+        return Ok((None, None));
+    }
+    if !value.is_object() {
+        return Err("join's options are an object: {sub, role, session, since, epoch}".into());
+    }
+    let get = |name: &str| Reflect::get(value, &name.into()).unwrap_or(JsValue::UNDEFINED);
+    let absent = |v: &JsValue| v.is_undefined() || v.is_null();
+    let member = if absent(&get("sub")) && absent(&get("role")) {
+        None
+    } else {
+        from_js(value)?
+    };
+    let session = get("session");
+    if absent(&session) {
+        if !absent(&get("since")) || !absent(&get("epoch")) {
+            return Err("since and epoch resume a session: give session too".into());
+        }
+        return Ok((member, None));
+    }
+    let session = session
+        .as_string()
+        .ok_or("session must be a string")
+        .and_then(|s| SessionId::parse(&s).map_err(|_| "session is 1 to 64 of A-Z a-z 0-9 _ -"))
+        .map_err(str::to_owned)?;
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        let v = get(name);
+        if absent(&v) {
+            return Ok(None);
+        }
+        match v.as_f64() {
+            // Integers a page's numbers hold exactly.
+            Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 => {
+                Ok(Some(n as u64))
+            }
+            _ => Err(format!("{name} must be a whole number from 0 to 2^53 - 1")),
+        }
+    };
+    let join = SessionJoin {
+        session,
+        since: number("since")?,
+        epoch: number("epoch")?,
+    };
+    Ok((member, Some(join)))
 }

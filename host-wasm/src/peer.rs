@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound, SharedMember};
+use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound, SessionId, SharedMember};
 use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsValue;
@@ -35,6 +35,8 @@ pub struct Peer {
     pub gathering: GatheringId,
     /// Who it is (`None`: a member of its own, with every right).
     pub member: Option<SharedMember>,
+    /// The session it joined with.
+    pub session: Option<SessionId>,
     /// Who hears of the connection's frames and its close.
     upstream: Upstream,
     onmessage: RefCell<Option<Function>>,
@@ -49,12 +51,14 @@ impl Peer {
         conn: ConnId,
         gathering: GatheringId,
         member: Option<SharedMember>,
+        session: Option<SessionId>,
         upstream: Upstream,
     ) -> Self {
         Peer {
             conn,
             gathering,
             member,
+            session,
             upstream,
             onmessage: RefCell::new(None),
             onclose: RefCell::new(None),
@@ -144,7 +148,7 @@ impl Peer {
                     conn: self.conn,
                     frame,
                     member: self.member.clone(),
-                    session: None,
+                    session: self.session.clone(),
                 };
                 let route = HallMail::Route(self.gathering.clone(), inbound, None);
                 hall.try_send(route).is_ok()

@@ -22,7 +22,9 @@ use futures_util::future::{Either, select};
 use gathering_core::protocol::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_RESTART, CLOSE_TOO_BIG,
 };
-use gathering_core::{App, ConnId, Encoding, Frame, GatheringId, Inbound, Member};
+use gathering_core::{
+    App, ConnId, Encoding, Frame, GatheringId, Inbound, Member, SessionId, SessionJoin,
+};
 use gathering_driver::HallMail;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::JsCast;
@@ -197,11 +199,18 @@ impl Tabs {
     }
 
     /// A follower's new connection to gathering `id`, served by the owner.
-    pub fn follow(&self, conn: ConnId, id: GatheringId, member: Option<&Member>) -> Rc<Peer> {
-        // The owner acts with the member the join message names.
+    pub fn follow(
+        &self,
+        conn: ConnId,
+        id: GatheringId,
+        member: Option<&Member>,
+        session: Option<&SessionJoin>,
+    ) -> Rc<Peer> {
+        // The owner acts with the member and session the join names.
         let peer = Rc::new(Peer::new(
             conn,
             id.clone(),
+            None,
             None,
             Upstream::Owner(self.link.clone()),
         ));
@@ -209,7 +218,7 @@ impl Tabs {
         proxied.retain(|_, p| !p.is_closed());
         proxied.insert(conn.0, peer.clone());
         drop(proxied);
-        if !self.link.join(conn, &id, member) {
+        if !self.link.join(conn, &id, member, session) {
             peer.close(CLOSE_GOING_AWAY, "host shut down");
         }
         peer
@@ -260,8 +269,16 @@ impl Tabs {
             (Role::Owner, TabMsg::Hello) => {
                 self.link.post(Some(&from), TabMsg::Owner);
             }
-            (Role::Owner, TabMsg::Join { conn, id, member }) => {
-                self.serve(rt, from, conn, &id, member);
+            (
+                Role::Owner,
+                TabMsg::Join {
+                    conn,
+                    id,
+                    member,
+                    session,
+                },
+            ) => {
+                self.serve(rt, from, conn, &id, member, session);
             }
             (Role::Owner, TabMsg::Frame { conn, data }) => {
                 let peer = self.served.borrow().get(&(from, conn)).cloned();
@@ -319,11 +336,23 @@ impl Tabs {
         conn: u64,
         id: &str,
         member: Option<Member>,
+        session: Option<(String, Option<u64>, Option<u64>)>,
     ) {
         let link = self.link.clone();
         let to: Rc<str> = from.as_str().into();
-        // The follower parsed it; a message that fails is not from it.
-        let Ok(id) = GatheringId::parse(id) else {
+        // The follower parsed them; a message that fails is not from it.
+        let session = match session.map(|(s, since, epoch)| {
+            SessionId::parse(&s).map(|session| SessionJoin {
+                session,
+                since,
+                epoch,
+            })
+        }) {
+            None => Ok(None),
+            Some(Ok(join)) => Ok(Some(join)),
+            Some(Err(_)) => Err(()),
+        };
+        let (Ok(id), Ok(session)) = (GatheringId::parse(id), session) else {
             let reason = "bad join".to_owned();
             link.post(
                 Some(&to),
@@ -341,6 +370,7 @@ impl Tabs {
             local,
             id.clone(),
             member.clone(),
+            session.as_ref().map(|s| s.session.clone()),
             Upstream::Hall(rt.0.mailbox.clone()),
         ));
         let on_message = {
@@ -366,7 +396,7 @@ impl Tabs {
             conn: local,
             encoding: Encoding::Json,
             member,
-            session: None,
+            session: session.map(Box::new),
         };
         let route = HallMail::Route(id, join, Some(PeerRef(peer.clone())));
         if rt.0.mailbox.try_send(route).is_err() {

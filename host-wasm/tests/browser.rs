@@ -538,3 +538,84 @@ async fn members_given_at_join_decide_what_an_op_may_do() {
     shutdown(&follower).await;
     shutdown(&owner).await;
 }
+
+/// `join(id, {session, since, epoch})`: welcomed, an op retried after the
+/// host is reopened from IndexedDB is acked with its first seq and not
+/// applied again, a follower tab's session resumes through the owner, and
+/// bad session options are refused at `join`.
+#[wasm_bindgen_test]
+async fn sessions_apply_ops_once_and_resume_in_both_tabs() {
+    let db = fresh_db("sessions");
+    let join = |host: &Host, options: Value| {
+        let options = js_sys::JSON::parse(&options.to_string()).unwrap();
+        Client::with(
+            host.join("sessions", options)
+                .map_err(JsValue::from)
+                .unwrap(),
+        )
+    };
+    let host = open(json!({"database": db, "retryIntervalMs": 50})).await;
+    let ada = join(&host, json!({"session": "tab-a"}));
+    let welcome = ada.message().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(
+        (welcome["seq"].clone(), welcome["last_op"].clone()),
+        (json!(0), json!(null))
+    );
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    assert_eq!(
+        ada.op(1, register("Ada")).await,
+        json!({"type": "ack", "id": 1, "seq": 1})
+    );
+    shutdown(&host).await;
+
+    // Reopened: the same epoch, the session remembered in IndexedDB.
+    let owner = open(json!({"database": db, "retryIntervalMs": 50})).await;
+    let follower = open(json!({"database": db, "retryIntervalMs": 50})).await;
+    assert_eq!(follower.role(), "follower");
+    let ada = join(&owner, json!({"session": "tab-a"}));
+    let welcome = ada.message().await;
+    assert_eq!(
+        (welcome["epoch"].as_u64(), welcome["last_op"].clone()),
+        (Some(epoch), json!(1))
+    );
+    assert_eq!(
+        ada.op(1, register("Ada")).await,
+        json!({"type": "ack", "id": 1, "seq": 1})
+    );
+    assert_eq!(ada.op(2, register("Bob")).await["seq"], 2);
+    // A follower's session that saw op 1 resumes with op 2, through the owner.
+    let bob = join(
+        &follower,
+        json!({"session": "tab-b", "since": 1, "epoch": epoch}),
+    );
+    assert_eq!(bob.message().await["type"], "welcome");
+    let forward = bob.message().await;
+    assert_eq!(
+        (forward["type"].clone(), forward["seq"].clone()),
+        (json!("forward"), json!(2))
+    );
+    bob.send(json!({"type": "ack", "seq": 2}));
+    // Another epoch: the whole state.
+    let late = join(
+        &follower,
+        json!({"session": "tab-c", "since": 1, "epoch": epoch + 1}),
+    );
+    assert_eq!(late.message().await["type"], "welcome");
+    let resync = late.message().await;
+    assert_eq!(
+        (resync["type"].clone(), resync["seq"].clone()),
+        (json!("resync"), json!(2))
+    );
+    for bad in [
+        json!({"session": "a b"}),
+        json!({"session": 7}),
+        json!({"since": 3}),
+        json!({"session": "s", "epoch": -1}),
+    ] {
+        let options = js_sys::JSON::parse(&bad.to_string()).unwrap();
+        assert!(owner.join("sessions", options).is_err(), "{bad}");
+    }
+    shutdown(&follower).await;
+    shutdown(&owner).await;
+}
