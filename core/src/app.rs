@@ -39,6 +39,7 @@ use crate::Member;
 /// impl App for Counter {
 ///     const NAME: &'static str = "counter";
 ///     type Op = CounterOp;
+///     type Presence = ();
 ///     fn apply(&mut self, _by: &Member, op: &CounterOp) -> Result<(), Rejection> {
 ///         let CounterOp::Add { by } = op;
 ///         self.total = self.total.checked_add(*by)
@@ -56,6 +57,11 @@ pub trait App: Default + Serialize + DeserializeOwned + 'static {
 
     /// One operation a client may ask for.
     type Op: Serialize + DeserializeOwned + 'static;
+
+    /// What a member shows the others while connected (a cursor, "typing"):
+    /// never persisted, never in the op log; `()` for none. Bounded on the
+    /// wire by the host (`--max-presence-bytes`).
+    type Presence: Serialize + DeserializeOwned + Clone + 'static;
 
     /// Applies `op` on behalf of member `by`; refuses what `by` may not do
     /// with code [`FORBIDDEN`](crate::protocol::FORBIDDEN), changing nothing.

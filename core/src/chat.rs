@@ -40,9 +40,17 @@ pub struct Chat {
     pub messages: VecDeque<Said>,
 }
 
+/// What a chat member shows the others: whether it is typing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatPresence {
+    /// Typing a message now.
+    pub typing: bool,
+}
+
 impl App for Chat {
     const NAME: &'static str = "chat";
     type Op = ChatOp;
+    type Presence = ChatPresence;
 
     fn apply(&mut self, by: &Member, op: &ChatOp) -> Result<(), Rejection> {
         let ChatOp::Say { text } = op;

@@ -21,6 +21,17 @@ pub const DEFAULT_MAX_SESSIONS: u32 = 4096;
 /// more of its session's ops were applied is refused as stale.
 pub const SESSION_RECENT_OPS: usize = 256;
 
+/// Bytes one member's presence may take encoded, by default.
+pub const DEFAULT_MAX_PRESENCE_BYTES: u32 = 1024;
+/// How long a member whose connection was lost (no close frame) stays
+/// present, by default: a rejoin within it shows no leave and no join.
+pub const DEFAULT_PRESENCE_GRACE: Duration = Duration::from_secs(10);
+/// Presence changes go out at most this often, the latest winning.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(50);
+/// Presence updates one member may send a second, after a burst of as
+/// many; more are dropped (error `rate_limited`).
+pub const PRESENCE_PER_SEC: u32 = 50;
+
 /// First wait before an unacknowledged forward is re-sent, by default.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The wait before a re-send doubles after each, up to this many times the
@@ -89,6 +100,12 @@ pub struct Config {
     pub resume_ops: u32,
     /// See `resume_ops`.
     pub resume_bytes: u32,
+    /// Bytes one member's presence may take, encoded as it was sent;
+    /// larger gets error `presence_too_large`.
+    pub max_presence_bytes: u32,
+    /// How long a member whose last connection was lost without a close
+    /// frame stays present.
+    pub presence_grace: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +127,8 @@ impl Default for Config {
             max_sessions: DEFAULT_MAX_SESSIONS,
             resume_ops: DEFAULT_SNAPSHOT_OPS,
             resume_bytes: DEFAULT_SNAPSHOT_BYTES,
+            max_presence_bytes: DEFAULT_MAX_PRESENCE_BYTES,
+            presence_grace: DEFAULT_PRESENCE_GRACE,
         }
     }
 }

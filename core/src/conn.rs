@@ -261,6 +261,11 @@ impl<V> ConnMap<V> {
         Some(removed)
     }
 
+    /// Every id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.list.iter().map(|(id, _)| *id)
+    }
+
     /// Every entry in id order, to change.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut V)> {
         self.list.iter_mut().map(|(id, v)| (*id, v))

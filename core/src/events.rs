@@ -57,6 +57,10 @@ pub enum Inbound {
     Leave {
         /// The connection.
         conn: ConnId,
+        /// Its client closed it (close code 1000): a session's member
+        /// leaves the presence at once, where a lost connection is held
+        /// for the grace.
+        clean: bool,
     },
 }
 
@@ -86,9 +90,9 @@ impl Inbound {
     /// The connection this concerns.
     pub fn conn(&self) -> ConnId {
         match self {
-            Inbound::Join { conn, .. } | Inbound::Frame { conn, .. } | Inbound::Leave { conn } => {
-                *conn
-            }
+            Inbound::Join { conn, .. }
+            | Inbound::Frame { conn, .. }
+            | Inbound::Leave { conn, .. } => *conn,
         }
     }
 }
@@ -217,6 +221,8 @@ pub enum Why {
     Flush,
     /// The gathering has been empty for the whole grace period.
     Empty,
+    /// A presence diff is due, or a lost member's grace ends.
+    Presence,
 }
 
 /// When a gathering must next be ticked, and why.

@@ -158,7 +158,7 @@ impl Hall {
             // dispersal itself closed): the successor never knew it, and
             // buffering it would respawn a gathering for nobody.
             Some(Entry::Spawning(buffer) | Entry::Dispersing(buffer))
-                if matches!(inbound, Inbound::Leave { conn }
+                if matches!(inbound, Inbound::Leave { conn, .. }
                     if !buffer.iter().any(|b| matches!(b, Inbound::Join { conn: c, .. } if *c == conn))) =>
                 {}
             Some(Entry::Spawning(buffer) | Entry::Dispersing(buffer)) => buffer.push(inbound),

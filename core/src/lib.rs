@@ -28,6 +28,7 @@
 //! impl App for Tally {
 //!     const NAME: &'static str = "tally";
 //!     type Op = ();
+//!     type Presence = ();
 //!     fn apply(&mut self, _by: &Member, _op: &()) -> Result<(), Rejection> {
 //!         self.0 += 1;
 //!         Ok(())
@@ -85,8 +86,9 @@ pub use app::{App, Rejection};
 pub use clock::{Duration, Instant};
 pub use commit::{Commit, Loaded, LogEntry, Snapshot};
 pub use config::{
-    Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_SESSIONS, DEFAULT_RETRY_INTERVAL,
-    DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS, RETRY_BACKOFF_CAP,
+    Config, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PRESENCE_BYTES, DEFAULT_MAX_SESSIONS,
+    DEFAULT_PRESENCE_GRACE, DEFAULT_RETRY_INTERVAL, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_OPS,
+    RETRY_BACKOFF_CAP,
 };
 pub use conn::ConnMap;
 pub use events::{Action, Deadline, Delivery, Event, Inbound, SessionJoin, Verdict, Why};

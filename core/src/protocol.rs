@@ -5,6 +5,7 @@
 //! bad bytes become a [`DecodeError`], never a panic.
 
 use core::fmt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -55,6 +56,12 @@ pub const RATE_LIMITED: &str = "rate_limited";
 
 /// Error code of an op (or a join) the member may not do.
 pub const FORBIDDEN: &str = "forbidden";
+
+/// Error code of a presence larger than the server's bound.
+pub const PRESENCE_TOO_LARGE: &str = "presence_too_large";
+
+/// Error code of a presence from a connection without a session.
+pub const NO_SESSION: &str = "no_session";
 
 /// Error code of a join with a session that belongs to another member.
 pub const SESSION_TAKEN: &str = "session_taken";
@@ -170,21 +177,24 @@ impl fmt::Display for DisperseReason {
 wire_enum! {
     /// A message from a client to its gathering. `O` is the application's op.
     #[derive(Clone, Debug, PartialEq)]
-    pub enum ClientMsg<O> {
+    pub enum ClientMsg<O, P = ()> {
         /// Apply `op`; the answer is an `ack` or an `error` carrying `id`.
         Op { id: u64, op: O },
         /// Ask for the whole state; the answer is a `state` carrying `id`.
         Fetch { id: u64 },
         /// Acknowledge every forward up to and including `seq`.
         Ack { seq: u64 },
+        /// This member's presence is now `data` (a session's connection
+        /// only): never persisted, never answered but by the diffs.
+        Presence { data: P },
     }
 }
 
 wire_enum! {
     /// A message from a gathering to a client. `O` is the application's op,
-    /// `S` its state.
+    /// `S` its state, `P` its presence.
     #[derive(Clone, Debug, PartialEq)]
-    pub enum ServerMsg<O, S> {
+    pub enum ServerMsg<O, S, P = ()> {
         /// The op sent with `id` was applied, durably, as number `seq`.
         Ack { id: u64, seq: u64 },
         /// The request `id` failed (`id` is absent when the frame could not
@@ -204,6 +214,13 @@ wire_enum! {
         /// The whole state as of op `seq`, for a resume that could not be
         /// served op by op; forwards continue from `seq + 1`.
         Resync { seq: u64, state: S },
+        /// Everyone present (a session's connection open), after the
+        /// welcome and what was missed: each member's presence, `None` if
+        /// it set none.
+        Presence { members: BTreeMap<String, Option<P>> },
+        /// What changed since: members who came or set their presence,
+        /// and members who left.
+        PresenceDiff { joins: BTreeMap<String, Option<P>>, leaves: Vec<String> },
     }
 }
 

@@ -201,9 +201,18 @@ fn check_name(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// What a tournament member shows the others: the player it is looking at
+/// (their record, their next match), or none for the standings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TournamentPresence {
+    /// A player's name, or `None`.
+    pub looking_at: Option<String>,
+}
+
 impl App for Tournament {
     const NAME: &'static str = "tournament";
     type Op = TournamentOp;
+    type Presence = TournamentPresence;
 
     fn apply(&mut self, by: &Member, op: &TournamentOp) -> Result<(), Rejection> {
         may(by, op)?;

@@ -11,8 +11,9 @@
 /// Declares an enum of struct variants that is tagged JSON for humans and
 /// compact postcard for machines: `{"type": "snake_case_name", ...fields}`
 /// in human-readable formats, the variant index and then the fields in
-/// compact ones. Variants must use braces (`Name { field: Type }`). The
-/// calling crate needs `serde` (with `derive`) among its dependencies.
+/// compact ones. Variants must use braces (`Name { field: Type }`); type
+/// parameters may have defaults (`<O, P = ()>`). The calling crate needs
+/// `serde` (with `derive`) among its dependencies.
 ///
 /// ```
 /// gathering_core::wire_enum! {
@@ -30,7 +31,7 @@
 macro_rules! wire_enum {
     (
         $(#[$meta:meta])*
-        $vis:vis enum $name:ident $(<$($g:ident),+>)? {
+        $vis:vis enum $name:ident $(<$($g:ident $(= $gd:ty)?),+>)? {
             $(
                 $(#[$vmeta:meta])*
                 $var:ident { $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),* $(,)? }
@@ -38,7 +39,7 @@ macro_rules! wire_enum {
         }
     ) => {
         $(#[$meta])*
-        $vis enum $name $(<$($g),+>)? {
+        $vis enum $name $(<$($g $(= $gd)?),+>)? {
             $( $(#[$vmeta])* $var { $( $(#[$fmeta])* $field: $ty ),* } ),+
         }
 

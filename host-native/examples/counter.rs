@@ -27,6 +27,7 @@ pub struct Counter {
 impl App for Counter {
     const NAME: &'static str = "counter";
     type Op = CounterOp;
+    type Presence = ();
     fn apply(&mut self, _by: &Member, op: &CounterOp) -> Result<(), Rejection> {
         let CounterOp::Add { by } = op;
         self.total = self

@@ -159,6 +159,16 @@ pub struct Args {
     #[arg(long, env = "GATHERING_MAX_SESSIONS", default_value_t = gathering_core::DEFAULT_MAX_SESSIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
 
+    /// Bytes one member's presence may take as sent; larger is refused with
+    /// error `presence_too_large`.
+    #[arg(long, env = "GATHERING_MAX_PRESENCE_BYTES", default_value_t = gathering_core::DEFAULT_MAX_PRESENCE_BYTES)]
+    pub max_presence_bytes: u32,
+
+    /// How long a member whose connection was lost without a close stays
+    /// present: a rejoin within it shows no leave and no join.
+    #[arg(long, env = "GATHERING_PRESENCE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub presence_grace: Duration,
+
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
@@ -232,6 +242,8 @@ impl Args {
                 },
                 op_burst: self.op_burst,
                 max_sessions: self.max_sessions,
+                max_presence_bytes: self.max_presence_bytes,
+                presence_grace: self.presence_grace,
                 ..Config::default()
             })
             .shutdown_grace(self.shutdown_grace)

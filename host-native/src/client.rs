@@ -289,7 +289,11 @@ impl<A: App> Client<A> {
                 }
                 // Only a session join is sent these; this client joins
                 // without one.
-                ServerMsg::State { .. } | ServerMsg::Welcome { .. } | ServerMsg::Resync { .. } => {}
+                ServerMsg::State { .. }
+                | ServerMsg::Welcome { .. }
+                | ServerMsg::Resync { .. }
+                | ServerMsg::Presence { .. }
+                | ServerMsg::PresenceDiff { .. } => {}
             }
         }
     }

@@ -443,9 +443,13 @@ impl Engine {
         hall.send(HallMail::Route(id.clone(), join, None::<Outbox>))
             .await
             .map_err(|_| Stopping)?;
-        hall.send(HallMail::Route(id, Inbound::Leave { conn }, None))
-            .await
-            .map_err(|_| Stopping)
+        hall.send(HallMail::Route(
+            id,
+            Inbound::Leave { conn, clean: false },
+            None,
+        ))
+        .await
+        .map_err(|_| Stopping)
     }
 
     /// Disperses and persists every gathering (clients get `dispersed` and

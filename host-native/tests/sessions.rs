@@ -20,16 +20,41 @@ mod common;
 
 const BOUND: Duration = Duration::from_secs(10);
 
-fn spawn_server(dir: &Path) -> (Child, String) {
+fn spawn_server(dir: &Path) -> (Killed, String) {
     spawn_server_with(dir, &[])
 }
 
-fn spawn_server_with(dir: &Path, args: &[&str]) -> (Child, String) {
+fn spawn_server_with(dir: &Path, args: &[&str]) -> (Killed, String) {
     let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
     let mut all = vec!["--idle-timeout", "60s"];
     all.extend_from_slice(args);
     let (child, addr) = common::spawn(exe, dir, &all);
-    (child, format!("ws://{addr}"))
+    (Killed(child), format!("ws://{addr}"))
+}
+
+/// A child process killed when dropped, so that a failing test leaves
+/// nothing running (a stopped client would hold the test's output open).
+struct Killed(Child);
+
+impl Killed {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The connections gathering `room` holds, from its status.
@@ -76,8 +101,22 @@ impl Ws {
         self.send(op).await;
     }
 
-    /// The next message, acknowledging forwards as a client must.
+    /// The next message but presence, acknowledging forwards as a client
+    /// must.
     async fn next(&mut self) -> Value {
+        loop {
+            let msg = self.next_any().await;
+            if !msg["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("presence"))
+            {
+                return msg;
+            }
+        }
+    }
+
+    /// The next message, acknowledging forwards as a client must.
+    async fn next_any(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(BOUND, self.0.next())
                 .await
@@ -240,7 +279,7 @@ async fn a_client_that_missed_5_ops_gets_them_and_one_that_missed_5000_the_state
 /// Run as a child process by the test below (ignored otherwise): joins
 /// with a session, says so, then reads (answering pings) until killed.
 #[tokio::test]
-#[ignore = "a child process of a_stopped_client_is_let_go_within_two_ping_intervals"]
+#[ignore = "a child process of a_stopped_client_is_let_go_within_two_ping_intervals_and_leaves_after_the_grace"]
 async fn stoppable_client() {
     let Ok(url) = std::env::var("GATHERING_TEST_URL") else {
         return;
@@ -252,17 +291,21 @@ async fn stoppable_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_client_is_let_go_within_two_ping_intervals() {
+async fn a_stopped_client_is_let_go_within_two_ping_intervals_and_leaves_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = spawn_server_with(dir.path(), &["--ping-interval", "500ms"]);
+    let args = ["--ping-interval", "500ms", "--presence-grace", "1s"];
+    let (mut server, url) = spawn_server_with(dir.path(), &args);
     // A client in another process, as users run one.
-    let mut client = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "stoppable_client", "--ignored", "--nocapture"])
-        .env("GATHERING_TEST_URL", &url)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut client = Killed(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "stoppable_client", "--ignored", "--nocapture"])
+            .env("GATHERING_TEST_URL", &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(client.0.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("joined") {
         line.clear();
@@ -271,13 +314,25 @@ async fn a_stopped_client_is_let_go_within_two_ping_intervals() {
             "the client ended"
         );
     }
-    // Answering pings, it stays well past two intervals.
+    // A watcher that answers pings and reports who is here.
     let mut watcher = Ws::join(&url, "session=watcher").await;
     watcher.welcome().await;
-    let reading = tokio::spawn(async move { while watcher.0.next().await.is_some() {} });
+    let here = watcher.next_any().await;
+    assert_eq!(here["type"], "presence", "{here}");
+    assert!(here["members"].get("stopped").is_some(), "{here}");
+    let (tx, mut presence) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        loop {
+            let msg = watcher.next_any().await;
+            if msg["type"] == "presence_diff" && tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(connections(&url).await, 2);
-    // Stopped, socket open: let go within two intervals (and a margin).
+    // Stopped, socket open: let go within two intervals (and a margin),
+    // and gone from the presence once the grace is over.
     let pid = client.id().to_string();
     let stop = std::process::Command::new("kill")
         .args(["-STOP", &pid])
@@ -286,12 +341,28 @@ async fn a_stopped_client_is_let_go_within_two_ping_intervals() {
     assert!(stop.success());
     let stopped = std::time::Instant::now();
     while connections(&url).await > 1 {
-        // Two intervals, and a generous margin for a busy machine.
         assert!(stopped.elapsed() < Duration::from_secs(4), "still held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = stopped.elapsed();
     assert!(took >= Duration::from_millis(500), "let go after {took:?}");
+    let left = loop {
+        let diff = tokio::time::timeout(Duration::from_secs(5), presence.recv())
+            .await
+            .expect("a leave within the grace and a margin")
+            .unwrap();
+        if diff["leaves"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("stopped"))
+        {
+            break stopped.elapsed();
+        }
+    };
+    assert!(
+        left >= took + Duration::from_millis(900),
+        "left after {left:?}, no grace"
+    );
     assert!(!reading.is_finished(), "the client that answers is kept");
     client.kill().unwrap();
     client.wait().unwrap();

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use gathering_core::protocol::CLOSE_NORMAL;
 use gathering_core::{ConnId, Delivery, Frame, GatheringId, Inbound, SessionId, SharedMember};
 use gathering_driver::{Conn, HallMail};
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -125,7 +126,12 @@ impl Peer {
         }
         match &self.upstream {
             Upstream::Hall(hall) => {
-                let leave = Inbound::Leave { conn: self.conn };
+                // The page closed it itself: a clean leave.
+                let clean = code == CLOSE_NORMAL;
+                let leave = Inbound::Leave {
+                    conn: self.conn,
+                    clean,
+                };
                 // A host that shut down has nobody left to tell.
                 let _ = hall.try_send(HallMail::Route(self.gathering.clone(), leave, None));
             }

@@ -83,7 +83,21 @@ impl Client {
         }
     }
 
+    /// The next message but presence (which only a session's connection
+    /// gets; see `presence`).
     async fn message(&self) -> Value {
+        loop {
+            let msg = self.any_message().await;
+            if !msg["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("presence"))
+            {
+                return msg;
+            }
+        }
+    }
+
+    async fn any_message(&self) -> Value {
         match self.event(PATIENCE).await {
             Some(Event::Message(v)) => v,
             Some(Event::Closed(code, reason)) => panic!("closed ({code} {reason}) instead"),
@@ -596,6 +610,18 @@ async fn sessions_apply_ops_once_and_resume_in_both_tabs() {
         (json!("forward"), json!(2))
     );
     bob.send(json!({"type": "ack", "seq": 2}));
+    // Presence, through the owner: Bob's typing reaches Ada.
+    bob.send(json!({"type": "presence", "data": {"looking_at": "Ada"}}));
+    let seen = loop {
+        let msg = ada.any_message().await;
+        if msg["type"] == "presence_diff" && msg["joins"].get("tab-b").is_some() {
+            break msg["joins"]["tab-b"].clone();
+        }
+    };
+    assert!(
+        seen.is_null() || seen == json!({"looking_at": "Ada"}),
+        "{seen}"
+    );
     // Another epoch: the whole state.
     let late = join(
         &follower,

@@ -19,6 +19,7 @@ struct Counter(u64);
 impl App for Counter {
     const NAME: &'static str = "counter";
     type Op = u64;
+    type Presence = ();
     fn apply(&mut self, _: &Member, op: &u64) -> Result<(), Rejection> {
         self.0 = self.0.wrapping_add(*op);
         Ok(())
@@ -33,7 +34,7 @@ fn run(config: Config, n: u64) -> f64 {
         Inbound::open_join(ConnId(1), Encoding::Postcard),
     ));
     while g.poll_action().is_some() {}
-    let frame = encode(&ClientMsg::Op { id: 1, op: 1u64 }, Encoding::Postcard).unwrap();
+    let frame = encode(&ClientMsg::<_>::Op { id: 1, op: 1u64 }, Encoding::Postcard).unwrap();
     let t = std::time::Instant::now();
     for i in 1..=n {
         let now = Instant::from_nanos(i * 1_000);

@@ -129,7 +129,11 @@ impl Clients {
     pub fn leave(&mut self, conn: ConnId) -> Option<Sent> {
         let c = self.clients.get_mut(&conn).filter(|c| c.is_open())?;
         c.left = true;
-        Some(sent(&c.gathering, Inbound::Leave { conn }, false))
+        Some(sent(
+            &c.gathering,
+            Inbound::Leave { conn, clean: true },
+            false,
+        ))
     }
 
     /// Client `conn` registers a player: a fresh unique name when `valid`,
@@ -270,7 +274,10 @@ impl Clients {
             }
             ServerMsg::Error { id: None, .. } => self.stats.bump("rejections"),
             ServerMsg::State { .. } => {}
-            ServerMsg::Welcome { .. } | ServerMsg::Resync { .. } => {
+            ServerMsg::Welcome { .. }
+            | ServerMsg::Resync { .. }
+            | ServerMsg::Presence { .. }
+            | ServerMsg::PresenceDiff { .. } => {
                 panic!("{conn} joined without a session and was sent a session's message")
             }
         }

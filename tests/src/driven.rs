@@ -98,7 +98,10 @@ impl Conn for FakeConn {
         let closed = self.world.clients.borrow_mut().closed(self.conn, code);
         // As a socket's task does once its socket is closed.
         if let Some(g) = closed {
-            let leave = Inbound::Leave { conn: self.conn };
+            let leave = Inbound::Leave {
+                conn: self.conn,
+                clean: false,
+            };
             self.world
                 .in_flight
                 .borrow_mut()

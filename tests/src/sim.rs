@@ -137,7 +137,7 @@ impl Sim {
                         slot.members.insert(*conn);
                         slot.empty_since = None;
                     }
-                    Inbound::Leave { conn } => slot.remove_member(*conn, now),
+                    Inbound::Leave { conn, .. } => slot.remove_member(*conn, now),
                     Inbound::Frame { frame, .. } => {
                         if let Ok(msg) = protocol::decode::<ClientMsg<TournamentOp>>(frame) {
                             slot.last_activity = now;
@@ -365,8 +365,13 @@ impl Sim {
                 }
                 // The host's reader ends with the socket: the hall hears of it.
                 if let Some(gathering) = self.clients.closed(*conn, *code) {
-                    self.hall_inbox
-                        .push_back(HallEvent::Route(gathering, Inbound::Leave { conn: *conn }));
+                    self.hall_inbox.push_back(HallEvent::Route(
+                        gathering,
+                        Inbound::Leave {
+                            conn: *conn,
+                            clean: false,
+                        },
+                    ));
                 }
             }
             Action::Persist(commit) => {

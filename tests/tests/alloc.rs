@@ -96,7 +96,13 @@ fn a_gathering_whose_connections_left_gives_their_memory_back() {
     // Warm up: whatever the first join and leave grow (the action queue)
     // stays, as it would in a server.
     g.handle(Event::Message(t0, join(1)));
-    g.handle(Event::Message(t0, Inbound::Leave { conn: ConnId(1) }));
+    g.handle(Event::Message(
+        t0,
+        Inbound::Leave {
+            conn: ConnId(1),
+            clean: false,
+        },
+    ));
     while g.poll_action().is_some() {}
     let before = LIVE_BYTES.with(Cell::get);
     for conn in 2..=5 {
@@ -104,7 +110,13 @@ fn a_gathering_whose_connections_left_gives_their_memory_back() {
     }
     assert!(LIVE_BYTES.with(Cell::get) > before, "joins hold memory");
     for conn in [4, 2, 5, 3] {
-        g.handle(Event::Message(t0, Inbound::Leave { conn: ConnId(conn) }));
+        g.handle(Event::Message(
+            t0,
+            Inbound::Leave {
+                conn: ConnId(conn),
+                clean: false,
+            },
+        ));
     }
     while g.poll_action().is_some() {}
     let kept = LIVE_BYTES.with(Cell::get) - before;

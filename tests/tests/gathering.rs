@@ -548,7 +548,10 @@ fn empty_grace_disperses_an_abandoned_gathering() {
     assert_eq!(g.next_deadline().unwrap().why, Why::Idle);
     g.handle(Event::Message(
         T0 + secs(5),
-        Inbound::Leave { conn: ConnId(1) },
+        Inbound::Leave {
+            conn: ConnId(1),
+            clean: false,
+        },
     ));
     assert_eq!(
         g.next_deadline(),
@@ -1042,6 +1045,7 @@ type CountedReply = ServerMsg<u64, (u64, String)>;
 impl gathering_core::App for Counted {
     const NAME: &'static str = "counted";
     type Op = u64;
+    type Presence = ();
     fn apply(
         &mut self,
         _: &gathering_core::Member,
@@ -1109,7 +1113,7 @@ fn fetches_of_one_seq_share_one_encoding_of_a_large_state_per_encoding() {
     assert_eq!(ENCODED.get(), 2, "the same seq is served from the cache");
 
     // An op changes the state: the next fetches encode it anew, and see it.
-    let frame = protocol::encode(&ClientMsg::Op { id: 1, op: 5u64 }, Encoding::Json).unwrap();
+    let frame = protocol::encode(&ClientMsg::<_>::Op { id: 1, op: 5u64 }, Encoding::Json).unwrap();
     g.handle(Event::Message(T0, Inbound::open_frame(ConnId(1), frame)));
     drain(&mut g);
     let replies = fetch_all(&mut g, 30);
@@ -1127,7 +1131,7 @@ fn fetches_of_one_seq_share_one_encoding_of_a_large_state_per_encoding() {
 
     // A small state is encoded for each fetch and kept for none.
     PAD.set(10);
-    let frame = protocol::encode(&ClientMsg::Op { id: 2, op: 1u64 }, Encoding::Json).unwrap();
+    let frame = protocol::encode(&ClientMsg::<_>::Op { id: 2, op: 1u64 }, Encoding::Json).unwrap();
     g.handle(Event::Message(T0, Inbound::open_frame(ConnId(1), frame)));
     drain(&mut g);
     ENCODED.set(0);
@@ -1143,6 +1147,7 @@ struct Guarded(Vec<String>);
 impl gathering_core::App for Guarded {
     const NAME: &'static str = "guarded";
     type Op = ();
+    type Presence = ();
     fn apply(
         &mut self,
         by: &gathering_core::Member,
@@ -1211,7 +1216,7 @@ fn the_app_decides_joins_and_ops_with_the_member() {
     ));
     let op = |conn: u64, member: Member| Inbound::Frame {
         conn: ConnId(conn),
-        frame: protocol::encode(&ClientMsg::Op { id: 1, op: () }, Encoding::Json).unwrap(),
+        frame: protocol::encode(&ClientMsg::<_>::Op { id: 1, op: () }, Encoding::Json).unwrap(),
         member: Some(Arc::new(member)),
         session: None,
     };
@@ -1344,7 +1349,13 @@ fn a_join_past_the_connection_bound_is_closed_with_1013() {
         "{actions:?}"
     );
     // One leaves: the next fits.
-    g.handle(Event::Message(T0, Inbound::Leave { conn: ConnId(1) }));
+    g.handle(Event::Message(
+        T0,
+        Inbound::Leave {
+            conn: ConnId(1),
+            clean: false,
+        },
+    ));
     join(&mut g, T0, 4);
     assert!(
         drain(&mut g)

@@ -36,7 +36,10 @@ fn traffic_for_an_absent_gathering_spawns_it_and_waits_in_order() {
     // A departure for a gathering that does not exist spawns nothing.
     h.handle(HallEvent::Route(
         id("b"),
-        Inbound::Leave { conn: ConnId(3) },
+        Inbound::Leave {
+            conn: ConnId(3),
+            clean: false,
+        },
     ));
     assert!(drain(&mut h).is_empty());
 }
@@ -80,7 +83,10 @@ fn a_failed_spawn_rejects_what_waited() {
     h.handle(HallEvent::Route(id("a"), join(1)));
     h.handle(HallEvent::Route(
         id("a"),
-        Inbound::Leave { conn: ConnId(1) },
+        Inbound::Leave {
+            conn: ConnId(1),
+            clean: false,
+        },
     ));
     drain(&mut h);
     h.handle(HallEvent::SpawnFailed(id("a")));
@@ -129,7 +135,10 @@ fn shutdown_turns_new_traffic_away_and_forgets_closed_gatherings() {
 
 #[test]
 fn a_departure_closed_by_dispersal_does_not_respawn_the_gathering() {
-    let leave = |c: u64| Inbound::Leave { conn: ConnId(c) };
+    let leave = |c: u64| Inbound::Leave {
+        conn: ConnId(c),
+        clean: false,
+    };
     let mut h = Hall::new();
     h.handle(HallEvent::Route(id("a"), join(1)));
     h.handle(HallEvent::Spawned(id("a")));

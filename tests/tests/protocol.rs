@@ -35,7 +35,7 @@ fn postcard_examples() {
 
 #[test]
 fn json_examples() {
-    let op = ClientMsg::Op {
+    let op = ClientMsg::<_>::Op {
         id: 7,
         op: TournamentOp::RegisterPlayer { name: "Ada".into() },
     };

@@ -34,6 +34,7 @@ struct Tags(Vec<(String, u64)>);
 impl App for Tags {
     const NAME: &'static str = "tags";
     type Op = TagOp;
+    type Presence = String;
     fn apply(&mut self, by: &Member, op: &TagOp) -> Result<(), Rejection> {
         match op {
             TagOp::Tag { tag } => {
@@ -45,7 +46,7 @@ impl App for Tags {
     }
 }
 
-type Server = ServerMsg<TagOp, Tags>;
+type Server = ServerMsg<TagOp, Tags, String>;
 
 const T0: Instant = Instant::from_millis(10_000);
 
@@ -59,6 +60,8 @@ struct Room {
     config: Config,
     /// Everything each connection was sent, decoded, and how it closed.
     sent: BTreeMap<u64, Vec<Server>>,
+    /// The presence messages each was sent.
+    presence: BTreeMap<u64, Vec<Server>>,
     closed: BTreeMap<u64, u16>,
     epochs: u64,
 }
@@ -82,6 +85,7 @@ impl Room {
             now: T0,
             config,
             sent: BTreeMap::new(),
+            presence: BTreeMap::new(),
             closed: BTreeMap::new(),
             epochs: 1000,
         }
@@ -93,7 +97,14 @@ impl Room {
             match action {
                 Action::Send { conn, frame, .. } => {
                     let msg = protocol::decode::<Server>(&frame).unwrap();
-                    self.sent.entry(conn.0).or_default().push(msg);
+                    // Presence is checked on its own.
+                    let to = match msg {
+                        ServerMsg::Presence { .. } | ServerMsg::PresenceDiff { .. } => {
+                            &mut self.presence
+                        }
+                        _ => &mut self.sent,
+                    };
+                    to.entry(conn.0).or_default().push(msg);
                 }
                 Action::Close { conn, code, .. } => {
                     assert!(self.closed.insert(conn.0, code).is_none(), "closed twice");
@@ -134,13 +145,33 @@ impl Room {
     }
 
     fn leave(&mut self, conn: u64) {
-        self.run(Event::Message(
-            self.now,
-            Inbound::Leave { conn: ConnId(conn) },
-        ));
+        self.leave_as(conn, false);
     }
 
-    fn send(&mut self, conn: u64, msg: ClientMsg<TagOp>) {
+    /// A leave; `clean` if the client closed with 1000.
+    fn leave_as(&mut self, conn: u64, clean: bool) {
+        let leave = Inbound::Leave {
+            conn: ConnId(conn),
+            clean,
+        };
+        self.run(Event::Message(self.now, leave));
+    }
+
+    /// The clock moves on by `ms`, ticking at every deadline on the way.
+    fn wait(&mut self, ms: u64) {
+        let end = self.now + Duration::from_millis(ms);
+        for _ in 0..1000 {
+            let Some(d) = self.g.next_deadline().filter(|d| d.at <= end) else {
+                break;
+            };
+            self.now = d.at.max(self.now);
+            self.run(Event::Tick(self.now));
+        }
+        self.now = end;
+        self.run(Event::Tick(end));
+    }
+
+    fn send(&mut self, conn: u64, msg: ClientMsg<TagOp, String>) {
         let frame = protocol::encode(&msg, Encoding::Json).unwrap();
         let inbound = Inbound::Frame {
             conn: ConnId(conn),
@@ -429,6 +460,131 @@ fn old_clients_see_no_session_message() {
     assert_eq!(snapshot.bytes, postcard::to_allocvec(room.g.app()).unwrap());
 }
 
+/// What a client knows of who is here: the whole map, then each diff.
+fn view(
+    msgs: &[Server],
+    mut seen: BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Option<String>> {
+    for msg in msgs {
+        match msg {
+            ServerMsg::Presence { members } => seen = members.clone(),
+            ServerMsg::PresenceDiff { joins, leaves } => {
+                for m in leaves {
+                    seen.remove(m);
+                }
+                seen.extend(joins.clone());
+            }
+            other => panic!("{other:?} among presence messages"),
+        }
+    }
+    seen
+}
+
+fn diffs(msgs: &[Server]) -> usize {
+    msgs.iter()
+        .filter(|m| matches!(m, ServerMsg::PresenceDiff { .. }))
+        .count()
+}
+
+#[test]
+fn presence_is_shown_coalesced_and_cleared() {
+    let mut room = Room::new(Config::default());
+    let ada = || Some(Member::new("Ada", "player"));
+    let bob = || Some(Member::new("Bob", "player"));
+    room.join_as(1, "a", None, None, ada());
+    room.join_as(2, "b", None, None, bob());
+    room.wait(60);
+    let mut seen_by_ada = view(&room.presence.remove(&1).unwrap(), BTreeMap::new());
+    let seen_by_bob = view(&room.presence.remove(&2).unwrap(), BTreeMap::new());
+    let both = BTreeMap::from([("Ada".to_string(), None), ("Bob".to_string(), None)]);
+    assert_eq!((&seen_by_ada, &seen_by_bob), (&both, &both));
+
+    // Ten updates within 50 ms: one diff, the latest data; not activity.
+    let idle = room.g.idle_deadline();
+    for i in 0..10 {
+        room.send(
+            2,
+            ClientMsg::Presence {
+                data: format!("typing {i}"),
+            },
+        );
+        room.wait(4);
+    }
+    room.wait(60);
+    assert_eq!(
+        room.g.idle_deadline(),
+        idle,
+        "presence kept the gathering alive"
+    );
+    let msgs = room.presence.remove(&1).unwrap();
+    assert!(diffs(&msgs) <= 2, "{msgs:?}");
+    seen_by_ada = view(&msgs, seen_by_ada);
+    assert_eq!(seen_by_ada["Bob"], Some("typing 9".into()));
+
+    // Lost without a close: held for the grace; back within it, no leave
+    // and no join.
+    room.leave(2);
+    room.wait(5_000);
+    room.join_as(3, "b", None, None, bob());
+    room.wait(60);
+    assert_eq!(
+        view(
+            &room.presence.remove(&1).unwrap_or_default(),
+            seen_by_ada.clone()
+        ),
+        seen_by_ada
+    );
+    assert_eq!(diffs(&room.presence.remove(&1).unwrap_or_default()), 0);
+    // Lost again, and gone: the leave comes once the grace is over.
+    room.leave(3);
+    room.wait(9_900);
+    assert!(room.presence.remove(&1).is_none(), "left before the grace");
+    room.wait(200);
+    seen_by_ada = view(&room.presence.remove(&1).unwrap(), seen_by_ada);
+    assert_eq!(seen_by_ada.keys().collect::<Vec<_>>(), ["Ada"]);
+    // A clean close (1000): the leave at once.
+    room.join_as(4, "b", None, None, bob());
+    room.wait(60);
+    seen_by_ada = view(&room.presence.remove(&1).unwrap(), seen_by_ada);
+    assert_eq!(seen_by_ada.len(), 2);
+    room.leave_as(4, true);
+    room.wait(60);
+    seen_by_ada = view(&room.presence.remove(&1).unwrap(), seen_by_ada);
+    assert_eq!(seen_by_ada.len(), 1);
+}
+
+#[test]
+fn presence_is_bounded_and_for_sessions_only() {
+    let mut room = Room::new(Config {
+        max_presence_bytes: 16,
+        ..Config::default()
+    });
+    room.join(1, "a", None, None);
+    room.send(
+        1,
+        ClientMsg::Presence {
+            data: "x".repeat(17),
+        },
+    );
+    assert_eq!(errors(&room.take(1)), [protocol::PRESENCE_TOO_LARGE]);
+    // A flood: past the rate, dropped and told.
+    for _ in 0..60 {
+        room.send(1, ClientMsg::Presence { data: "y".into() });
+    }
+    let refused = errors(&room.take(1));
+    assert_eq!(refused.len(), 10, "{refused:?}");
+    assert!(refused.iter().all(|c| c == protocol::RATE_LIMITED));
+    // Without a session: refused, and never sent presence.
+    room.run(Event::Message(
+        room.now,
+        Inbound::open_join(ConnId(2), Encoding::Json),
+    ));
+    room.send(2, ClientMsg::Presence { data: "z".into() });
+    assert_eq!(errors(&room.take(2)), [protocol::NO_SESSION]);
+    room.wait(100);
+    assert!(!room.presence.contains_key(&2));
+}
+
 /// One step of a random schedule.
 #[derive(Clone, Debug)]
 enum Step {
@@ -446,6 +602,8 @@ enum Step {
     Restart,
     /// The clock moves on (retries of forwards).
     Wait(u64),
+    /// Client `c` sets its presence.
+    Presence(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -457,6 +615,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Fail),
         1 => Just(Step::Restart),
         1 => (1..3000u64).prop_map(Step::Wait),
+        2 => (0..3usize).prop_map(Step::Presence),
     ]
 }
 
@@ -472,6 +631,9 @@ struct Client {
     /// Highest seq seen (forwards, acks and resyncs all move it on).
     seen: u64,
     epoch: u64,
+    /// Who it sees here, and its own presence as last set.
+    view: BTreeMap<String, Option<String>>,
+    data: Option<String>,
 }
 
 #[test]
@@ -523,6 +685,9 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                 Step::Persist => room.persist(),
                 Step::Fail => {
                     if !room.pending.is_empty() {
+                        for c in clients.iter_mut() {
+                            c.data = None;
+                        }
                         room.fail();
                         room.restart();
                         for (i, c) in clients.iter_mut().enumerate() {
@@ -531,6 +696,9 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                     }
                 }
                 Step::Restart => {
+                    for c in clients.iter_mut() {
+                        c.data = None;
+                    }
                     room.restart();
                     for (i, c) in clients.iter_mut().enumerate() {
                         join(&mut room, c, names[i], &mut next_conn);
@@ -540,12 +708,20 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                     room.now = room.now + Duration::from_millis(ms);
                     room.run(Event::Tick(room.now));
                 }
+                Step::Presence(c) => {
+                    next_tag += 1;
+                    let data = format!("p{next_tag}");
+                    clients[c].data = Some(data.clone());
+                    room.send(clients[c].conn, ClientMsg::Presence { data });
+                }
             }
             // What each client was sent, in order, as the client reads it.
             for client in clients.iter_mut() {
                 let mut msgs = Vec::new();
                 for conn in client.before.drain(..).chain([client.conn]) {
                     msgs.extend(room.take(conn));
+                    let presence = room.presence.remove(&conn).unwrap_or_default();
+                    client.view = view(&presence, std::mem::take(&mut client.view));
                 }
                 for msg in msgs {
                     match msg {
@@ -592,7 +768,10 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                                 "{code}"
                             );
                         }
-                        ServerMsg::State { .. } | ServerMsg::Dispersed { .. } => {}
+                        ServerMsg::State { .. }
+                        | ServerMsg::Dispersed { .. }
+                        | ServerMsg::Presence { .. }
+                        | ServerMsg::PresenceDiff { .. } => {}
                     }
                 }
             }
@@ -630,6 +809,19 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                     other => panic!("{other:?}"),
                 }
             }
+        }
+        // Presence converges: once a diff is due, each sees everyone with
+        // the presence each set last.
+        room.wait(100);
+        let everyone: BTreeMap<String, Option<String>> = clients
+            .iter()
+            .zip(names)
+            .map(|(c, name)| (name.to_string(), c.data.clone()))
+            .collect();
+        for client in clients.iter_mut() {
+            let presence = room.presence.remove(&client.conn).unwrap_or_default();
+            client.view = view(&presence, std::mem::take(&mut client.view));
+            assert_eq!(client.view, everyone, "presence did not converge");
         }
         let acked: usize = clients.iter().map(|c| c.acked.len()).sum();
         let sent: usize = clients.iter().map(|c| c.ops.len()).sum();

@@ -184,7 +184,7 @@ impl<R: Runtime> Task<R> {
                     (Inbound::Join { conn: id, .. }, Some(conn)) => {
                         self.conns.insert(*id, conn);
                     }
-                    (Inbound::Leave { conn }, _) => {
+                    (Inbound::Leave { conn, .. }, _) => {
                         self.conns.remove(*conn);
                     }
                     (Inbound::Frame { conn, .. }, _) => {

@@ -56,6 +56,7 @@
 //! impl App for Tally {
 //!     const NAME: &'static str = "tally";
 //!     type Op = ();
+//!     type Presence = ();
 //!     fn apply(&mut self, _by: &Member, _op: &()) -> Result<(), Rejection> {
 //!         self.0 += 1;
 //!         Ok(())

@@ -218,7 +218,7 @@ impl<A: App> Gathering<A> {
         {
             let (_, code, reason) = limit.close();
             let now = self.now;
-            self.drop_conn(now, origin);
+            self.drop_conn(now, origin, false);
             self.actions.push_back(Action::Close {
                 conn: origin,
                 code,

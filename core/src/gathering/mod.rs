@@ -6,6 +6,7 @@
 //! the state, its life (idle, empty, dispersal) and its deadlines.
 
 mod commits;
+mod presence;
 mod replies;
 mod requests;
 mod sessions;
@@ -164,7 +165,7 @@ pub struct Gathering<A: App> {
     epoch: u64,
     /// Its sessions, from the first join with one (or a snapshot holding
     /// some) on. Boxed: a gathering without sessions pays a pointer.
-    sessions: Option<Box<Sessions>>,
+    sessions: Option<Box<Sessions<A::Presence>>>,
 }
 
 impl<A: App> fmt::Debug for Gathering<A> {
@@ -448,7 +449,9 @@ impl<A: App> Gathering<A> {
         };
         let pending = |best: Deadline| {
             let best = earliest(best, self.retry_due, Why::Retry);
-            earliest(best, self.flush_at, Why::Flush)
+            let best = earliest(best, self.flush_at, Why::Flush);
+            let presence = self.sessions.as_ref().and_then(|s| s.presence.deadline());
+            earliest(best, presence, Why::Presence)
         };
         match self.phase {
             Phase::Live => {
@@ -486,6 +489,9 @@ impl<A: App> Gathering<A> {
             && self.retry_due.is_some_and(|at| at <= now)
         {
             self.resend_due(now);
+        }
+        if matches!(self.phase, Phase::Live | Phase::Asking(_)) {
+            self.flush_presence(now);
         }
         if self.phase != Phase::Live {
             return;

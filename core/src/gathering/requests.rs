@@ -103,9 +103,10 @@ impl<A: App> Gathering<A> {
                 }
                 if let (Some(join), Some(member)) = (session, member) {
                     self.welcome(now, conn, encoding, &member, &join);
+                    self.present(now, conn, encoding, &member.id);
                 }
             }
-            Inbound::Leave { conn } => self.drop_conn(now, conn),
+            Inbound::Leave { conn, clean } => self.drop_conn(now, conn, clean),
             Inbound::Frame {
                 conn,
                 frame,
@@ -115,10 +116,17 @@ impl<A: App> Gathering<A> {
         }
     }
 
-    /// Forgets connection `conn` (gone, or closed by the gathering).
-    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
-        if let Some(sessions) = &mut self.sessions {
+    /// Forgets connection `conn` (gone, or closed by the gathering; `clean`
+    /// if its client closed it).
+    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId, clean: bool) {
+        if let Some(sessions) = &mut self.sessions
+            && sessions.of(conn).is_some()
+        {
             sessions.detach(conn);
+            let member = self.conns.get(conn).and_then(|c| c.member.clone());
+            if let Some(member) = member {
+                self.absent(now, &member.id, clean);
+            }
         }
         if self.conns.remove(conn).is_some() && self.conns.is_empty() {
             self.empty_since = Some(now);
@@ -147,7 +155,7 @@ impl<A: App> Gathering<A> {
             c.retry_at = None;
             return;
         }
-        self.drop_conn(now, conn);
+        self.drop_conn(now, conn, false);
         close_at_limit(&mut self.actions, conn, counted, code, reason);
     }
 
@@ -163,7 +171,7 @@ impl<A: App> Gathering<A> {
         if let Some(c) = self.conns.get_mut(conn) {
             c.encoding = encoding;
         }
-        let msg = match protocol::decode::<ClientMsg<A::Op>>(frame) {
+        let msg = match protocol::decode::<ClientMsg<A::Op, A::Presence>>(frame) {
             Ok(msg) => msg,
             Err(e) => {
                 // Garbage is answered but is not activity: it must not keep a
@@ -179,6 +187,13 @@ impl<A: App> Gathering<A> {
                 return;
             }
         };
+        if let ClientMsg::Presence { data } = msg {
+            // Not activity: presence alone never keeps a gathering alive.
+            let member = self.conns.get(conn).and_then(|c| c.member.clone());
+            let member = member.as_ref().map(|m| m.id.as_str());
+            self.set_presence(now, conn, encoding, member, data, frame);
+            return;
+        }
         self.last_activity = now;
         match msg {
             ClientMsg::Op { id, .. } | ClientMsg::Fetch { id } if self.broken => refuse(
@@ -275,6 +290,7 @@ impl<A: App> Gathering<A> {
                     c.ack(seq, self.config.retry_interval);
                 }
             }
+            ClientMsg::Presence { .. } => {}
         }
     }
 

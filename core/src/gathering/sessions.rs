@@ -9,14 +9,16 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::presence::Presence;
 use crate::commit::LogEntry;
 use crate::config::SESSION_RECENT_OPS;
 use crate::protocol::Frame;
 use crate::{ConnId, ConnMap, SessionId};
 
-/// Every session a gathering remembers, and what goes with them.
-#[derive(Debug, Default)]
-pub(super) struct Sessions {
+/// Every session a gathering remembers, and what goes with them: `P` is
+/// the app's presence.
+#[derive(Debug)]
+pub(super) struct Sessions<P> {
     /// By name: an ordered map, so that snapshots list them in one order.
     table: BTreeMap<SessionId, Remembered>,
     /// The session each connection joined with.
@@ -37,6 +39,24 @@ pub(super) struct Sessions {
     pub echoes: Vec<(u64, ConnId, u64)>,
     /// Connections resynced with a state that holds ops not yet durable.
     pub resyncs: Vec<Resync>,
+    /// Who is here.
+    pub presence: Presence<P>,
+}
+
+impl<P> Default for Sessions<P> {
+    fn default() -> Self {
+        Sessions {
+            table: BTreeMap::new(),
+            conns: ConnMap::default(),
+            clock: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            epoch_saved: false,
+            echoes: Vec::new(),
+            resyncs: Vec::new(),
+            presence: Presence::default(),
+        }
+    }
 }
 
 /// A `resync` whose state holds ops not yet durable: sent once they are
@@ -96,7 +116,7 @@ struct Saved {
     sessions: Vec<SavedSession>,
 }
 
-impl Sessions {
+impl<P> Sessions<P> {
     /// The member `session` belongs to, if it is remembered.
     pub fn owner(&self, session: &SessionId) -> Option<&str> {
         self.table.get(session).map(|r| r.member.as_str())
@@ -105,6 +125,11 @@ impl Sessions {
     /// The session connection `conn` joined with.
     pub fn of(&self, conn: ConnId) -> Option<&SessionId> {
         self.conns.get(conn)
+    }
+
+    /// The presence, and the connections that joined with a session.
+    pub fn presence_and_conns(&mut self) -> (&mut Presence<P>, &ConnMap<SessionId>) {
+        (&mut self.presence, &self.conns)
     }
 
     /// Connection `conn` carries `session` of `member` from now on;
@@ -305,7 +330,7 @@ mod tests {
 
     #[test]
     fn an_op_is_fresh_applied_or_stale_and_the_oldest_session_goes_first() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::<()>::default();
         assert_eq!(sessions.seen(&s("a"), 1), Seen::Fresh);
         for id in 1..=300 {
             sessions.applied(&s("a"), "Ada", id * 2, id + 1000, 2);
@@ -321,7 +346,7 @@ mod tests {
         assert_eq!(sessions.owner(&s("a")), Some("Ada"));
 
         let bytes = sessions.save(77).unwrap();
-        let (loaded, epoch) = Sessions::load(&bytes).unwrap();
+        let (loaded, epoch) = Sessions::<()>::load(&bytes).unwrap();
         assert_eq!(epoch, 77);
         assert_eq!(loaded.seen(&s("a"), 700), Seen::Applied(2000));
         assert_eq!(loaded.seen(&s("a"), 88), Seen::Stale);
@@ -332,7 +357,7 @@ mod tests {
 
     #[test]
     fn history_serves_a_range_only_when_it_holds_all_of_it() {
-        let mut sessions = Sessions::default();
+        let mut sessions = Sessions::<()>::default();
         for seq in 1..=10 {
             let entry = LogEntry {
                 seq,
@@ -340,7 +365,7 @@ mod tests {
             };
             sessions.logged(entry, 5, 1000);
         }
-        fn seqs(sessions: &Sessions, since: u64, upto: u64) -> Option<Vec<u64>> {
+        fn seqs(sessions: &Sessions<()>, since: u64, upto: u64) -> Option<Vec<u64>> {
             sessions
                 .history(since, upto)
                 .map(|h| h.map(|e| e.seq).collect())

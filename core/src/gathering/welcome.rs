@@ -55,9 +55,13 @@ impl<A: App> Gathering<A> {
         let replaced = sessions.attach(conn, &join.session, &member.id, max);
         let last_op = sessions.last_op(&join.session);
         if let Some(old) = replaced
-            && self.conns.remove(old).is_some()
+            && let Some(c) = self.conns.remove(old)
         {
             sessions.detach(old);
+            // Its member stays present: the new connection is its own.
+            if let Some(m) = c.member {
+                self.absent(now, &m.id, false);
+            }
             self.actions.push_back(Action::Close {
                 conn: old,
                 code: CLOSE_SESSION_MOVED,

@@ -106,10 +106,12 @@ pub fn serve(
             Some(outbox.clone()),
         );
         if shared.hall.send(join).await.is_ok() {
-            pump(&mut socket, &mut queue, conn, &mut ends, &id, &shared).await;
+            let mut clean = false;
+            let io = (&mut socket, &mut queue);
+            pump(io, conn, &mut ends, &id, &shared, &mut clean).await;
             let _ = shared
                 .hall
-                .send(HallMail::Route(id, Inbound::Leave { conn }, None))
+                .send(HallMail::Route(id, Inbound::Leave { conn, clean }, None))
                 .await;
         } else {
             Box::pin(closing(
@@ -133,13 +135,16 @@ pub fn serve(
 /// their way to the gathering or waiting to be written: each may bring a
 /// reply, and a client that sends faster than it reads must not make its
 /// queue overflow.
+///
+/// `clean` is set when the client closed with 1000 (a session's member then
+/// leaves the presence at once).
 async fn pump(
-    socket: &mut Socket,
-    queue: &mut Queue,
+    (socket, queue): (&mut Socket, &mut Queue),
     conn: ConnId,
     ends: &mut Ends,
     id: &GatheringId,
     shared: &Front,
+    clean: &mut bool,
 ) {
     let gate = queue.gate();
     // Bytes of pongs the WebSocket layer holds unwritten, counted in the
@@ -209,7 +214,8 @@ async fn pump(
                 let frame = match msg {
                     Message::Text(text) => Frame::Text(text.as_str().into()),
                     Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
-                    Message::Close(_) => {
+                    Message::Close(frame) => {
+                        *clean = frame.is_some_and(|f| f.code == CloseCode::Normal);
                         // The WebSocket layer queued the answer; send it.
                         let _ = tokio::time::timeout(CLOSE_BOUND, socket.flush()).await;
                         return;

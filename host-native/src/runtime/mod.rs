@@ -28,9 +28,9 @@ use timer::Timers;
 
 /// An application the native host runs: its state and ops move between
 /// the runtime's threads. Every `App` whose types are `Send` is one.
-pub trait NativeApp: App<Op: Send> + Send {}
+pub trait NativeApp: App<Op: Send, Presence: Send> + Send {}
 
-impl<A: App<Op: Send> + Send> NativeApp for A {}
+impl<A: App<Op: Send, Presence: Send> + Send> NativeApp for A {}
 
 /// State shared by every task of one server.
 pub(crate) struct Shared<A: NativeApp> {
