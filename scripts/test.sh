@@ -63,5 +63,6 @@ BENCH_SMOKE=1 cargo bench -p gathering-tests --bench bookkeeping --profile dev -
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench fetch --profile dev --locked
 BENCH_SMOKE=1 cargo bench -p gathering-native --bench auth --profile dev --locked
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench limits --profile dev --locked
+BENCH_SMOKE=1 cargo bench -p gathering-tests --bench sessions --profile dev --locked
 RUST_LOG=warn target/debug/gathering-load all --smoke
 node tests/browser/bench.mjs --smoke target/debug/gathering-server

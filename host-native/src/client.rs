@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{self, Encoding, Frame};
-use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg};
+use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg, SessionId};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -176,13 +176,36 @@ impl<A: App> Client<A> {
         encoding: Encoding,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::open(base, id, encoding, token, None).await
+    }
+
+    /// [`Client::connect`] with `session`: its ops apply exactly once, and
+    /// it is welcomed (the `welcome`, `resync` and presence messages are
+    /// read past; this client does not yet resume or retry by itself).
+    pub async fn connect_session(
+        base: &str,
+        id: &GatheringId,
+        encoding: Encoding,
+        session: &SessionId,
+    ) -> Result<Self, ClientError> {
+        Self::open(base, id, encoding, None, Some(session)).await
+    }
+
+    async fn open(
+        base: &str,
+        id: &GatheringId,
+        encoding: Encoding,
+        token: Option<&str>,
+        session: Option<&SessionId>,
+    ) -> Result<Self, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let query = match encoding {
             Encoding::Json => "json",
             Encoding::Postcard => "postcard",
         };
+        let session = session.map_or(String::new(), |s| format!("&session={s}"));
         let url = format!(
-            "{}/gatherings/{id}?encoding={query}",
+            "{}/gatherings/{id}?encoding={query}{session}",
             base.trim_end_matches('/')
         );
         let mut request = url
@@ -353,7 +376,7 @@ impl<A: App> Client<A> {
 
     /// Reads the next raw server message, answers included. Before it
     /// waits, it writes what was queued (the answer may depend on it).
-    pub async fn read(&mut self) -> Result<ServerMsg<A::Op, A>, ClientError> {
+    pub async fn read(&mut self) -> Result<ServerMsg<A::Op, A, A::Presence>, ClientError> {
         loop {
             let next = match self.ws.next().now_or_never() {
                 Some(next) => next,
@@ -397,7 +420,10 @@ impl<A: App> Client<A> {
 
     /// Like `stash`, for a caller waiting for an answer: the end of the
     /// session is an error there, because the answer will never come.
-    async fn stash_or_end(&mut self, msg: ServerMsg<A::Op, A>) -> Result<(), ClientError> {
+    async fn stash_or_end(
+        &mut self,
+        msg: ServerMsg<A::Op, A, A::Presence>,
+    ) -> Result<(), ClientError> {
         self.stash(msg).await?;
         match self.ended {
             Some(reason) => Err(ClientError::Dispersed(reason)),
@@ -405,7 +431,7 @@ impl<A: App> Client<A> {
         }
     }
 
-    async fn stash(&mut self, msg: ServerMsg<A::Op, A>) -> Result<(), ClientError> {
+    async fn stash(&mut self, msg: ServerMsg<A::Op, A, A::Presence>) -> Result<(), ClientError> {
         match msg {
             ServerMsg::Forward { seq, op } => {
                 self.owe_ack(seq).await?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::measure::{id, rss_of};
+use crate::measure::{SESSIONS, id, join, rss_of};
 use crate::servers::ChildServer;
 use gathering_core::Encoding;
 use gathering_core::tournament::Tournament;
@@ -21,18 +21,20 @@ pub(crate) async fn connections(smoke: bool) {
     let before = rss_of(pid);
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
-        let mut c: Client<Tournament> =
-            Client::connect(&url, &id(&format!("c{i}")), Encoding::Postcard)
-                .await
-                .unwrap();
+        let mut c = join(&url, &id(&format!("c{i}"))).await;
         // The answer proves the gathering is live and holds the connection.
         c.fetch().await.unwrap();
         clients.push(c);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_of(pid);
+    let sessions = if SESSIONS.load(std::sync::atomic::Ordering::Relaxed) {
+        " with a session"
+    } else {
+        ""
+    };
     println!(
-        "\n== connections: {n} idle gatherings holding one WebSocket each, gathering-server process RSS"
+        "\n== connections: {n} idle gatherings holding one WebSocket each{sessions}, gathering-server process RSS"
     );
     println!(
         "RSS before {:.1} MiB, after {:.1} MiB: {:.0} B per gathering with its connection",

@@ -80,6 +80,9 @@ struct Args {
     /// the size as its extension.
     #[arg(long, global = true)]
     lateness_out: Option<PathBuf>,
+    /// `sustained` and `connections`: every client joins with a session.
+    #[arg(long, global = true)]
+    sessions: bool,
     #[command(subcommand)]
     what: What,
 }
@@ -109,6 +112,7 @@ enum What {
 
 fn main() {
     let args = Args::parse();
+    measure::SESSIONS.store(args.sessions, std::sync::atomic::Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use gathering_core::tournament::{Tournament, TournamentOp};
-use gathering_core::{Encoding, GatheringId};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use gathering_core::{Encoding, GatheringId, SessionId};
 use gathering_native::client::Client;
 
 pub(crate) fn id(s: &str) -> GatheringId {
@@ -110,9 +112,7 @@ pub(crate) async fn tournament_clients(
     for gi in 0..g {
         let gid = id(&format!("{prefix}{gi}"));
         for ci in 0..c {
-            let mut client: Client<Tournament> = Client::connect(url, &gid, Encoding::Postcard)
-                .await
-                .unwrap();
+            let mut client = join(url, &gid).await;
             if ci == 0 {
                 for name in ["a", "b"] {
                     client
@@ -126,4 +126,21 @@ pub(crate) async fn tournament_clients(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     clients
+}
+
+/// Whether clients join with a session (`--sessions`).
+pub(crate) static SESSIONS: AtomicBool = AtomicBool::new(false);
+
+/// A postcard client of gathering `gid`; with `--sessions`, joined with a
+/// session of its own.
+pub(crate) async fn join(url: &str, gid: &GatheringId) -> Client<Tournament> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if SESSIONS.load(Ordering::Relaxed) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let session = SessionId::parse(&format!("k{n}")).unwrap();
+        return Client::connect_session(url, gid, Encoding::Postcard, &session)
+            .await
+            .unwrap();
+    }
+    Client::connect(url, gid, Encoding::Postcard).await.unwrap()
 }

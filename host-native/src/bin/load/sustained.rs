@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::measure::{a_beats_b, id, quantile, sorted, tournament_clients};
+use crate::measure::{SESSIONS, a_beats_b, id, join, quantile, sorted, tournament_clients};
 use crate::servers::ChildServer;
-use gathering_core::Encoding;
 use gathering_core::tournament::{Tournament, TournamentOp};
 use gathering_native::client::{Client, Reply};
 
@@ -27,9 +26,7 @@ pub(crate) struct Seen {
 /// from nothing again, and its peers follow as their ops are refused too.
 pub(crate) async fn roll_over(url: &str, gi: usize, generation: u64) -> Client<Tournament> {
     let gid = id(&format!("s{gi}-{generation}"));
-    let mut client: Client<Tournament> = Client::connect(url, &gid, Encoding::Postcard)
-        .await
-        .unwrap();
+    let mut client = join(url, &gid).await;
     for name in ["a", "b"] {
         // The first of the peers here registers them; the rest are told so.
         let _ = client
@@ -56,8 +53,13 @@ pub(crate) async fn sustained(smoke: bool, seconds: u64, bucket: u64, shapes: &[
             })
             .collect()
     };
+    let sessions = if SESSIONS.load(std::sync::atomic::Ordering::Relaxed) {
+        ", each client with a session"
+    } else {
+        ""
+    };
     println!(
-        "\n== sustained: {secs} s of record_result against a gathering-server process (state grows: every result is kept), postcard"
+        "\n== sustained: {secs} s of record_result against a gathering-server process (state grows: every result is kept), postcard{sessions}"
     );
     for &(g, c) in &shapes {
         for window in [1usize, 16] {
