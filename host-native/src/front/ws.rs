@@ -67,25 +67,13 @@ pub fn serve(
     // Taken apart here, not in the task: what a task captures stays in it
     // for its whole life. Open (no authenticator), the gathering names the
     // member after the connection, and only if it acts.
-    let Joining {
-        admission,
-        session,
-        refused,
-    } = joining;
-    let session_id = session.as_ref().map(|s| s.session.clone());
-    let mut ends = Ends::of(admission, session_id, shared.ping_interval);
+    // Everything a session or a refusal adds lives in `ends`' box: what
+    // the task captures is what every idle connection holds.
+    let mut ends = Ends::of(joining, shared.ping_interval);
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
-        if let Some(refusal) = refused {
-            let (code, reason) = match &refusal {
-                Refusal::Unauthorized(why) => (CLOSE_UNAUTHORIZED, why),
-                Refusal::Forbidden(why) => (CLOSE_FORBIDDEN, why),
-            };
-            let close = Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: close_reason(reason).into(),
-            }));
+        if let Some(close) = ends.refusal() {
             let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
             return;
         }
@@ -101,14 +89,13 @@ pub fn serve(
                 conn,
                 encoding,
                 member: ends.member(),
-                session,
+                session: ends.take_join(),
             },
             Some(outbox.clone()),
         );
         if shared.hall.send(join).await.is_ok() {
-            let mut clean = false;
-            let io = (&mut socket, &mut queue);
-            pump(io, conn, &mut ends, &id, &shared, &mut clean).await;
+            pump(&mut socket, &mut queue, conn, &mut ends, &id, &shared).await;
+            let clean = ends.clean();
             let _ = shared
                 .hall
                 .send(HallMail::Route(id, Inbound::Leave { conn, clean }, None))
@@ -135,16 +122,13 @@ pub fn serve(
 /// their way to the gathering or waiting to be written: each may bring a
 /// reply, and a client that sends faster than it reads must not make its
 /// queue overflow.
-///
-/// `clean` is set when the client closed with 1000 (a session's member then
-/// leaves the presence at once).
 async fn pump(
-    (socket, queue): (&mut Socket, &mut Queue),
+    socket: &mut Socket,
+    queue: &mut Queue,
     conn: ConnId,
     ends: &mut Ends,
     id: &GatheringId,
     shared: &Front,
-    clean: &mut bool,
 ) {
     let gate = queue.gate();
     // Bytes of pongs the WebSocket layer holds unwritten, counted in the
@@ -215,7 +199,7 @@ async fn pump(
                     Message::Text(text) => Frame::Text(text.as_str().into()),
                     Message::Binary(bytes) => Frame::Binary(bytes.as_ref().into()),
                     Message::Close(frame) => {
-                        *clean = frame.is_some_and(|f| f.code == CloseCode::Normal);
+                        ends.closed(frame.is_some_and(|f| f.code == CloseCode::Normal));
                         // The WebSocket layer queued the answer; send it.
                         let _ = tokio::time::timeout(CLOSE_BOUND, socket.flush()).await;
                         return;
@@ -265,12 +249,16 @@ async fn pump(
 struct Ends(Option<Box<Admitted>>);
 
 /// An authenticated connection's member, and its token's expiry; its
-/// session, and whether its client still answers.
+/// session (the join's, until sent), whether its client still answers,
+/// and whether it closed cleanly; or why it was refused.
 struct Admitted {
     member: Option<SharedMember>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    join: Option<Box<SessionJoin>>,
     session: Option<SessionId>,
     live: Option<Liveness>,
+    clean: bool,
+    refused: Option<Refusal>,
 }
 
 /// A session connection's liveness: when anything last arrived from it,
@@ -294,8 +282,13 @@ enum Due {
 
 impl Ends {
     /// Nothing allocated for an open server's connection without a session.
-    fn of(admission: Option<Admission>, session: Option<SessionId>, ping: Duration) -> Self {
-        if admission.is_none() && session.is_none() {
+    fn of(joining: Joining, ping: Duration) -> Self {
+        let Joining {
+            admission,
+            session,
+            refused,
+        } = joining;
+        if admission.is_none() && session.is_none() && refused.is_none() {
             return Ends(None);
         }
         // Only a session's connection is pinged: one without sees today's
@@ -321,9 +314,43 @@ impl Ends {
         Ends(Some(Box::new(Admitted {
             member,
             expiry,
-            session,
+            session: session.as_ref().map(|s| s.session.clone()),
+            join: session,
             live,
+            clean: false,
+            refused,
         })))
+    }
+
+    /// The close frame of a refused join (4401 or 4403 and why).
+    fn refusal(&mut self) -> Option<Message> {
+        let refusal = self.0.as_mut()?.refused.take()?;
+        let (code, reason) = match &refusal {
+            Refusal::Unauthorized(why) => (CLOSE_UNAUTHORIZED, why),
+            Refusal::Forbidden(why) => (CLOSE_FORBIDDEN, why),
+        };
+        Some(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: close_reason(reason).into(),
+        })))
+    }
+
+    /// The session the join carries, once.
+    fn take_join(&mut self) -> Option<Box<SessionJoin>> {
+        self.0.as_mut()?.join.take()
+    }
+
+    /// The client closed, with 1000 if `clean`.
+    fn closed(&mut self, clean: bool) {
+        if let Some(a) = self.0.as_mut() {
+            a.clean = clean;
+        }
+    }
+
+    /// Whether the client closed with 1000 (known of a session's
+    /// connection, the only one it matters to).
+    fn clean(&self) -> bool {
+        self.0.as_ref().is_some_and(|a| a.clean)
     }
 
     /// Something arrived from the client.
