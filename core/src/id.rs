@@ -90,8 +90,11 @@ impl fmt::Debug for GatheringId {
 /// the client and kept for the life of that client instance. A gathering
 /// remembers which ops each session applied (so a retried op applies once)
 /// and which member it belongs to.
+///
+/// One thin pointer (an `Arc<String>`, not an `Arc<str>`): every frame of a
+/// session's connection carries one to its gathering.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SessionId(Arc<str>);
+pub struct SessionId(Arc<String>);
 
 /// Why a string is not a valid [`SessionId`]: what [`IdError`] says of a
 /// gathering id, said of a session.
@@ -112,7 +115,7 @@ impl SessionId {
     /// Validates `s` as a session.
     pub fn parse(s: &str) -> Result<Self, SessionIdError> {
         validate(s).map_err(SessionIdError)?;
-        Ok(SessionId(Arc::from(s)))
+        Ok(SessionId(Arc::new(s.to_owned())))
     }
 
     /// The session as text.
@@ -129,7 +132,7 @@ impl fmt::Display for SessionId {
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
+        write!(f, "{:?}", self.0.as_str())
     }
 }
 
