@@ -26,11 +26,7 @@ fn spawn_server(dir: &Path) -> (Child, String) {
 
 /// The same, with more arguments.
 fn spawn_server_with(dir: &Path, args: &[&str]) -> (Child, String) {
-    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
-    let mut all = vec!["--idle-timeout", "60s"];
-    all.extend_from_slice(args);
-    let (child, addr) = common::spawn(exe, dir, &all);
-    (child, format!("ws://{addr}"))
+    common::server(dir, args)
 }
 
 /// Sends SIGTERM, as a service manager stops the server.

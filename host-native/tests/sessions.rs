@@ -25,11 +25,8 @@ fn spawn_server(dir: &Path) -> (Killed, String) {
 }
 
 fn spawn_server_with(dir: &Path, args: &[&str]) -> (Killed, String) {
-    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
-    let mut all = vec!["--idle-timeout", "60s"];
-    all.extend_from_slice(args);
-    let (child, addr) = common::spawn(exe, dir, &all);
-    (Killed(child), format!("ws://{addr}"))
+    let (child, url) = common::server(dir, args);
+    (Killed(child), url)
 }
 
 /// A child process killed when dropped, so that a failing test leaves

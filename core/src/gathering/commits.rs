@@ -86,10 +86,7 @@ impl<A: App> Gathering<A> {
             .map(|s| std::mem::take(&mut s.echoes))
             .unwrap_or_default();
         for (_, conn, id) in echoes {
-            let encoding = self
-                .conns
-                .get(conn)
-                .map_or_else(Encoding::default, |c| c.encoding);
+            let encoding = self.encoding_of(conn);
             refuse(
                 &mut self.actions,
                 conn,
@@ -137,6 +134,13 @@ impl<A: App> Gathering<A> {
         self.durable = self.durable.max(seq.min(self.submitted));
         self.release(now);
         self.try_finish();
+    }
+
+    /// The encoding `conn` speaks (JSON if it is gone).
+    fn encoding_of(&self, conn: ConnId) -> Encoding {
+        self.conns
+            .get(conn)
+            .map_or_else(Encoding::default, |c| c.encoding)
     }
 
     /// One op of `origin` no longer waits for its commit (acked or
@@ -191,10 +195,7 @@ impl<A: App> Gathering<A> {
                     .partition(|&(seq, _, _)| seq <= durable);
                 sessions.echoes = later;
                 for (seq, conn, id) in due {
-                    let encoding = self
-                        .conns
-                        .get(conn)
-                        .map_or_else(Encoding::default, |c| c.encoding);
+                    let encoding = self.encoding_of(conn);
                     reply(
                         &mut self.actions,
                         conn,

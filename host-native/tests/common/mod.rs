@@ -43,6 +43,17 @@ pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr,
     (child, addr, admin)
 }
 
+/// Starts this package's `gathering-server` on a free port, its data in
+/// `dir`, idle timeout 60 s, then `args`; returns the child and its
+/// `ws://` address.
+pub fn server(dir: &Path, args: &[&str]) -> (Child, String) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
+    let mut all = vec!["--idle-timeout", "60s"];
+    all.extend_from_slice(args);
+    let (child, addr) = spawn(exe, dir, &all);
+    (child, format!("ws://{addr}"))
+}
+
 /// The value of ` name` in a log line.
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split(&format!(" {name}"))
