@@ -11,8 +11,8 @@ use std::sync::Arc;
 use gathering_core::protocol::{self, CLOSE_FORBIDDEN, CLOSE_POLICY, CLOSE_SESSION_MOVED};
 use gathering_core::{
     Action, App, ClientMsg, Commit, Config, ConnId, Duration, Encoding, Event, Gathering,
-    GatheringId, Inbound, Instant, Loaded, Member, Rejection, ServerMsg, SessionId, SessionJoin,
-    Verdict, wire_enum,
+    GatheringId, Inbound, Instant, Loaded, Member, Phase, Rejection, ServerMsg, SessionId,
+    SessionJoin, Verdict, wire_enum,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -604,6 +604,9 @@ enum Step {
     Wait(u64),
     /// Client `c` sets its presence.
     Presence(usize),
+    /// The host wants room: the gathering disperses (evicted), its
+    /// successor loads what it wrote.
+    Evict,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -616,6 +619,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Restart),
         1 => (1..3000u64).prop_map(Step::Wait),
         2 => (0..3usize).prop_map(Step::Presence),
+        1 => Just(Step::Evict),
     ]
 }
 
@@ -642,6 +646,8 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
         resume_ops: 16,
         snapshot_ops: 5,
         retry_interval: Duration::from_millis(500),
+        // Waits of up to 3 s make some gatherings disperse idle.
+        idle_timeout: Duration::from_secs(4),
         ..Config::default()
     };
     let strategy = proptest::collection::vec(step(), 1..150);
@@ -708,11 +714,27 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
                     room.now = room.now + Duration::from_millis(ms);
                     room.run(Event::Tick(room.now));
                 }
+                Step::Evict => room.run(Event::Evict(room.now)),
                 Step::Presence(c) => {
                     next_tag += 1;
                     let data = format!("p{next_tag}");
                     clients[c].data = Some(data.clone());
                     room.send(clients[c].conn, ClientMsg::Presence { data });
+                }
+            }
+            // A dispersal (idle or evicted) writes its final state; its
+            // successor loads it, and the clients join it again.
+            if matches!(room.g.phase(), Phase::Closing(_)) {
+                room.persist();
+            }
+            if matches!(room.g.phase(), Phase::Dispersed(_)) {
+                counts.bump("dispersals");
+                for c in clients.iter_mut() {
+                    c.data = None;
+                }
+                room.restart();
+                for (i, c) in clients.iter_mut().enumerate() {
+                    join(&mut room, c, names[i], &mut next_conn);
                 }
             }
             // What each client was sent, in order, as the client reads it.
@@ -849,5 +871,6 @@ fn ops_apply_exactly_once_and_resumes_have_no_gap_over_random_schedules() {
         ("acked again", 100),
         ("not durable", 10),
         ("stale", 1),
+        ("dispersals", 100),
     ]);
 }
