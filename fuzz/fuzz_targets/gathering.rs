@@ -10,14 +10,14 @@
 use std::collections::VecDeque;
 
 use gathering_core::protocol::{self, Frame};
-use gathering_core::tournament::{Tournament, TournamentOp};
+use gathering_core::tournament::{Tournament, TournamentOp, TournamentPresence};
 use gathering_core::{
     Action, ClientMsg, Config, ConnId, Duration, Encoding, Event, Gathering, GatheringId, Inbound,
-    Instant, Phase, ServerMsg, Verdict,
+    Instant, Phase, ServerMsg, SessionId, SessionJoin, Verdict,
 };
 use libfuzzer_sys::fuzz_target;
 
-type Server = ServerMsg<TournamentOp, Tournament>;
+type Server = ServerMsg<TournamentOp, Tournament, TournamentPresence>;
 
 struct Run {
     g: Gathering<Tournament>,
@@ -41,7 +41,11 @@ impl Run {
                 Action::Send { frame, .. } => {
                     assert!(!self.ended, "a send after the end");
                     match protocol::decode::<Server>(&frame).expect("server frames decode") {
-                        ServerMsg::Ack { seq, .. } | ServerMsg::Forward { seq, .. } => {
+                        // A client is never shown an op a crash could take back.
+                        ServerMsg::Ack { seq, .. }
+                        | ServerMsg::Forward { seq, .. }
+                        | ServerMsg::Welcome { seq, .. }
+                        | ServerMsg::Resync { seq, .. } => {
                             assert!(
                                 seq <= self.durable,
                                 "op {seq} out before durable {}",
@@ -126,6 +130,12 @@ fuzz_target!(|data: &[u8]| {
         // Read by the host's hall, not the gathering.
         max_gatherings: u32::MAX,
         overlap_commits: overlap,
+        // Small too: sessions forgotten, history outrun, presence refused.
+        max_sessions: 2,
+        resume_ops: 4,
+        resume_bytes: 256,
+        max_presence_bytes: 32,
+        presence_grace: Duration::from_secs(1),
     };
     let now = Instant::from_millis(1_000);
     let id = GatheringId::parse("fuzz").expect("a valid id");
@@ -144,15 +154,33 @@ fuzz_target!(|data: &[u8]| {
         let (what, arg) = (pair[0], pair[1]);
         let conn = ConnId(u64::from(arg % 4));
         match what % 13 {
-            0 => run.message(Inbound::open_join(
-                conn,
-                if arg & 0x80 == 0 {
+            0 => {
+                let encoding = if arg & 0x80 == 0 {
                     Encoding::Json
                 } else {
                     Encoding::Postcard
-                },
-            )),
-            1 => run.message(Inbound::Leave { conn }),
+                };
+                // Half the joins with one of three sessions, resuming from
+                // a seq of one of two epochs.
+                let session = (arg & 0x40 != 0).then(|| {
+                    Box::new(SessionJoin {
+                        session: SessionId::parse(["s0", "s1", "s2"][usize::from(arg % 3)])
+                            .expect("a valid session"),
+                        since: (arg & 0x20 != 0).then_some(u64::from(arg % 8)),
+                        epoch: Some(u64::from(arg & 0x10 != 0) + 1),
+                    })
+                });
+                run.message(Inbound::Join {
+                    conn,
+                    encoding,
+                    member: None,
+                    session,
+                })
+            }
+            1 => run.message(Inbound::Leave {
+                conn,
+                clean: arg & 0x80 == 0,
+            }),
             2 => {
                 let op = TournamentOp::RegisterPlayer {
                     name: format!("p{}", arg % 16),
@@ -175,7 +203,10 @@ fuzz_target!(|data: &[u8]| {
                 true,
             )),
             5 => run.message(frame(arg, &ClientMsg::Fetch { id: 7 }, false)),
-            6 => run.message(Inbound::open_frame(conn, Frame::Binary(pair.to_vec().into()))),
+            6 => run.message(Inbound::open_frame(
+                conn,
+                Frame::Binary(pair.to_vec().into()),
+            )),
             7 => {
                 // To the next deadline, or a little way.
                 let next = run.g.next_deadline().map(|d| d.at);

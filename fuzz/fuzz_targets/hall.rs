@@ -32,15 +32,12 @@ fuzz_target!(|data: &[u8]| {
         let id = ids[usize::from(arg) % ids.len()].clone();
         let conn = ConnId(u64::from(arg / 3 % 4));
         let event = match what % 8 {
-            0 => HallEvent::Route(
-                id.clone(),
-                Inbound::open_join(conn, Encoding::Json),
-            ),
+            0 => HallEvent::Route(id.clone(), Inbound::open_join(conn, Encoding::Json)),
             1 => HallEvent::Route(
                 id.clone(),
                 Inbound::open_frame(conn, Frame::Text("{}".into())),
             ),
-            2 => HallEvent::Route(id.clone(), Inbound::Leave { conn }),
+            2 => HallEvent::Route(id.clone(), Inbound::Leave { conn, clean: false }),
             3 if states.get(&id) == Some(&State::Spawning) => HallEvent::Spawned(id.clone()),
             4 if states.get(&id) == Some(&State::Spawning) => HallEvent::SpawnFailed(id.clone()),
             5 => {
