@@ -9,7 +9,7 @@ use crate::events::{Action, Delivery};
 use crate::protocol::{DisperseReason, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId};
 
-use super::replies::{encode_or_internal_error, refuse, reply};
+use super::replies::{encode_or_internal_error, refuse, reply, send_once};
 use super::{Accepted, Gathering, NOT_DURABLE, Phase, add, saturate};
 
 impl<A: App> Gathering<A> {
@@ -164,11 +164,7 @@ impl<A: App> Gathering<A> {
                 if r.seq <= self.durable
                     && let Some(frame) = r.frame.take()
                 {
-                    self.actions.push_back(Action::Send {
-                        conn: r.conn,
-                        frame,
-                        delivery: Delivery::Once,
-                    });
+                    send_once(&mut self.actions, r.conn, frame);
                 }
             }
         }

@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::clock::Instant;
 use crate::config::{PRESENCE_INTERVAL, PRESENCE_PER_SEC};
 use crate::conn::Bucket;
-use crate::events::{Action, Delivery};
 use crate::protocol::{self, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId};
 
 use super::Gathering;
-use super::replies::{encode_or_internal_error, refuse};
+use super::replies::{encode_or_internal_error, refuse, send_once};
 
 /// The presence of a gathering's session members.
 #[derive(Debug)]
@@ -27,6 +26,9 @@ pub(super) struct Presence<P> {
     flush_at: Option<Instant>,
     /// When the last went out.
     flushed: Option<Instant>,
+    /// The earliest `gone_at` of any member: kept, not searched for, since
+    /// the gathering asks for its deadline after every message.
+    first_gone: Option<Instant>,
 }
 
 impl<P> Default for Presence<P> {
@@ -37,6 +39,7 @@ impl<P> Default for Presence<P> {
             left: BTreeSet::new(),
             flush_at: None,
             flushed: None,
+            first_gone: None,
         }
     }
 }
@@ -56,8 +59,7 @@ struct Present<P> {
 impl<P> Presence<P> {
     /// When something is next due: a diff, or a lost member's leave.
     pub fn deadline(&self) -> Option<Instant> {
-        let gone = self.members.values().filter_map(|p| p.gone_at).min();
-        match (self.flush_at, gone) {
+        match (self.flush_at, self.first_gone) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -83,6 +85,12 @@ impl<P> Presence<P> {
         self.joined.remove(member);
         self.left.insert(member.to_owned());
         self.changed(now);
+    }
+
+    /// Recounts `first_gone`, after a member's `gone_at` was set or
+    /// cleared.
+    fn regone(&mut self) {
+        self.first_gone = self.members.values().filter_map(|p| p.gone_at).min();
     }
 
     fn everyone(&self) -> BTreeMap<String, Option<&P>> {
@@ -113,14 +121,16 @@ impl<A: App> Gathering<A> {
             });
         let was = p.conns > 0 || p.gone_at.is_some();
         p.conns += 1;
-        p.gone_at = None;
+        if p.gone_at.take().is_some() {
+            presence.regone();
+        }
         if !was {
             presence.arrived(now, member);
         }
         let msg = ServerMsg::<(), (), &A::Presence>::Presence {
             members: presence.everyone(),
         };
-        send(
+        send_once(
             &mut self.actions,
             conn,
             encode_or_internal_error(&msg, encoding),
@@ -149,6 +159,7 @@ impl<A: App> Gathering<A> {
             self.flush_presence(now);
         } else {
             p.gone_at = Some(now + grace);
+            presence.regone();
         }
     }
 
@@ -215,14 +226,17 @@ impl<A: App> Gathering<A> {
             return;
         };
         let (presence, session_conns) = sessions.presence_and_conns();
-        let lost: Vec<String> = presence
-            .members
-            .iter()
-            .filter(|(_, p)| p.gone_at.is_some_and(|at| at <= now))
-            .map(|(m, _)| m.clone())
-            .collect();
-        for member in lost {
-            presence.departed(now, &member);
+        if presence.first_gone.is_some_and(|at| at <= now) {
+            let lost: Vec<String> = presence
+                .members
+                .iter()
+                .filter(|(_, p)| p.gone_at.is_some_and(|at| at <= now))
+                .map(|(m, _)| m.clone())
+                .collect();
+            for member in lost {
+                presence.departed(now, &member);
+            }
+            presence.regone();
         }
         if presence.flush_at.is_none_or(|at| at > now) {
             return;
@@ -249,7 +263,7 @@ impl<A: App> Gathering<A> {
             let frame = frames[c.encoding as usize]
                 .get_or_insert_with(|| encode_or_internal_error(&msg, c.encoding))
                 .clone();
-            send(&mut self.actions, conn, frame);
+            send_once(&mut self.actions, conn, frame);
         }
     }
 }
@@ -257,11 +271,3 @@ impl<A: App> Gathering<A> {
 /// Bytes of a presence message around its data, at most (JSON's
 /// `{"type":"presence","data":` and `}`).
 const ENVELOPE_BYTES: usize = 27;
-
-fn send(actions: &mut std::collections::VecDeque<Action>, conn: ConnId, frame: Frame) {
-    actions.push_back(Action::Send {
-        conn,
-        frame,
-        delivery: Delivery::Once,
-    });
-}

@@ -56,9 +56,15 @@ pub(super) fn reply<O: Serialize, S: Serialize>(
     encoding: Encoding,
     msg: &ServerMsg<O, S>,
 ) {
+    send_once(actions, conn, encode_or_internal_error(msg, encoding));
+}
+
+/// Queues `frame`, already encoded, sent once.
+#[inline]
+pub(super) fn send_once(actions: &mut VecDeque<Action>, conn: ConnId, frame: Frame) {
     actions.push_back(Action::Send {
         conn,
-        frame: encode_or_internal_error(msg, encoding),
+        frame,
         delivery: Delivery::Once,
     });
 }

@@ -10,7 +10,7 @@ use crate::events::{Action, Delivery, SessionJoin};
 use crate::protocol::{CLOSE_SESSION_MOVED, Encoding, Frame, ServerMsg};
 use crate::{App, ConnId, Member, SessionId, SharedMember};
 
-use super::replies::{encode_or_internal_error, reply};
+use super::replies::{encode_or_internal_error, reply, send_once};
 use super::sessions::Resync;
 use super::{EPOCH_MASK, Gathering};
 
@@ -133,11 +133,7 @@ impl<A: App> Gathering<A> {
                 seq: self.seq,
                 frame: Some(frame),
             }),
-            _ => self.actions.push_back(Action::Send {
-                conn,
-                frame,
-                delivery: Delivery::Once,
-            }),
+            _ => send_once(&mut self.actions, conn, frame),
         }
     }
 }
