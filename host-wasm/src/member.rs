@@ -55,18 +55,13 @@ pub fn join_from_js(value: &JsValue) -> Result<(Option<Member>, Option<SessionJo
         .ok_or("session must be a string")
         .and_then(|s| SessionId::parse(&s).map_err(|_| "session is 1 to 64 of A-Z a-z 0-9 _ -"))
         .map_err(str::to_owned)?;
-    let number = |name: &str| -> Result<Option<u64>, String> {
-        let v = get(name);
-        if absent(&v) {
-            return Ok(None);
+    // Integers a page's numbers hold exactly.
+    let number = |name: &str| match crate::options::number(value, name)? {
+        None => Ok(None),
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 => {
+            Ok(Some(n as u64))
         }
-        match v.as_f64() {
-            // Integers a page's numbers hold exactly.
-            Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 => {
-                Ok(Some(n as u64))
-            }
-            _ => Err(format!("{name} must be a whole number from 0 to 2^53 - 1")),
-        }
+        Some(_) => Err(format!("{name} must be a whole number from 0 to 2^53 - 1")),
     };
     let join = SessionJoin {
         session,

@@ -98,7 +98,9 @@ fn field(value: &JsValue, name: &str) -> Result<JsValue, String> {
     Reflect::get(value, &name.into()).map_err(|_| format!("option {name} cannot be read"))
 }
 
-fn number(value: &JsValue, name: &str) -> Result<Option<f64>, String> {
+/// Option `name` of `value`: `None` when absent, an error unless a finite
+/// number.
+pub(crate) fn number(value: &JsValue, name: &str) -> Result<Option<f64>, String> {
     let v = field(value, name)?;
     if v.is_undefined() || v.is_null() {
         return Ok(None);
