@@ -1,6 +1,9 @@
 // The demo page: one tournament at a time, run by the in-page host (offline)
-// or by the gathering-server that served the page, over the same JSON
-// protocol (docs/PROTOCOL.md).
+// or by the gathering-server that served the page, through the same client
+// (gathering-client, built into ./sdk/ by scripts/build-web.sh): it
+// reconnects, resumes and sends ops again by itself, and shows who is here.
+
+import { createClient } from "./sdk/index.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -8,38 +11,10 @@ const params = new URLSearchParams(location.search);
 let wasm = null;       // the gathering_wasm module, once loaded
 let host = null;       // the in-page TournamentHost, opened on first offline join
 let hostIdleMs = null; // the idle timeout `host` was opened with
-let conn = null;       // the current connection
-let nextId = 1;        // request ids
+let room = null;       // the current room
 let tournament = { players: {}, matches: [] };
+let lookingAt = null;  // the player this page shows the others it looks at
 
-// The page redraws from a fetched state, with at most one fetch on its way
-// and one every REFRESH_MS: a busy room forwards far more ops than a page
-// needs to redraw, and the server counts fetches against the connection's
-// op rate (--max-ops-per-sec).
-const REFRESH_MS = 100;
-let fetching = null;   // the id of the fetch on its way
-let wanted = false;    // a newer state is wanted once it answers
-let lastFetch = -Infinity;
-let refreshTimer = null;
-
-function refresh() {
-  wanted = true;
-  if (fetching !== null || refreshTimer !== null) return;
-  const wait = lastFetch + REFRESH_MS - performance.now();
-  if (wait > 0) {
-    refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, wait);
-    return;
-  }
-  wanted = false;
-  fetching = nextId++;
-  lastFetch = performance.now();
-  send({ type: "fetch", id: fetching });
-}
-
-function fetched() {
-  fetching = null;
-  if (wanted) refresh();
-}
 // Gatherings this page joined, latest first: in server mode the page shows
 // these, since only the server's admin listener lists every live one.
 const joined = [];
@@ -63,27 +38,10 @@ async function loadWasm() {
   }
 }
 
-// A WebSocket to the server, behind the in-page connection's interface:
-// send(text), onmessage({data}), onclose(code, reason), close().
-function serverConnection(id) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}/gatherings/${encodeURIComponent(id)}`);
-  const queued = [];
-  const c = { onmessage: null, onclose: null };
-  ws.onopen = () => { while (queued.length) ws.send(queued.shift()); };
-  ws.onmessage = (event) => c.onmessage && c.onmessage(event);
-  ws.onclose = (event) => c.onclose && c.onclose(event.code, event.reason);
-  c.send = (text) => {
-    if (ws.readyState === WebSocket.CONNECTING) queued.push(text);
-    else if (ws.readyState === WebSocket.OPEN) ws.send(text);
-    else throw new Error("this connection is closed; join again to reach the gathering");
-  };
-  c.close = () => ws.close();
-  return c;
-}
-
-async function connect(id) {
-  if (mode() === "server") return serverConnection(id);
+/** A client of the server that served the page, or of the in-page host. */
+async function client() {
+  // ?server=ws://host:port: a gathering server other than the page's own (tests).
+  if (mode() === "server") return createClient({ url: params.get("server") ?? location.origin });
   await loadWasm();
   const idleMs = Math.max(1, Number($("idle").value) || 60) * 1000;
   if (!host || hostIdleMs !== idleMs) {
@@ -91,14 +49,29 @@ async function connect(id) {
     host = await wasm.TournamentHost.open({ idleTimeoutMs: idleMs });
     hostIdleMs = idleMs;
   }
-  return host.join(id);
+  return createClient({ host });
 }
 
-function send(msg) {
-  try {
-    conn.send(JSON.stringify(msg));
-  } catch (e) {
-    $("room-error").textContent = e.message;
+// The tournament's ops, applied here as the server applies them
+// (core/src/tournament.rs), so that the page redraws from the op events.
+function apply(t, op) {
+  const p = t.players;
+  switch (op.type) {
+    case "register_player":
+      p[op.name] = { wins: 0, losses: 0, draws: 0, dropped: false };
+      break;
+    case "drop_player":
+      if (p[op.name]) p[op.name].dropped = true;
+      break;
+    case "record_result":
+      for (const name of [op.a, op.b]) {
+        if (!p[name]) continue;
+        if (op.winner === null) p[name].draws++;
+        else if (op.winner === name) p[name].wins++;
+        else p[name].losses++;
+      }
+      t.matches.push({ a: op.a, b: op.b, winner: op.winner });
+      break;
   }
 }
 
@@ -106,70 +79,78 @@ async function join(id) {
   joined.splice(0, joined.length, id, ...joined.filter((j) => j !== id).slice(0, MAX_SHOWN - 1));
   $("setup-error").textContent = "";
   $("room-error").textContent = "";
-  if (conn && !conn.closed) { conn.onclose = null; conn.close(); }
+  if (room) room.leave();
+  room = null;
+  let c;
   try {
-    conn = await connect(id);
+    c = await client();
   } catch (e) {
     $("setup-error").textContent = e.message;
     return;
   }
-  const mine = conn;
+  const mine = c.join(id, { presence: { looking_at: lookingAt } });
+  room = mine;
+  window.gatheringStatuses = [];
+  tournament = { players: {}, matches: [] };
   $("room").hidden = false;
   $("notice").hidden = true;
   $("room-id").textContent = id;
-  $("room-status").textContent = mode() === "server" ? "(on the server)"
-    : host.role === "follower" ? "(run by another tab of this page)" : "(in this page)";
-  mine.onmessage = (event) => { if (mine === conn) onMessage(JSON.parse(event.data)); };
-  mine.onclose = (code, reason) => { if (mine === conn) onClose(code, reason); };
-  clearTimeout(refreshTimer);
-  refreshTimer = null;
-  fetching = null;
-  lastFetch = -Infinity;
-  refresh();
+  render();
+  renderHere({});
+  showStatus(mine.status);
+  mine.on("state", (state) => { tournament = state; render(); });
+  mine.on("op", (op) => { apply(tournament, op); render(); });
+  mine.on("presence", renderHere);
+  mine.on("status", showStatus);
 }
 
-function onMessage(msg) {
-  switch (msg.type) {
-    case "state":
-      tournament = msg.state;
-      render();
-      if (msg.id === fetching) fetched();
-      break;
-    case "ack":
-      refresh();
-      break;
-    case "forward":
-      // Acknowledge, or the gathering sends it again.
-      send({ type: "ack", seq: msg.seq });
-      refresh();
-      break;
-    case "error":
-      $("room-error").textContent = msg.message;
-      // A refused fetch (over the rate, say) is tried again, later.
-      if (msg.id === fetching) { wanted = true; fetched(); }
-      break;
-    case "dispersed":
-      $("notice-text").textContent = dispersedText(msg.reason);
-      $("notice").hidden = false;
-      break;
+/** Sends an op; a refusal is shown (the room sends it again by itself across reconnects). */
+function send(op) {
+  if (!room) return;
+  $("room-error").textContent = "";
+  room.op(op).catch((e) => { $("room-error").textContent = e.message; });
+}
+
+// Every status the room went through, for the page test.
+window.gatheringStatuses = [];
+
+function showStatus({ status, code, reason }) {
+  const changed = window.gatheringStatuses.at(-1)?.status !== status;
+  if (changed) window.gatheringStatuses.push({ status, code, reason });
+  const where = mode() === "server" ? "on the server"
+    : host && host.role === "follower" ? "run by another tab of this page" : "in this page";
+  const why = code === null ? reason : `${code}${reason ? " " + reason : ""}`;
+  $("room-status").textContent = status === "open" ? `(${where})` : `(${status}${why ? ": " + why : ""})`;
+  $("room-status").dataset.status = status;
+  if (status === "dispersed") {
+    $("notice-text").textContent = dispersedText(reason);
+    $("notice").hidden = false;
+  } else if (status === "closed") {
+    $("notice-text").textContent = `The connection closed for good (${why}).`;
+    $("notice").hidden = false;
+  } else if (status === "open") {
+    $("notice").hidden = true;
+    // Back after a drop: redraw (what was missed came as ops, or a state).
+    if (changed) render();
   }
 }
 
 function dispersedText(reason) {
   switch (reason) {
-    case "idle": return "This tournament dispersed: nobody touched it for the whole idle timeout. Its state is saved.";
+    case "idle": return "This tournament dispersed: nobody touched it for the whole idle timeout. Its state is saved; any change, or Rejoin, brings it back.";
     case "empty": return "This tournament dispersed: everybody left. Its state is saved.";
-    case "shutdown": return "This tournament dispersed: the host is shutting down. Its state is saved.";
     default: return `This tournament dispersed (${reason}).`;
   }
 }
 
-function onClose(code, reason) {
-  $("room-status").textContent = `(closed: ${code} ${reason})`;
-  if ($("notice").hidden) {
-    $("notice-text").textContent = `The connection closed (${code}${reason ? ": " + reason : ""}).`;
-    $("notice").hidden = false;
-  }
+function renderHere(members) {
+  const list = $("here");
+  list.replaceChildren(...Object.entries(members).sort(([a], [b]) => a.localeCompare(b)).map(([member, data]) => {
+    const item = document.createElement("li");
+    const you = room && member === room.member ? " (you)" : "";
+    item.textContent = data && data.looking_at ? `${member}${you} is looking at ${data.looking_at}` : `${member}${you}`;
+    return item;
+  }));
 }
 
 function standings() {
@@ -184,13 +165,19 @@ function render() {
   standings().forEach((p, i) => {
     const row = body.insertRow();
     if (p.dropped) row.className = "dropped";
+    if (p.name === lookingAt) row.classList.add("looked-at");
     for (const cell of [i + 1, p.name, p.points, p.wins, p.draws, p.losses]) {
       row.insertCell().textContent = cell;
     }
+    row.cells[1].onclick = () => {
+      lookingAt = lookingAt === p.name ? null : p.name;
+      if (room) room.setPresence({ looking_at: lookingAt });
+      render();
+    };
     const drop = document.createElement("button");
     drop.textContent = "Drop";
     drop.disabled = p.dropped;
-    drop.onclick = () => send({ type: "op", id: nextId++, op: { type: "drop_player", name: p.name } });
+    drop.onclick = () => send({ type: "drop_player", name: p.name });
     row.insertCell().append(drop);
   });
   const active = Object.keys(tournament.players).filter((n) => !tournament.players[n].dropped);
@@ -226,23 +213,27 @@ async function refreshLive() {
     row.insertCell().textContent = connections;
     row.insertCell().textContent = `${left.toFixed(1)} s`;
   }
+  // A follower tab may have become the owner meanwhile.
+  if (room) showStatus(room.status);
 }
 
 $("join-form").onsubmit = (e) => { e.preventDefault(); join($("tournament").value.trim()); };
-$("rejoin").onclick = () => join($("room-id").textContent);
+$("rejoin").onclick = () => { if (room) room.rejoin(); };
 $("register-form").onsubmit = (e) => {
   e.preventDefault();
-  send({ type: "op", id: nextId++, op: { type: "register_player", name: $("player").value.trim() } });
+  send({ type: "register_player", name: $("player").value.trim() });
   $("player").value = "";
 };
 $("result-form").onsubmit = (e) => {
   e.preventDefault();
   const winner = $("result-winner").value || null;
-  send({ type: "op", id: nextId++, op: { type: "record_result", a: $("result-a").value, b: $("result-b").value, winner } });
+  send({ type: "record_result", a: $("result-a").value, b: $("result-b").value, winner });
 };
 for (const radio of document.querySelectorAll('input[name="mode"]')) {
   radio.onchange = () => { $("idle-row").hidden = mode() === "server"; };
 }
 $("idle-row").hidden = mode() === "server";
 setInterval(refreshLive, 250);
+// ?join=ID joins at once (a reloaded page resumes its session and sends its queued ops).
+if (params.has("join")) { $("tournament").value = params.get("join"); join(params.get("join")); }
 document.body.dataset.ready = "true";
