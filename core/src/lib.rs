@@ -60,6 +60,7 @@
 mod app;
 #[cfg(feature = "chat")]
 pub mod chat;
+pub mod client;
 pub mod clock;
 pub mod commit;
 mod config;

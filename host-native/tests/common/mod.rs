@@ -43,6 +43,39 @@ pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr,
     (child, addr, admin)
 }
 
+/// Starts this package's `gathering-server` listening on `listen` (a port
+/// of a server killed before, to restart it where its clients reconnect),
+/// no admin listener, data in `dir`; returns the child and its address.
+pub fn server_at(dir: &Path, listen: &str, args: &[&str]) -> (Child, SocketAddr) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
+    let mut child = Command::new(exe)
+        .args([
+            "--listen",
+            listen,
+            "--admin-listen",
+            "off",
+            "--max-ops-per-sec",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        if let Some(addr) = field(&line, "addr=") {
+            break addr.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
 /// Starts this package's `gathering-server` on a free port, its data in
 /// `dir`, idle timeout 60 s, then `args`; returns the child and its
 /// `ws://` address.

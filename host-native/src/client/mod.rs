@@ -32,7 +32,11 @@ const ACK_EVERY: u32 = 32;
 /// 128 KiB made the zeroing most of a client's CPU under a stream of small
 /// frames (BENCHMARKS.md, "Tried and not kept"); a larger message still arrives whole,
 /// over several reads.
-const READ_CHUNK: usize = 8 * 1024;
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
+
+mod room;
+
+pub use room::{Room, RoomOptions, RoomSender, TokenSource};
 
 /// The automatic ack owed and not yet queued.
 struct OwedAck {
