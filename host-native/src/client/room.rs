@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::OptionFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::client::{
     Refusal, Room as Machine, RoomAction, RoomConfig, RoomEvent, RoomStatus,
 };
@@ -329,18 +329,14 @@ async fn run<A>(
             .deadline()
             .map(|at| clock + std::time::Duration::from_nanos(at.as_nanos()));
         tokio::select! {
-            command = commands.recv() => match command {
-                Some(Command::Op(op, reply)) => match machine.op(now(), op) {
-                    Ok(ticket) => { waiters.insert(ticket, reply); }
-                    Err(refusal) => { let _ = reply.send(Err(refusal)); }
-                },
-                Some(Command::Presence(data)) => machine.set_presence(now(), data),
-                Some(Command::Rejoin) => machine.rejoin(now()),
-                Some(Command::Leave) | None => {
-                    machine.leave();
-                    leaving = true;
+            command = commands.recv() => {
+                leaving = command_in(&mut machine, &mut waiters, command, now());
+                // Every command already waiting, so that their frames go
+                // out in one write.
+                while !leaving && let Ok(command) = commands.try_recv() {
+                    leaving = command_in(&mut machine, &mut waiters, Some(command), now());
                 }
-            },
+            }
             Some(opened) = OptionFuture::from(connecting.as_mut()) => {
                 connecting = None;
                 match opened {
@@ -349,23 +345,14 @@ async fn run<A>(
                 }
             }
             Some(next) = OptionFuture::from(ws.as_mut().map(StreamExt::next)) => {
-                match next {
-                    Some(Ok(Message::Text(text))) => received(&mut machine, now(), Frame::Text(text.as_str().into())),
-                    Some(Ok(Message::Binary(bytes))) => received(&mut machine, now(), Frame::Binary(bytes.as_ref().into())),
-                    Some(Ok(Message::Close(frame))) => {
+                let mut next = Some(next);
+                // Every message already read, before answering any.
+                while let Some(message) = next.take() {
+                    if !message_in(&mut machine, message, now()) {
                         ws = None;
-                        let (code, reason) = frame.map_or((1006, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                        machine.closed(now(), code, &reason);
+                        break;
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        ws = None;
-                        machine.closed(now(), 1006, &e.to_string());
-                    }
-                    None => {
-                        ws = None;
-                        machine.closed(now(), 1006, "connection ended");
-                    }
+                    next = ws.as_mut().and_then(|s| s.next().now_or_never());
                 }
             }
             Some(()) = OptionFuture::from(deadline.map(tokio::time::sleep_until)) => {
@@ -373,6 +360,73 @@ async fn run<A>(
             }
         }
     }
+}
+
+/// A user's command; whether the room is leaving.
+fn command_in<A>(
+    machine: &mut Machine<A::Op, A, A::Presence>,
+    waiters: &mut HashMap<u64, oneshot::Sender<Result<u64, Refusal>>>,
+    command: Option<Command<A>>,
+    now: Instant,
+) -> bool
+where
+    A: App,
+    A::Op: Clone,
+    A::Presence: Clone,
+{
+    match command {
+        Some(Command::Op(op, reply)) => match machine.op(now, op) {
+            Ok(ticket) => {
+                waiters.insert(ticket, reply);
+            }
+            Err(refusal) => {
+                let _ = reply.send(Err(refusal));
+            }
+        },
+        Some(Command::Presence(data)) => machine.set_presence(now, data),
+        Some(Command::Rejoin) => machine.rejoin(now),
+        Some(Command::Leave) | None => {
+            machine.leave();
+            return true;
+        }
+    }
+    false
+}
+
+/// What the socket gave; whether it is still open.
+fn message_in<A>(
+    machine: &mut Machine<A::Op, A, A::Presence>,
+    message: Option<Result<Message, tungstenite::Error>>,
+    now: Instant,
+) -> bool
+where
+    A: App,
+    A::Op: Clone,
+    A::Presence: Clone,
+{
+    match message {
+        Some(Ok(Message::Text(text))) => received(machine, now, Frame::Text(text.as_str().into())),
+        Some(Ok(Message::Binary(bytes))) => {
+            received(machine, now, Frame::Binary(bytes.as_ref().into()));
+        }
+        Some(Ok(Message::Close(frame))) => {
+            let (code, reason) = frame.map_or((1006, String::new()), |f| {
+                (u16::from(f.code), f.reason.to_string())
+            });
+            machine.closed(now, code, &reason);
+            return false;
+        }
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            machine.closed(now, 1006, &e.to_string());
+            return false;
+        }
+        None => {
+            machine.closed(now, 1006, "connection ended");
+            return false;
+        }
+    }
+    true
 }
 
 fn received<A>(machine: &mut Machine<A::Op, A, A::Presence>, now: Instant, frame: Frame)

@@ -28,6 +28,7 @@ mod connections;
 mod measure;
 mod overhead;
 mod replay;
+mod rooms;
 mod scale;
 mod servers;
 mod sustained;
@@ -106,6 +107,9 @@ enum What {
     /// Memory of idle gatherings holding one WebSocket connection each,
     /// in a separate `gathering-server` process.
     Connections,
+    /// The Rust client's `Room` against the plain `Client`: ops/s, client
+    /// CPU per op, server CPU per forward.
+    Rooms,
     /// All of the above.
     All,
 }
@@ -153,6 +157,9 @@ fn main() {
         }
         if matches!(args.what, What::Connections | What::All) {
             connections(args.smoke).await;
+        }
+        if matches!(args.what, What::Rooms | What::All) {
+            rooms::rooms(args.smoke, args.seconds).await;
         }
     });
 }
