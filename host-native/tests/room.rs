@@ -224,3 +224,142 @@ async fn kill_9_twice_mid_stream_each_op_applies_and_arrives_once() {
     assert_eq!(json["matches"].as_array().unwrap().len(), ROOMS * (OPS - 2));
     fresh.leave();
 }
+
+/// An expired token (4003) is replaced from the room's token source and
+/// nothing is lost; presence reaches the other room and leaves with the
+/// room that left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_and_presence_comes_and_goes() {
+    use gathering_core::client::RoomStatus;
+    use gathering_core::tournament::TournamentPresence;
+    use gathering_native::{Jwt, Server};
+    const SECRET: &[u8] = b"a secret for the room tests";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::<Tournament>::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir.path())
+        .authenticator(Jwt::new(SECRET))
+        .start()
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.addr);
+    let id = GatheringId::parse("tokens").unwrap();
+    let minted = Arc::new(AtomicUsize::new(0));
+    let source = |sub: &'static str,
+                  ttl: Duration,
+                  count: Option<Arc<AtomicUsize>>|
+     -> gathering_native::client::TokenSource {
+        Arc::new(move || {
+            // Two short-lived tokens, then long ones: two expiries.
+            let n = count
+                .as_ref()
+                .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
+            let ttl = if n < 2 {
+                ttl
+            } else {
+                Duration::from_secs(3600)
+            };
+            Jwt::new(SECRET).mint_for(sub, "organizer", "*", ttl).ok()
+        })
+    };
+    let mut ada = Room::<Tournament>::join(
+        &url,
+        &id,
+        RoomOptions {
+            token: Some(source("Ada", Duration::from_secs(1), Some(minted.clone()))),
+            ..options(Encoding::Postcard)
+        },
+    )
+    .unwrap();
+    let mut bob = Room::<Tournament>::join(
+        &url,
+        &id,
+        RoomOptions {
+            token: Some(source("Bob", Duration::from_secs(3600), None)),
+            presence: Some(TournamentPresence { looking_at: None }),
+            ..options(Encoding::Postcard)
+        },
+    )
+    .unwrap();
+    // Ops across the expiries of Ada's two one-second tokens.
+    let started = std::time::Instant::now();
+    let mut seqs = Vec::new();
+    let mut k = 0;
+    while minted.load(Ordering::Relaxed) < 3 || ada.status().status != Status::Open {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "two expiries within 20 s"
+        );
+        seqs.push(
+            ada.op(TournamentOp::RegisterPlayer {
+                name: format!("p{k}"),
+            })
+            .await
+            .unwrap(),
+        );
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every op once, in order"
+    );
+    assert!(
+        minted.load(Ordering::Relaxed) >= 2,
+        "a fresh token after 4003"
+    );
+    let mut statuses = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), ada.next()).await {
+        if let RoomEvent::Status(RoomStatus { status, code, .. }) = event {
+            statuses.push((status, code));
+        }
+    }
+    assert!(
+        statuses.contains(&(Status::Reconnecting, Some(4003))),
+        "{statuses:?}"
+    );
+
+    ada.set_presence(TournamentPresence {
+        looking_at: Some("p0".into()),
+    });
+    let seen = |want: &'static str, present: bool| {
+        move |event: &RoomEvent<TournamentOp, Tournament, TournamentPresence>| match event {
+            RoomEvent::Presence(members) => {
+                let shown = members.get(want).is_some_and(|p| {
+                    p.as_ref()
+                        .is_some_and(|p| p.looking_at.as_deref() == Some("p0"))
+                });
+                shown == present && (present || !members.contains_key(want))
+            }
+            _ => false,
+        }
+    };
+    wait_for(&mut bob, "Bob sees where Ada looks", seen("Ada", true)).await;
+    ada.leave();
+    wait_for(&mut bob, "Ada's leave reaches Bob", seen("Ada", false)).await;
+    bob.leave();
+    server.shutdown().await;
+}
+
+/// Reads `room`'s events until one `matches`, within 5 s (a leave that
+/// is not clean would show only after the 10 s presence grace).
+async fn wait_for(
+    room: &mut Room<Tournament>,
+    what: &str,
+    matches: impl Fn(
+        &RoomEvent<TournamentOp, Tournament, gathering_core::tournament::TournamentPresence>,
+    ) -> bool,
+) {
+    let found = async {
+        loop {
+            let event = room.next().await.expect("the room goes on");
+            if matches(&event) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), found)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 5 s, under the presence grace of 10 s"));
+}

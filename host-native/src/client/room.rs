@@ -16,6 +16,8 @@ use gathering_core::{App, ClientMsg, Duration, GatheringId, Instant, SessionId};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -453,9 +455,14 @@ fn encode<O: serde::Serialize, P: serde::Serialize>(
     })
 }
 
-/// Closes with 1000, waiting a moment for the close to go out.
+/// Closes with 1000 (a clean leave: the others see this member go at
+/// once), waiting a moment for the close to go out.
 async fn close(mut ws: Ws) {
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
 /// Opens a connection; a refusal before the upgrade is mapped to the close
