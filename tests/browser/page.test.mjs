@@ -160,8 +160,13 @@ async function reloadWithQueuedOps(page, tournament) {
     await page.reload(); // twice: the ops stay queued
     await page.waitForSelector("body[data-ready=true]");
     target.child.kill("SIGCONT");
-    for (const name of ["Ada", "Cy", "Dee", "Eve"]) {
-      await page.waitForSelector(`#standings td:text-is('${name}')`, { timeout: PATIENCE });
+    try {
+      for (const name of ["Ada", "Cy", "Dee", "Eve"]) {
+        await page.waitForSelector(`#standings td:text-is('${name}')`, { timeout: PATIENCE });
+      }
+    } catch (e) {
+      const statuses = await page.evaluate(() => JSON.stringify(window.gatheringStatuses));
+      throw new Error(`${e.message}; the room's statuses: ${statuses}`);
     }
     await page.waitForFunction(() => window.gatheringStatuses.at(-1)?.status === "open", null, { timeout: PATIENCE });
     const names = await page.$$eval("#standings tbody tr td:nth-child(2)", (tds) => tds.map((td) => td.textContent));

@@ -417,9 +417,10 @@ impl<A: App> Client<A> {
         }
     }
 
-    /// Closes the connection.
+    /// Closes the connection with 1000: a clean leave (a session's member
+    /// leaves the presence at once, not after the grace).
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        let _ = self.ws.close(Some(room::normal_close())).await;
     }
 
     /// Like `stash`, for a caller waiting for an answer: the end of the

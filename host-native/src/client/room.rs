@@ -458,11 +458,16 @@ fn encode<O: serde::Serialize, P: serde::Serialize>(
 /// Closes with 1000 (a clean leave: the others see this member go at
 /// once), waiting a moment for the close to go out.
 async fn close(mut ws: Ws) {
-    let frame = CloseFrame {
+    let frame = normal_close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(Some(frame))).await;
+}
+
+/// A close frame with code 1000 and no reason.
+pub(super) fn normal_close() -> CloseFrame {
+    CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
 }
 
 /// Opens a connection; a refusal before the upgrade is mapped to the close

@@ -96,6 +96,8 @@ const ACK_EVERY = 32;
 const PRESENCE_INTERVAL_MS = 50;
 /** The wait before an op refused for a rate or window is sent again. */
 const RETRY_LATER_MS = 250;
+/** How long a room waits for another to say it holds the session. */
+const ASK_HOLDERS_MS = 200;
 
 const ignore = () => {};
 
@@ -173,6 +175,10 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   private hiddenSince: number | null = null;
   private suspended = false;
   private readonly unlisten: (() => void)[] = [];
+  /** Where the rooms of this origin (or process) say which sessions they hold. */
+  private holders: BroadcastChannel | null = null;
+  /** When this room last joined again after a 4002, to do so at most once a minute. */
+  private lastReplacedRetry = -Infinity;
 
   constructor(id: string, session: string, presence: Presence | undefined, private readonly ctx: RoomContext) {
     this.id = id;
@@ -181,6 +187,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
     if (presence !== undefined) this.setPresence(presence);
     this.restore();
     this.listenToPage();
+    this.answerHolders();
     this.connect();
   }
 
@@ -254,7 +261,10 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   rejoin(): void {
     if (this.current.reason === "left" && this.current.status === "closed") return;
     if (this.current.status === "open" || this.current.status === "connecting") return;
-    if (this.current.status === "closed") this.listenToPage();
+    if (this.current.status === "closed") {
+      this.listenToPage();
+      this.answerHolders();
+    }
     this.connect();
   }
 
@@ -343,6 +353,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
         if (this.pending.size > 0) this.connect();
         return;
       case "never":
+        if (code === 4002) return this.replaced(reason);
         this.end(code, reason, "closed");
         return;
       case "token":
@@ -361,6 +372,39 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
         this.retryAfterBackoff(code, dispersed ?? reason);
         return;
     }
+  }
+
+  /**
+   * 4002: another connection of this session joined. When it is another
+   * live room (a duplicated tab), this one stays closed. When no room here
+   * holds the session, the other connection was this tab's own from before
+   * a reload, which a slow server let join late: this room joins again,
+   * after a backoff, and at most once a minute, so that two holders this
+   * channel cannot see do not take the session from each other forever.
+   */
+  private replaced(reason: string): void {
+    const holders = this.holders;
+    const now = this.ctx.clock.now();
+    if (!holders || now - this.lastReplacedRetry < 60_000) {
+      this.end(4002, reason, "closed");
+      return;
+    }
+    const generation = this.generation;
+    const answer = (e: MessageEvent) => {
+      if (e.data?.held !== this.session || generation !== this.generation) return;
+      holders.removeEventListener("message", answer);
+      this.end(4002, reason, "closed");
+    };
+    holders.addEventListener("message", answer);
+    holders.postMessage({ ask: this.session });
+    this.setStatus("reconnecting", 4002, reason);
+    this.cancelTimer();
+    this.timer = this.ctx.clock.setTimeout(() => {
+      this.timer = null;
+      holders.removeEventListener("message", answer);
+      this.lastReplacedRetry = this.ctx.clock.now();
+      this.retryAfterBackoff(4002, reason);
+    }, ASK_HOLDERS_MS);
   }
 
   private retryAfterBackoff(code: number | null, reason: string): void {
@@ -758,6 +802,23 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
     add("pageshow", pageshow);
     doc.addEventListener("visibilitychange", visibility);
     this.unlisten.push(() => doc.removeEventListener("visibilitychange", visibility));
+  }
+
+  /** Answers rooms asking whether this one holds its session (see `replaced`). */
+  private answerHolders(): void {
+    const Channel = (globalThis as { BroadcastChannel?: typeof BroadcastChannel }).BroadcastChannel;
+    if (!Channel || this.holders) return;
+    const holders = new Channel("gathering-client:sessions");
+    holders.onmessage = (e: MessageEvent) => {
+      if (e.data?.ask === this.session && this.current.status !== "closed") holders.postMessage({ held: this.session });
+    };
+    // In Node, an open channel would keep the process alive.
+    (holders as unknown as { unref?: () => void }).unref?.();
+    this.holders = holders;
+    this.unlisten.push(() => {
+      holders.close();
+      this.holders = null;
+    });
   }
 
   private cancelTimer(): void {

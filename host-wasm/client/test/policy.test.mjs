@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Backoff, closeAction, createClient } from "../dist/index.js";
-import { FakeClock, seeded } from "./support.mjs";
+import { FakeClock, seeded, until } from "./support.mjs";
 
 test("each close code has its documented action", () => {
   const table = {
@@ -84,7 +84,7 @@ test("a lost connection is retried after jittered, growing delays under a fake c
   room.leave();
 });
 
-for (const code of [1002, 1007, 1008, 1009, 4002, 4401, 4403]) {
+for (const code of [1002, 1007, 1008, 1009, 4401, 4403]) {
   test(`close ${code} is final: no reconnect, ops rejected`, async () => {
     const clock = new FakeClock();
     const transport = fakeTransport();
@@ -99,6 +99,54 @@ for (const code of [1002, 1007, 1008, 1009, 4002, 4401, 4403]) {
     await assert.rejects(room.op({ n: 2 }), { code: "closed" });
   });
 }
+
+/** Resolves when a room posts `message` on the channel of session holders (within 5 s). */
+function posted(message) {
+  const channel = new BroadcastChannel("gathering-client:sessions");
+  return new Promise((ok, fail) => {
+    const timer = setTimeout(() => { channel.close(); fail(new Error(`nothing posted ${JSON.stringify(message)}`)); }, 5_000);
+    channel.onmessage = (e) => {
+      if (JSON.stringify(e.data) !== JSON.stringify(message)) return;
+      clearTimeout(timer);
+      channel.close();
+      ok();
+    };
+  });
+}
+
+test("4002 with another live room of the session: closed for good", async () => {
+  const clock = new FakeClock();
+  const transport = fakeTransport();
+  const client = createClient({ transport, clock, persistence: null });
+  const tab = client.join("r", { session: "dup" });
+  const duplicate = createClient({ transport: fakeTransport(), clock: new FakeClock(), persistence: null }).join("r", { session: "dup" });
+  welcome(transport.conns[0]);
+  transport.conns[0].events.close(4002, "session resumed elsewhere");
+  assert.equal(tab.status.status, "reconnecting", "asking who holds the session");
+  await until(() => tab.status.status === "closed", "the other room's answer", 5_000);
+  clock.advance(600_000);
+  assert.deepEqual(tab.status, { status: "closed", code: 4002, reason: "session resumed elsewhere" });
+  assert.equal(transport.conns.length, 1, "never tried again");
+  duplicate.leave();
+});
+
+test("4002 with no room holding the session (a late join of this tab's page before a reload): joins again, once a minute at most", async () => {
+  const clock = new FakeClock();
+  const transport = fakeTransport();
+  const room = createClient({ transport, clock, persistence: null }).join("r", { session: "mine" });
+  welcome(transport.conns[0]);
+  const asked = posted({ ask: "mine" });
+  transport.conns[0].events.close(4002, "session resumed elsewhere");
+  await asked;
+  clock.advance(clock.due() - clock.now()); // nobody answered
+  clock.advance(clock.due() - clock.now()); // the backoff
+  assert.equal(transport.conns.length, 2, "joined again");
+  welcome(transport.conns[1]);
+  assert.equal(room.status.status, "open");
+  transport.conns[1].events.close(4002, "session resumed elsewhere");
+  assert.equal(room.status.status, "closed", "a second time within a minute: closed");
+  room.leave();
+});
 
 test("4000 stays dispersed until the next op, which rejoins and is sent", async () => {
   const clock = new FakeClock();
