@@ -20,8 +20,35 @@ pub fn spawn(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr) {
 /// [`spawn`], with the admin listener on a free loopback port too; returns
 /// its address third.
 pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let (child, addr, admin) = launch(exe, dir, "127.0.0.1:0", "127.0.0.1:0", args);
+    (
+        child,
+        addr,
+        admin.expect("the admin listener printed its address"),
+    )
+}
+
+/// Starts this package's `gathering-server` listening on `listen` (a port
+/// of a server killed before, to restart it where its clients reconnect),
+/// no admin listener, data in `dir`; returns the child and its address.
+pub fn server_at(dir: &Path, listen: &str, args: &[&str]) -> (Child, SocketAddr) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
+    let (child, addr, _) = launch(exe, dir, listen, "off", args);
+    (child, addr)
+}
+
+/// Starts `exe` on `listen` and `admin` (`off` for none), with its data in
+/// `dir` and `args` after; returns the child and the addresses it printed.
+/// Its log is drained so that it never blocks on a full pipe.
+fn launch(
+    exe: &Path,
+    dir: &Path,
+    listen: &str,
+    admin: &str,
+    args: &[&str],
+) -> (Child, SocketAddr, Option<SocketAddr>) {
     let mut child = Command::new(exe)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--admin-listen", admin])
         // The tests send as fast as acks come back; the limit has its own.
         .args(["--max-ops-per-sec", "0"])
         .arg("--data-dir")
@@ -35,45 +62,19 @@ pub fn spawn_admin(exe: &Path, dir: &Path, args: &[&str]) -> (Child, SocketAddr,
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (addr, admin) = loop {
         let line = lines.next().expect("server printed its address").unwrap();
-        if let (Some(addr), Some(admin)) = (field(&line, "addr="), field(&line, "admin=")) {
-            break (addr.parse().unwrap(), admin.parse().unwrap());
+        // Without an admin listener the log says `admin=off`.
+        let admin_addr = (admin != "off")
+            .then(|| field(&line, "admin="))
+            .flatten()
+            .map(|a| a.parse().unwrap());
+        if let Some(addr) = field(&line, "addr=")
+            && (admin == "off" || admin_addr.is_some())
+        {
+            break (addr.parse().unwrap(), admin_addr);
         }
     };
     std::thread::spawn(move || for _ in lines {});
     (child, addr, admin)
-}
-
-/// Starts this package's `gathering-server` listening on `listen` (a port
-/// of a server killed before, to restart it where its clients reconnect),
-/// no admin listener, data in `dir`; returns the child and its address.
-pub fn server_at(dir: &Path, listen: &str, args: &[&str]) -> (Child, SocketAddr) {
-    let exe = Path::new(env!("CARGO_BIN_EXE_gathering-server"));
-    let mut child = Command::new(exe)
-        .args([
-            "--listen",
-            listen,
-            "--admin-listen",
-            "off",
-            "--max-ops-per-sec",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(addr) = field(&line, "addr=") {
-            break addr.parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 /// Starts this package's `gathering-server` on a free port, its data in
