@@ -12,8 +12,8 @@ use gathering_core::protocol::{self, Encoding, Frame};
 use gathering_core::{App, ClientMsg, DisperseReason, GatheringId, ServerMsg, SessionId};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long an automatic ack waits for an op or fetch to travel with. Acks
@@ -32,11 +32,68 @@ const ACK_EVERY: u32 = 32;
 /// 128 KiB made the zeroing most of a client's CPU under a stream of small
 /// frames (BENCHMARKS.md, "Tried and not kept"); a larger message still arrives whole,
 /// over several reads.
-pub(crate) const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 mod room;
 
 pub use room::{Room, RoomOptions, RoomSender, TokenSource};
+
+/// A client's WebSocket.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection could not be opened.
+pub(crate) enum OpenError {
+    /// The URL is not one to connect to.
+    Url(String),
+    /// The token cannot be sent in a header.
+    Token,
+    /// The connection or the upgrade failed (an HTTP refusal included).
+    Failed(tungstenite::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Url(e) => f.write_str(e),
+            OpenError::Token => f.write_str("the token is not a valid header value"),
+            OpenError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The join URL of gathering `id` on the server at `base`, speaking
+/// `encoding`; a session's parameters follow with `&`.
+pub(crate) fn join_url(base: &str, id: &GatheringId, encoding: Encoding) -> String {
+    let query = match encoding {
+        Encoding::Json => "json",
+        Encoding::Postcard => "postcard",
+    };
+    format!(
+        "{}/gatherings/{id}?encoding={query}",
+        base.trim_end_matches('/')
+    )
+}
+
+/// Opens a WebSocket to `url`, with `token` as `Authorization: Bearer`.
+pub(crate) async fn connect(url: &str, token: Option<&str>) -> Result<Ws, OpenError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| OpenError::Url(e.to_string()))?;
+    if let Some(token) = token {
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| OpenError::Token)?;
+        request.headers_mut().insert("authorization", bearer);
+    }
+    let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
+    // Without Nagle's algorithm (`true`): a small frame written after
+    // another is sent at once, not held for the server's delayed ACK.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map_err(OpenError::Failed)?;
+    Ok(ws)
+}
 
 /// The automatic ack owed and not yet queued.
 struct OwedAck {
@@ -149,7 +206,7 @@ pub enum Reply<O> {
 
 /// One connection to one gathering, hosting application `A`.
 pub struct Client<A: App> {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Ws,
     encoding: Encoding,
     next_id: u64,
     auto_ack: bool,
@@ -202,30 +259,9 @@ impl<A: App> Client<A> {
         token: Option<&str>,
         session: Option<&SessionId>,
     ) -> Result<Self, ClientError> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let query = match encoding {
-            Encoding::Json => "json",
-            Encoding::Postcard => "postcard",
-        };
         let session = session.map_or(String::new(), |s| format!("&session={s}"));
-        let url = format!(
-            "{}/gatherings/{id}?encoding={query}{session}",
-            base.trim_end_matches('/')
-        );
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        if let Some(token) = token {
-            let bearer = format!("Bearer {token}").parse().map_err(|_| {
-                ClientError::Connect("the token is not a valid header value".into())
-            })?;
-            request.headers_mut().insert("authorization", bearer);
-        }
-        let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
-        // Without Nagle's algorithm (`true`): a small frame written after
-        // another is sent at once, not held for the server's delayed ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        let url = format!("{}{session}", join_url(base, id, encoding));
+        let ws = connect(&url, token)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Client {

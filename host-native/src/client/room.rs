@@ -13,17 +13,12 @@ use gathering_core::client::{
 };
 use gathering_core::protocol::{self, Encoding, Frame};
 use gathering_core::{App, ClientMsg, Duration, GatheringId, Instant, SessionId};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{ClientError, READ_CHUNK};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use super::{ClientError, OpenError, Ws, connect, join_url};
 
 /// Gives a token for each join that needs a fresh one (the first, and
 /// after each 4003), or `None` to join without.
@@ -120,14 +115,7 @@ where
         let (event_tx, events) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(machine.status().clone());
         let target = Target {
-            url: format!(
-                "{}/gatherings/{id}?encoding={}&session={session}",
-                base.trim_end_matches('/'),
-                match options.encoding {
-                    Encoding::Json => "json",
-                    Encoding::Postcard => "postcard",
-                }
-            ),
+            url: format!("{}&session={session}", join_url(base, id, options.encoding)),
             encoding: options.encoding,
             token: options.token,
         };
@@ -474,21 +462,9 @@ pub(super) fn normal_close() -> CloseFrame {
 /// code a page would see (401 → 4401, 403 → 4403, 503 → 1013, another 4xx
 /// → 1008), anything else to 1006.
 async fn open(url: String, token: Option<String>) -> Result<Ws, (u16, String)> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| (1002, e.to_string()))?;
-    if let Some(token) = token {
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| (4401, "the token is not a valid header value".to_owned()))?;
-        request.headers_mut().insert("authorization", bearer);
-    }
-    let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
-    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(response)) => {
+    match connect(&url, token.as_deref()).await {
+        Ok(ws) => Ok(ws),
+        Err(OpenError::Failed(tungstenite::Error::Http(response))) => {
             let status = response.status().as_u16();
             let body = response
                 .body()
@@ -504,6 +480,8 @@ async fn open(url: String, token: Option<String>) -> Result<Ws, (u16, String)> {
             };
             Err((code, format!("HTTP {status}: {body}")))
         }
-        Err(e) => Err((1006, e.to_string())),
+        Err(e @ OpenError::Url(_)) => Err((1002, e.to_string())),
+        Err(e @ OpenError::Token) => Err((4401, e.to_string())),
+        Err(e @ OpenError::Failed(_)) => Err((1006, e.to_string())),
     }
 }
