@@ -128,6 +128,14 @@ pub enum Event {
     /// The host wants room: disperse (reason `evicted`) if the hall agrees,
     /// as for an idle dispersal; a refusal (traffic on its way) keeps it.
     Evict(Instant),
+    /// The host hands the gathering to another node of its cluster (it
+    /// drains, or lost its lease): persist, say goodbye with reason
+    /// `moved`, close, as a shutdown does but telling clients to join again
+    /// at once.
+    Handoff(Instant),
+    /// As [`Event::PersistFailed`], because the store refused the commit:
+    /// another node claimed the gathering. It disperses with reason `moved`.
+    Fenced(Instant),
 }
 
 /// How hard the host should try to deliver a [`Action::Send`].

@@ -29,6 +29,11 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a failure inside the server (e.g. storage unreadable).
 pub const CLOSE_INTERNAL: u16 = 1011;
 
+/// Close code for a connection whose gathering is now kept by another
+/// node of a cluster: join again at once, at the node the close reason
+/// names (`node N at URL`) or through the cluster's front.
+pub const CLOSE_MOVED: u16 = 4001;
+
 /// Close code for a connection whose session joined again on another
 /// connection: the newer one carries on; do not reconnect this one.
 pub const CLOSE_SESSION_MOVED: u16 = 4002;
@@ -130,6 +135,10 @@ pub enum DisperseReason {
     /// The host holds its most live gatherings, and this one was the least
     /// recently active when another was wanted; its state is saved.
     Evicted,
+    /// Another node of a cluster keeps the gathering now: this one drained
+    /// (its state is saved and handed over) or was fenced (another node
+    /// claimed it; nothing unacknowledged was kept here). Join again.
+    Moved,
 }
 
 impl DisperseReason {
@@ -141,6 +150,7 @@ impl DisperseReason {
             DisperseReason::Shutdown => "shutdown",
             DisperseReason::StorageFailed => "storage_failed",
             DisperseReason::Evicted => "evicted",
+            DisperseReason::Moved => "moved",
         }
     }
 
@@ -152,6 +162,7 @@ impl DisperseReason {
             }
             DisperseReason::Shutdown => CLOSE_GOING_AWAY,
             DisperseReason::StorageFailed => CLOSE_INTERNAL,
+            DisperseReason::Moved => CLOSE_MOVED,
         }
     }
 
@@ -164,6 +175,7 @@ impl DisperseReason {
             DisperseReason::Shutdown => "gathering dispersed: server shutting down",
             DisperseReason::StorageFailed => "gathering restarting: storage failed",
             DisperseReason::Evicted => "gathering dispersed: evicted to make room",
+            DisperseReason::Moved => "gathering moved to another node: join again",
         }
     }
 }

@@ -428,10 +428,12 @@ impl Sim {
                             slot.empty_since
                         );
                     }
-                    // The sim never evicts (no bound on live gatherings).
+                    // The sim never evicts (no bound on live gatherings)
+                    // nor hands off (no cluster).
                     DisperseReason::Shutdown
                     | DisperseReason::StorageFailed
-                    | DisperseReason::Evicted => {}
+                    | DisperseReason::Evicted
+                    | DisperseReason::Moved => {}
                 }
                 assert!(
                     slot.inbox.iter().all(|m| !matches!(m, Mail::Inbound(_))),

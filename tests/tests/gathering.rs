@@ -1415,3 +1415,126 @@ fn an_evicted_gathering_asks_the_hall_then_disperses_like_an_idle_one() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_handoff_persists_asks_again_after_a_refusal_and_tells_clients_to_join_elsewhere() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    g.handle(Event::Persisted(T0, 1));
+    drain(&mut g);
+    g.handle(Event::Handoff(T0));
+    let asked = drain(&mut g);
+    assert!(
+        matches!(
+            &asked[..],
+            [Action::Disperse {
+                reason: DisperseReason::Moved,
+                ..
+            }]
+        ),
+        "{asked:?}"
+    );
+    // Refused (traffic on its way): unlike an eviction, it asks again once
+    // that traffic is handled.
+    g.handle(Event::Verdict(T0, Verdict::Refused));
+    assert!(drain(&mut g).is_empty());
+    send(&mut g, T0, 1, register(2, "Bob"), Encoding::Json);
+    let actions = drain(&mut g);
+    assert_eq!(persist(&actions), Some(2));
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Disperse {
+                reason: DisperseReason::Moved,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    // Granted: the goodbye waits for Bob's op to be durable.
+    g.handle(Event::Verdict(T0, Verdict::Granted));
+    let actions = drain(&mut g);
+    assert!(
+        sends(&actions)
+            .iter()
+            .all(|(_, m, _)| !matches!(m, ServerMsg::Dispersed { .. }))
+    );
+    g.handle(Event::Persisted(T0, 2));
+    let actions = drain(&mut g);
+    assert!(sends(&actions).iter().any(|(c, m, _)| *c == 1
+        && *m
+            == ServerMsg::Dispersed {
+                reason: DisperseReason::Moved
+            }));
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Close {
+                code: protocol::CLOSE_MOVED,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Moved
+        })
+    );
+}
+
+#[test]
+fn a_fenced_commit_acks_nothing_and_sends_clients_to_the_new_owner() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    g.handle(Event::Fenced(T0));
+    let actions = drain(&mut g);
+    assert_eq!(errors(&actions), [(1, Some(1), "not_durable".to_string())]);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Disperse {
+                reason: DisperseReason::Moved,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(g.seq(), 0, "the op was not kept here");
+    g.handle(Event::Verdict(T0, Verdict::Granted));
+    let actions = drain(&mut g);
+    assert_eq!(persist(&actions), None, "nothing more is written here");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Close {
+                code: protocol::CLOSE_MOVED,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn fenced_during_a_shutdown_the_clients_are_sent_on_rather_than_told_it_stopped() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    g.handle(Event::Shutdown(T0));
+    drain(&mut g);
+    g.handle(Event::Fenced(T0));
+    let actions = drain(&mut g);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Moved
+        })
+    );
+}

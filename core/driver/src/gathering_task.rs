@@ -207,6 +207,14 @@ impl<R: Runtime> Task<R> {
             }
             Mail::Shutdown => Event::Shutdown(now),
             Mail::Evict => Event::Evict(now),
+            Mail::Handoff => Event::Handoff(now),
+            Mail::Fenced(why) => {
+                self.rt.observe(Observed::PersistFailed {
+                    id: self.gathering.id(),
+                    error: &why,
+                });
+                Event::Fenced(now)
+            }
         };
         self.gathering.handle(event);
         inbound
@@ -274,9 +282,10 @@ impl<R: Runtime> Task<R> {
     fn dispersed(&mut self, reason: DisperseReason) {
         let late = match reason {
             DisperseReason::Idle | DisperseReason::Empty => Duration::from_nanos(self.late_nanos),
-            DisperseReason::Shutdown | DisperseReason::StorageFailed | DisperseReason::Evicted => {
-                Duration::ZERO
-            }
+            DisperseReason::Shutdown
+            | DisperseReason::StorageFailed
+            | DisperseReason::Evicted
+            | DisperseReason::Moved => Duration::ZERO,
         };
         self.rt.observe(Observed::Dispersed {
             id: self.gathering.id(),

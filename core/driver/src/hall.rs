@@ -104,6 +104,11 @@ impl<R: Runtime> HallState<R> {
                 self.carry_out(rt);
                 self.settle();
             }
+            HallMail::Handoff(id) => {
+                if let Some(mailbox) = self.mailboxes.get(&id) {
+                    let _ = mailbox.unbounded_send(Mail::Handoff);
+                }
+            }
         }
     }
 

@@ -22,6 +22,11 @@ pub enum Mail<C> {
     Shutdown,
     /// The host wants room: disperse early if nothing is on its way.
     Evict,
+    /// The host hands the gathering to another node: disperse with reason
+    /// `moved` once the hall agrees.
+    Handoff,
+    /// The last commit was refused: another node owns the gathering now.
+    Fenced(String),
 }
 
 /// Mail for the hall's task: what connections send.
@@ -33,6 +38,9 @@ pub enum HallMail<C> {
     /// Begin a graceful shutdown: every gathering disperses with reason
     /// `shutdown`, and the hall's task ends once all have.
     Shutdown,
+    /// Hand gathering `id`, if live, to another node: it disperses with
+    /// reason `moved` (a cluster's drain, or a lost lease).
+    Handoff(GatheringId),
 }
 
 /// The answer a storage write owes its gathering: report it once.
@@ -61,6 +69,12 @@ impl<C> Durable<C> {
         };
         let _ = self.reply.unbounded_send(mail);
     }
+
+    /// Tells the gathering its write was refused because another node
+    /// claimed it (`why` says which): it disperses with reason `moved`.
+    pub fn fenced(self, why: String) {
+        let _ = self.reply.unbounded_send(Mail::Fenced(why));
+    }
 }
 
 /// The gatherings a write failed for, so that none of their later commits
@@ -83,10 +97,21 @@ impl<C> Default for FailedWrites<C> {
 impl<C> FailedWrites<C> {
     /// Answers `durable` with `error`, and remembers its gathering.
     pub fn fail(&mut self, durable: Durable<C>, error: String) {
+        self.remember(&durable);
+        durable.report(Err(error));
+    }
+
+    /// Answers `durable` as fenced ([`Durable::fenced`]), and remembers
+    /// its gathering.
+    pub fn fence(&mut self, durable: Durable<C>, why: String) {
+        self.remember(&durable);
+        durable.fenced(why);
+    }
+
+    fn remember(&mut self, durable: &Durable<C>) {
         if !self.failed.iter().any(|m| m.same_receiver(&durable.reply)) {
             self.failed.push(durable.reply.clone());
         }
-        durable.report(Err(error));
     }
 
     /// Whether `durable`'s gathering had a write fail: then its commit must

@@ -79,7 +79,7 @@ impl<A: App> Gathering<A> {
         Ok(commit)
     }
 
-    pub(super) fn on_persist_failed(&mut self) {
+    pub(super) fn on_persist_failed(&mut self, reason: DisperseReason) {
         let echoes = self
             .sessions
             .as_mut()
@@ -119,12 +119,23 @@ impl<A: App> Gathering<A> {
         self.submitted = self.durable;
         self.fetched = None;
         self.broken = true;
+        self.leaving = Some(reason);
         match self.phase {
-            Phase::Live => self.ask(DisperseReason::StorageFailed, Duration::ZERO),
-            // The pending verdict decides; a refusal asks again.
-            Phase::Asking(_) => {}
+            Phase::Live => self.ask(reason, Duration::ZERO),
+            // The pending verdict decides; a refusal asks again. Fenced,
+            // the clients are told to go where the gathering is now.
+            Phase::Asking(_) => {
+                if reason == DisperseReason::Moved {
+                    self.phase = Phase::Asking(reason);
+                }
+            }
             // The final commit failed: close with what the store holds.
-            Phase::Closing(_) => self.try_finish(),
+            Phase::Closing(_) => {
+                if reason == DisperseReason::Moved {
+                    self.phase = Phase::Closing(reason);
+                }
+                self.try_finish();
+            }
             Phase::Dispersed(_) => {}
         }
     }

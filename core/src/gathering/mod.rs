@@ -142,6 +142,10 @@ pub struct Gathering<A: App> {
     /// so nothing more is applied, persisted or shown; the gathering
     /// disperses and a successor loads what is durable.
     broken: bool,
+    /// Why it must disperse once the hall agrees (a failed or fenced
+    /// commit, a handoff): a refusal only means traffic was on its way, so
+    /// it asks again after each message.
+    leaving: Option<DisperseReason>,
     /// Time of the last client activity: the whole idle bookkeeping.
     last_activity: Instant,
     /// Since when the gathering has had no connection.
@@ -276,6 +280,7 @@ impl<A: App> Gathering<A> {
             snapshot_len: 0,
             flush_at: None,
             broken: false,
+            leaving: None,
             // Spawning is activity: something was routed here to cause it.
             last_activity: now,
             empty_since: Some(now),
@@ -371,8 +376,10 @@ impl<A: App> Gathering<A> {
                 self.on_inbound(now, inbound);
                 // A refusal means traffic was still on its way; with it
                 // handled, ask again.
-                if self.broken && self.phase == Phase::Live {
-                    self.ask(DisperseReason::StorageFailed, Duration::ZERO);
+                if let Some(reason) = self.leaving
+                    && self.phase == Phase::Live
+                {
+                    self.ask(reason, Duration::ZERO);
                 }
             }
             Event::Tick(now) => {
@@ -385,7 +392,11 @@ impl<A: App> Gathering<A> {
             }
             Event::PersistFailed(now) => {
                 self.now = self.now.max(now);
-                self.on_persist_failed();
+                self.on_persist_failed(DisperseReason::StorageFailed);
+            }
+            Event::Fenced(now) => {
+                self.now = self.now.max(now);
+                self.on_persist_failed(DisperseReason::Moved);
             }
             Event::Verdict(now, verdict) => {
                 self.now = self.now.max(now);
@@ -401,6 +412,16 @@ impl<A: App> Gathering<A> {
                 self.now = self.now.max(now);
                 if self.phase == Phase::Live {
                     self.ask(DisperseReason::Evicted, Duration::ZERO);
+                }
+            }
+            Event::Handoff(now) => {
+                self.now = self.now.max(now);
+                // Asked of the hall as any dispersal, so that joins on
+                // their way reach a successor (on another node, as the
+                // host routes them), never this one after it left.
+                self.leaving.get_or_insert(DisperseReason::Moved);
+                if self.phase == Phase::Live {
+                    self.ask(DisperseReason::Moved, Duration::ZERO);
                 }
             }
         }
