@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use gathering_core::Config;
 use tracing_subscriber::EnvFilter;
 
+use crate::cluster::ClusterOptions;
 use crate::front::auth::Jwt;
 use crate::front::listen::Limits;
 use crate::runtime::NativeApp;
@@ -172,6 +173,37 @@ pub struct Args {
     /// Directory of the demo page served at `/` (built by scripts/build-web.sh).
     #[arg(long, env = "GATHERING_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
     pub web_dir: PathBuf,
+
+    /// Run as a node of a cluster whose gatherings live in this PostgreSQL
+    /// database (postgres://user@host:port/db) instead of the data
+    /// directory; one node owns each gathering (docs/CLUSTER.md).
+    #[arg(
+        long,
+        env = "GATHERING_CLUSTER",
+        requires = "node",
+        hide_env_values = true
+    )]
+    pub cluster: Option<String>,
+
+    /// This node's name in the cluster: unique, and the same across its
+    /// restarts.
+    #[arg(long, env = "GATHERING_NODE")]
+    pub node: Option<String>,
+
+    /// The WebSocket base URL clients reach this node at (default
+    /// ws://<--listen>), told to clients whose gathering lives here.
+    #[arg(long, env = "GATHERING_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// How long a node's lease lasts without renewal; renewed every third
+    /// of it. Another node takes a stopped node's gatherings after it.
+    #[arg(long, env = "GATHERING_LEASE", default_value = "5s", value_parser = positive_duration)]
+    pub lease: Duration,
+
+    /// Gatherings handed to other nodes per second while draining (on
+    /// SIGTERM in a cluster).
+    #[arg(long, env = "GATHERING_DRAIN_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub drain_rate: u32,
 }
 
 /// What `gathering-server` does besides serving.
@@ -218,7 +250,7 @@ pub const DEFAULT_WEB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-
 impl Args {
     /// The builder these arguments describe, for app `A`.
     pub fn builder<A: NativeApp>(&self) -> Builder<A> {
-        Server::<A>::builder()
+        let builder = Server::<A>::builder()
             .listen(self.listen)
             .admin_listen(self.admin_listen.0)
             .data_dir(&self.data_dir)
@@ -257,8 +289,21 @@ impl Args {
                 frame_timeout: self.frame_timeout,
                 ping_interval: self.ping_interval,
             })
-            .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX))
-            .web_dir(&self.web_dir)
+            .max_frame_bytes(usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX));
+        match (&self.cluster, &self.node) {
+            (Some(url), Some(node)) => builder.cluster(ClusterOptions {
+                url: url.clone(),
+                node: node.clone(),
+                advertise: self
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("ws://{}", self.listen)),
+                lease: self.lease,
+                drain_rate: self.drain_rate,
+            }),
+            _ => builder,
+        }
+        .web_dir(&self.web_dir)
     }
 }
 

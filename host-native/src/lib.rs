@@ -16,6 +16,8 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+mod cluster;
+#[cfg(feature = "server")]
 mod dispersal;
 #[cfg(feature = "server")]
 mod front;
@@ -28,6 +30,8 @@ mod server;
 #[cfg(feature = "server")]
 mod storage;
 
+#[cfg(feature = "server")]
+pub use cluster::{Cluster, ClusterOptions, Owner};
 #[cfg(feature = "server")]
 pub use dispersal::Dispersal;
 #[cfg(feature = "server")]
@@ -43,4 +47,4 @@ pub use runtime::NativeApp;
 #[cfg(feature = "server")]
 pub use server::{Builder, Engine, Running, Server, ServerError, Stopping};
 #[cfg(feature = "server")]
-pub use storage::{RedbStore, Store, StoreError, Write};
+pub use storage::{Fenced, RedbStore, Store, StoreError, Write};

@@ -57,6 +57,11 @@ pub struct Metrics {
     pub storage_snapshots: Counter,
     /// Storage commits that failed (their gatherings restart).
     pub storage_failures: Counter,
+    /// Gatherings' commits refused by a cluster's store: another node
+    /// had claimed the gathering (each disperses with reason `moved`).
+    pub storage_fenced: Counter,
+    /// Joins a cluster node turned away (4001) to the gathering's owner.
+    pub joins_moved: Counter,
     /// Connections refused at a connection cap.
     pub connections_refused: Counter,
     /// Upgrades refused by the authenticator, by answer.
@@ -83,6 +88,8 @@ impl Default for Metrics {
         let storage_logged = Counter::default();
         let storage_snapshots = Counter::default();
         let storage_failures = Counter::default();
+        let storage_fenced = Counter::default();
+        let joins_moved = Counter::default();
         let connections_refused = Counter::default();
         let joins_refused = Family::<AnswerLabel, Counter>::default();
         let requests_refused = Family::<CodeLabel, Counter>::default();
@@ -144,6 +151,16 @@ impl Default for Metrics {
             storage_failures.clone(),
         );
         registry.register(
+            "storage_fenced",
+            "Gatherings' commits refused because another cluster node had claimed the gathering",
+            storage_fenced.clone(),
+        );
+        registry.register(
+            "joins_moved",
+            "Joins closed with 4001 toward the cluster node that owns the gathering",
+            joins_moved.clone(),
+        );
+        registry.register(
             "connections_refused",
             "Connections refused at --max-connections or --max-connections-per-address",
             connections_refused.clone(),
@@ -172,6 +189,8 @@ impl Default for Metrics {
             storage_logged,
             storage_snapshots,
             storage_failures,
+            storage_fenced,
+            joins_moved,
             connections_refused,
             joins_refused,
             requests_refused,

@@ -15,6 +15,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::dispersal::{Dispersal, DispersalHook};
 use crate::front::auth::Authenticator;
 #[cfg(doc)]
@@ -29,7 +30,7 @@ use crate::runtime::clock::Clock;
 use crate::runtime::timer::Timers;
 use crate::runtime::{Native, NativeApp, Shared};
 use crate::storage::persist::Persister;
-use crate::storage::{RedbStore, Store};
+use crate::storage::{RedbStore, Store, StoreError};
 
 /// How long a shutdown waits for connections to say goodbye, by default:
 /// enough for a close handshake (2 s) with a client that reads.
@@ -79,6 +80,7 @@ impl<A: NativeApp> Server<A> {
             limits: Limits::default(),
             web_dir: None,
             store: None,
+            cluster: None,
             on_dispersed: None,
             #[cfg(feature = "bench")]
             detection: Detection::Exact,
@@ -101,6 +103,7 @@ pub struct Builder<A> {
     limits: Limits,
     web_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
+    cluster: Option<ClusterOptions>,
     on_dispersed: Option<DispersalHook>,
     #[cfg(feature = "bench")]
     detection: Detection,
@@ -232,12 +235,35 @@ impl<A: NativeApp> Builder<A> {
         self
     }
 
+    /// Runs as a node of the cluster `options` describe: gatherings live
+    /// in its PostgreSQL database, each owned by one node at a time (see
+    /// docs/CLUSTER.md); the data directory is not used. A shutdown then
+    /// drains: the node reports unhealthy, sends joins elsewhere, and hands
+    /// its gatherings off at `drain_rate` per second.
+    pub fn cluster(mut self, options: ClusterOptions) -> Self {
+        self.cluster = Some(options);
+        self
+    }
+
     /// Opens storage and starts the hall, without listening: mount
     /// [`Engine::routes`] in a warp server of your own.
     pub fn build(self) -> Result<Engine, ServerError> {
-        let store: Arc<dyn Store> = match self.store {
-            Some(store) => store,
-            None => Arc::new(
+        let cluster = match self.cluster {
+            // The blocking PostgreSQL client runs a runtime of its own,
+            // which must not start on a thread of this one.
+            Some(options) => std::thread::scope(|s| {
+                s.spawn(|| Cluster::open(options, A::NAME))
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError("the cluster's set-up panicked".into())))
+            })
+            .map(|cluster| Some(Arc::new(cluster)))
+            .map_err(|e| ServerError::Store(e.to_string()))?,
+            None => None,
+        };
+        let store: Arc<dyn Store> = match (self.store, &cluster) {
+            (Some(store), _) => store,
+            (None, Some(cluster)) => cluster.clone(),
+            (None, None) => Arc::new(
                 RedbStore::open(&self.data_dir, A::NAME)
                     .map_err(|e| ServerError::Store(e.to_string()))?,
             ),
@@ -263,7 +289,20 @@ impl<A: NativeApp> Builder<A> {
             max_per_gathering: self.gathering.max_connections,
             next_conn: AtomicU64::new(1),
             open: Open::default(),
+            cluster: cluster.clone(),
         });
+        if let Some(cluster) = &cluster {
+            // A lease renewed too late: other nodes may have claimed any of
+            // this node's gatherings, so it lets every one go.
+            let front = Arc::downgrade(&front);
+            cluster
+                .start_lease(move || {
+                    if let Some(front) = front.upgrade() {
+                        front.hand_off_all();
+                    }
+                })
+                .map_err(ServerError::Thread)?;
+        }
         let (hall, settled) = HallState::new();
         let native = Native::<A>(Arc::new(Shared {
             // This host's writer keeps the order of a gathering's commits
@@ -303,7 +342,10 @@ impl<A: NativeApp> Builder<A> {
     pub async fn start(self) -> Result<Running, ServerError> {
         let limits = self.limits;
         let web_dir = self.web_dir.clone();
-        let data_dir = self.data_dir.clone();
+        let storage = match &self.cluster {
+            Some(c) => format!("cluster node {} (PostgreSQL)", c.node),
+            None => self.data_dir.display().to_string(),
+        };
         let (listener, addr) = bind(self.listen).await?;
         let admin = match self.admin_listen {
             Some(at) => Some(bind(at).await?),
@@ -347,7 +389,7 @@ impl<A: NativeApp> Builder<A> {
             at
         });
         let admin = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-        tracing::info!(%addr, %admin, data_dir = %data_dir.display(), app = A::NAME, "listening");
+        tracing::info!(%addr, %admin, %storage, app = A::NAME, "listening");
         Ok(Running {
             addr,
             admin_addr,
@@ -456,6 +498,9 @@ impl Engine {
     /// close code 1001), then flushes storage. New joins are turned away
     /// with 1001 meanwhile.
     pub async fn shutdown(&self) {
+        if let Some(cluster) = &self.front.cluster {
+            self.drain(cluster).await;
+        }
         let _ = self.front.hall.send(HallMail::Shutdown).await;
         let done = self.done.lock().ok().and_then(|mut d| d.take());
         if let Some(done) = done {
@@ -466,6 +511,32 @@ impl Engine {
         let left = self.front.open.drained(self.front.shutdown_grace).await;
         if left > 0 {
             tracing::warn!(connections = left, "shutdown grace over; closing the rest");
+        }
+        if let Some(cluster) = self.front.cluster.clone() {
+            let _ = tokio::task::spawn_blocking(move || cluster.leave()).await;
+        }
+    }
+
+    /// A cluster node's shutdown: it reports unhealthy and sends new joins
+    /// elsewhere, then hands its gatherings off at the drain rate (each
+    /// makes its final commit and tells its clients 4001), and waits for
+    /// them to go, for at most the time the rate needs plus the grace.
+    async fn drain(&self, cluster: &Cluster) {
+        cluster.drain();
+        let ids = self.front.registry.ids();
+        tracing::info!(
+            gatherings = ids.len(),
+            "draining: handing every gathering off"
+        );
+        let rate = cluster.drain_rate().max(1);
+        let gap = Duration::from_secs(1) / rate;
+        for id in &ids {
+            let _ = self.front.hall.send(HallMail::Handoff(id.clone())).await;
+            tokio::time::sleep(gap).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.front.shutdown_grace;
+        while !self.front.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

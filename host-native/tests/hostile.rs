@@ -315,7 +315,7 @@ impl gathering_native::Store for Flaky {
     fn commit(
         &self,
         writes: &[gathering_native::Write],
-    ) -> Result<(), gathering_native::StoreError> {
+    ) -> Result<gathering_native::Fenced, gathering_native::StoreError> {
         let gate = self.gate.lock().unwrap().take();
         if let Some(gate) = gate {
             self.holding.store(true, Ordering::SeqCst);

@@ -113,6 +113,7 @@ fn session_join(query: &HashMap<String, String>) -> Result<Option<Box<SessionJoi
 pub fn routes(
     shared: Arc<Front>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let health = health(shared.clone());
     let with = warp::any().map(move || shared.clone());
     let join = warp::path!("gatherings" / String)
         .and(warp::get())
@@ -179,6 +180,7 @@ pub fn routes(
                                         admission: None,
                                         session,
                                         refused,
+                                        moved: None,
                                     };
                                     return Ok((id, encoding, joining));
                                 }
@@ -200,6 +202,7 @@ pub fn routes(
                     return Err(warp::reject::custom(Full(shared.max_per_gathering)));
                 }
                 let refused = None;
+                let moved = elsewhere(&shared, &id).await;
                 Ok((
                     id,
                     encoding,
@@ -207,6 +210,7 @@ pub fn routes(
                         admission,
                         session,
                         refused,
+                        moved,
                     },
                 ))
             },
@@ -231,7 +235,7 @@ pub fn routes(
     let status = warp::path!("gatherings" / String / "status")
         .and(warp::get())
         .and_then(parse_id)
-        .and(with)
+        .and(with.clone())
         .map(
             |id: GatheringId, shared: Arc<Front>| match shared.registry.get(&id) {
                 Some(s) => warp::reply::json(&Live {
@@ -244,7 +248,70 @@ pub fn routes(
                 }),
             },
         );
-    join.or(status).or(health())
+    let owner = warp::path!("gatherings" / String / "owner")
+        .and(warp::get())
+        .and_then(parse_id)
+        .and(with)
+        .and_then(|id: GatheringId, shared: Arc<Front>| async move {
+            let Some(cluster) = shared.cluster.clone() else {
+                return Err(warp::reject::not_found());
+            };
+            let key = id.clone();
+            let owner = tokio::task::spawn_blocking(move || cluster.owner(&key))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            Ok(match owner {
+                Ok(owner) => warp::reply::with_status(
+                    warp::reply::json(&OwnerAnswer {
+                        id: id.to_string(),
+                        node: owner.as_ref().map(|o| o.node.clone()),
+                        url: owner.map(|o| o.url),
+                    }),
+                    StatusCode::OK,
+                )
+                .into_response(),
+                Err(e) => warp::reply::with_status(
+                    format!("the owner cannot be looked up now: {e}\n"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response(),
+            })
+        });
+    join.or(status).or(owner).or(health)
+}
+
+/// The answer of `GET /gatherings/{id}/owner` in a cluster: the live node
+/// that owns the gathering and its WebSocket base URL, or `null`s when none
+/// does (the next join claims it).
+#[derive(Serialize)]
+struct OwnerAnswer {
+    id: String,
+    node: Option<String>,
+    url: Option<String>,
+}
+
+/// In a cluster, where a join for `id` must go instead of here, as the
+/// reason of its 4001 close; `None`: here (it is live here, or no other
+/// live node owns it, and the load claims it).
+async fn elsewhere(shared: &Arc<Front>, id: &GatheringId) -> Option<String> {
+    let cluster = shared.cluster.clone()?;
+    if cluster.draining() {
+        return Some("draining".into());
+    }
+    if shared.registry.get(id).is_some() {
+        return None;
+    }
+    let key = id.clone();
+    match tokio::task::spawn_blocking(move || cluster.owner_elsewhere(&key)).await {
+        Ok(Ok(owner)) => owner.map(|o| o.close_reason()),
+        Ok(Err(e)) => {
+            // The load will say whether it can be had here.
+            tracing::warn!(id = %id, error = %e, "owner not looked up");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// The admin routes, for the operator's listener (loopback by default):
@@ -253,6 +320,7 @@ pub fn routes(
 pub fn admin_routes(
     shared: Arc<Front>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let health = health(shared.clone());
     let with = warp::any().map(move || shared.clone());
     let list = warp::path!("gatherings")
         .and(warp::get())
@@ -278,11 +346,27 @@ pub fn admin_routes(
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         });
-    list.or(metrics).or(health())
+    list.or(metrics).or(health)
 }
 
-fn health() -> impl Filter<Extract = (&'static str,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).map(|| "ok\n")
+/// `ok`, or 503 with why a cluster node should get no traffic (it drains,
+/// or its lease is not known to hold): what a load balancer checks.
+fn health(
+    shared: Arc<Front>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(move || shared.clone())
+        .map(
+            |shared: Arc<Front>| match shared.cluster.as_ref().and_then(|c| c.unhealthy()) {
+                None => "ok\n".into_response(),
+                Some(why) => warp::reply::with_status(
+                    format!("unhealthy: {why}\n"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response(),
+            },
+        )
 }
 
 async fn parse_id(raw: String) -> Result<GatheringId, Rejection> {

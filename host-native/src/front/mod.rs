@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use gathering_core::{Duration, GatheringId};
 use gathering_driver::{HallMail, Status};
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::runtime::clock::Clock;
 use outbox::Outbox;
@@ -52,6 +53,19 @@ pub(crate) struct Front {
     pub shutdown_grace: std::time::Duration,
     /// Connection tasks still running, which a shutdown waits for.
     pub open: Open,
+    /// The cluster this node belongs to, if any: joins for gatherings
+    /// another node owns are sent there.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl Front {
+    /// Asks every live gathering to go to another node (a lost lease).
+    /// Blocking: called from the lease thread.
+    pub fn hand_off_all(&self) {
+        for id in self.registry.ids() {
+            let _ = self.hall.send_blocking(HallMail::Handoff(id));
+        }
+    }
 }
 
 /// The origins whose pages may open a WebSocket: the server's own (the
@@ -156,6 +170,19 @@ impl Registry {
     /// What gathering `id` publishes, if it is live.
     pub fn get(&self, id: &GatheringId) -> Option<Arc<Status>> {
         self.0.lock().ok()?.get(id).cloned()
+    }
+
+    /// Every live gathering's id, in order.
+    pub fn ids(&self) -> Vec<GatheringId> {
+        self.0
+            .lock()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether no gathering is live.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().map(|map| map.is_empty()).unwrap_or(true)
     }
 
     /// The number of live gatherings and the first `limit` of them by id.

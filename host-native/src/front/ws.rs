@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use gathering_core::protocol::{
-    CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL,
-    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
+    CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_MOVED, CLOSE_POLICY,
+    CLOSE_PROTOCOL, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
 };
 use gathering_core::{
     ConnId, Encoding, Frame, GatheringId, Inbound, SessionId, SessionJoin, SharedMember,
@@ -46,6 +46,10 @@ pub struct Joining {
     /// Refused: the connection is closed with 4401 or 4403 and the reason
     /// (a page's join, which cannot read an HTTP refusal).
     pub refused: Option<Refusal>,
+    /// Another cluster node holds the gathering, or this one drains: the
+    /// connection is closed with 4001 and this reason (`node N at URL`
+    /// names where to join).
+    pub moved: Option<String>,
 }
 
 /// Serves one upgraded connection to gathering `id` until it closes.
@@ -61,9 +65,10 @@ pub fn serve(
     slot: Option<Held>,
     id: GatheringId,
     encoding: Encoding,
-    joining: Joining,
+    mut joining: Joining,
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
+    let moved = joining.moved.take();
     // Taken apart here, not in the task: what a task captures stays in it
     // for its whole life. Open (no authenticator), the gathering names the
     // member after the connection, and only if it acts.
@@ -73,6 +78,15 @@ pub fn serve(
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
+        if let Some(reason) = moved {
+            shared.metrics.joins_moved.inc();
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::from(CLOSE_MOVED),
+                reason: close_reason(&reason).into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
+            return;
+        }
         if let Some(close) = ends.refusal() {
             let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
             return;
@@ -287,6 +301,7 @@ impl Ends {
             admission,
             session,
             refused,
+            moved: _,
         } = joining;
         if admission.is_none() && session.is_none() && refused.is_none() {
             return Ends(None);

@@ -197,6 +197,9 @@ impl<A: NativeApp> Runtime for Native<A> {
                 seq,
             } => {
                 front.registry.remove(id);
+                // Its final state is durable: a cluster lets another node
+                // claim it.
+                self.0.store.released(id);
                 metrics.gatherings_live.dec();
                 metrics
                     .gatherings_dispersed

@@ -5,4 +5,4 @@ mod journal;
 pub(crate) mod persist;
 mod store;
 
-pub use store::{RedbStore, Store, StoreError, Write};
+pub use store::{Fenced, RedbStore, Store, StoreError, Write};

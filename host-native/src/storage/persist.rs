@@ -105,9 +105,21 @@ fn write_loop(
             metrics.storage_failures.inc();
             tracing::error!(error = %e, writes = writes.len(), "storage commit failed; its gatherings restart from storage");
         }
-        for durable in replies {
+        if let Ok(fenced) = &result
+            && !fenced.is_empty()
+        {
+            metrics.storage_fenced.inc_by(fenced.len() as u64);
+            tracing::warn!(
+                gatherings = fenced.len(),
+                "commits fenced: another node owns their gatherings now"
+            );
+        }
+        for (durable, write) in replies.into_iter().zip(&writes) {
             match &result {
-                Ok(()) => durable.report(Ok(())),
+                Ok(fenced) => match fenced.iter().find(|(id, _)| *id == write.id) {
+                    None => durable.report(Ok(())),
+                    Some((_, why)) => failed.fence(durable, why.clone()),
+                },
                 Err(e) => failed.fail(durable, e.to_string()),
             }
         }

@@ -21,6 +21,11 @@ pub struct Write {
     pub commit: Commit,
 }
 
+/// The writes of a batch that a store refused because another node owns
+/// their gathering now (a cluster's fence), each gathering with why. The
+/// rest of the batch was written.
+pub type Fenced = Vec<(GatheringId, String)>;
+
 /// Where one application's gatherings live between spawns: each one's
 /// latest snapshot and the log of ops after it.
 ///
@@ -35,8 +40,14 @@ pub trait Store: Send + Sync + 'static {
     /// What is kept of `id` (`Loaded::default()` if it was never persisted).
     fn load(&self, id: &GatheringId) -> Result<Loaded, StoreError>;
 
-    /// Writes a batch atomically and durably.
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Writes a batch atomically and durably, but for the writes of
+    /// gatherings this node no longer owns (only a cluster's store has
+    /// any), which it leaves out and returns.
+    fn commit(&self, writes: &[Write]) -> Result<Fenced, StoreError>;
+
+    /// Gathering `id` dispersed here, its final state durable: a cluster's
+    /// store lets another node claim it. Must not block.
+    fn released(&self, _id: &GatheringId) {}
 }
 
 /// Snapshots of one app's gatherings: id -> (seq, state).
@@ -287,7 +298,7 @@ impl Store for RedbStore {
         Ok(Loaded { snapshot, log })
     }
 
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+    fn commit(&self, writes: &[Write]) -> Result<Fenced, StoreError> {
         // Each gathering's writes, in the order given.
         let mut changes: BTreeMap<&GatheringId, Change<'_>> = BTreeMap::new();
         for w in writes {
@@ -312,7 +323,7 @@ impl Store for RedbStore {
             // anew, in case the failed commit was durable after all).
             self.close();
         }
-        written
+        written.map(|()| Fenced::new())
     }
 }
 
