@@ -44,6 +44,8 @@ export interface ClientOptions {
   hiddenPauseMs?: number;
   /** A join not welcomed this long (ms, 10,000) is given up and tried again, as a lost connection. */
   connectTimeoutMs?: number;
+  /** Ops in flight and nothing heard from the server this long (ms, 15,000): the connection is counted lost and joined again. */
+  stallTimeoutMs?: number;
   /** The clock and timers (tests give a fake one). */
   clock?: Clock;
   /** Uniform in [0, 1): the backoff's jitter (tests give a seeded one). */
@@ -101,6 +103,7 @@ export function createClient(options: ClientOptions): Client {
         maxInFlight: Math.max(1, Math.min(options.maxInFlight ?? 64, 256)),
         hiddenPauseMs: options.hiddenPauseMs ?? 300_000,
         connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+        stallTimeoutMs: options.stallTimeoutMs ?? 15_000,
         clock,
         random: options.random ?? Math.random,
       });

@@ -70,6 +70,7 @@ export interface RoomContext {
   maxInFlight: number;
   hiddenPauseMs: number;
   connectTimeoutMs: number;
+  stallTimeoutMs: number;
   clock: Clock;
   random: () => number;
 }
@@ -142,6 +143,8 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   private dispersedReason: string | null = null;
   /** The last close was answered with an attempt at once; the next is backed off. */
   private hurried = false;
+  /** The cluster node a 4001 named, for the next attempt (see `connect`). */
+  private nodeHint: string | null = null;
 
   // The history this room has delivered.
   private epoch: number | null = null;
@@ -170,6 +173,11 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   private presenceDirty = false;
   private presenceTimer: unknown = null;
   private lastPresenceAt = -Infinity;
+
+  // A server that stops answering (a paused process, a dead path that
+  // TCP has not noticed): ops in flight and nothing heard for a while.
+  private heard = 0;
+  private stallTimer: unknown = null;
 
   // The page.
   private hiddenSince: number | null = null;
@@ -285,6 +293,10 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   private connect(): void {
     this.cancelTimer();
     const generation = ++this.generation;
+    // A hint for this attempt only: if that node is gone by then, the
+    // front chooses again.
+    const node = this.nodeHint;
+    this.nodeHint = null;
     if (this.conn) this.conn.close(1000, "reconnecting");
     this.conn = null;
     this.welcomed = false;
@@ -297,6 +309,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
           since: this.hasState ? this.delivered : 0,
           epoch: this.hasState ? this.epoch : null,
           token: this.token,
+          node,
         },
         {
           message: (text) => {
@@ -343,6 +356,8 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
     const dispersed = this.dispersedReason;
     this.dispersedReason = null;
     const action = closeAction(code);
+    // 4001 from a cluster names where the gathering is: `node N at URL`.
+    if (code === 4001) this.nodeHint = /^node (\S+) at \S+$/.exec(reason)?.[1] ?? null;
     const hurried = this.hurried;
     this.hurried = false;
     switch (action) {
@@ -435,6 +450,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
     this.owedCount = 0;
     this.clear("ackTimer");
     this.clear("presenceTimer");
+    this.clear("stallTimer");
     if (this.myPresence) this.presenceDirty = true;
   }
 
@@ -475,6 +491,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
   // --- messages --------------------------------------------------------
 
   private onMessage(text: string): void {
+    this.heard++;
     let msg: ServerMsg;
     try {
       msg = JSON.parse(text) as ServerMsg;
@@ -636,6 +653,27 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
       this.send(conn, { type: "op", id: p.id, op: p.op });
     }
     this.unsent = this.unsent.slice(i);
+    this.watchStall();
+  }
+
+  /**
+   * While ops are in flight, checks every `stallTimeoutMs` that something
+   * arrived since the last check; when nothing did, the connection is
+   * counted lost and the room joins again (with a cluster, possibly on
+   * the node that took the gathering over).
+   */
+  private watchStall(): void {
+    if (this.stallTimer !== null || this.inFlight === 0 || !this.welcomed) return;
+    const generation = this.generation;
+    const heard = this.heard;
+    this.stallTimer = this.ctx.clock.setTimeout(() => {
+      this.stallTimer = null;
+      if (generation !== this.generation || !this.welcomed || this.inFlight === 0) return;
+      if (this.heard !== heard) return this.watchStall();
+      const conn = this.conn;
+      this.onClose(1006, `nothing heard for ${this.ctx.stallTimeoutMs} ms with ops in flight`);
+      conn?.close(1000, "stalled");
+    }, this.ctx.stallTimeoutMs);
   }
 
   private send(conn: Connection, msg: ClientMsg): void {
@@ -825,7 +863,7 @@ export class Room<Op = unknown, State = unknown, Presence = unknown> {
     this.clear("timer");
   }
 
-  private clear(name: "timer" | "ackTimer" | "presenceTimer" | "retryTimer"): void {
+  private clear(name: "timer" | "ackTimer" | "presenceTimer" | "retryTimer" | "stallTimer"): void {
     if (this[name] !== null) {
       this.ctx.clock.clearTimeout(this[name]);
       this[name] = null;

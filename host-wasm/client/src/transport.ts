@@ -12,6 +12,11 @@ export interface JoinTarget {
   epoch: number | null;
   /** A token for a server with `--auth-secret`, sent as `?token=`. */
   token: string | null;
+  /**
+   * The cluster node the last close (4001) named as the gathering's owner,
+   * sent as `?node=` so that the cluster's front (HAProxy) pins the join to it.
+   */
+  node: string | null;
 }
 
 /** What a transport tells its room. Each is called on a later task, never during `open`. */
@@ -44,6 +49,7 @@ export function webSocketTransport(url: string, Ctor?: WebSocketConstructor): Tr
       const query = new URLSearchParams({ session: target.session, since: String(target.since) });
       if (target.epoch !== null) query.set("epoch", String(target.epoch));
       if (target.token !== null) query.set("token", target.token);
+      if (target.node !== null) query.set("node", target.node);
       const address = `${base}/gatherings/${encodeURIComponent(target.id)}?${query}`;
       let ws: WebSocket;
       try {

@@ -181,6 +181,48 @@ test("1012 and 4001 retry at once; a second in a row without a welcome backs off
   room.leave();
 });
 
+test("4001 naming a cluster node pins the next attempt to it (?node=), and only that one", () => {
+  const clock = new FakeClock();
+  const transport = fakeTransport();
+  const room = createClient({ transport, clock, persistence: null }).join("r");
+  welcome(transport.conns[0]);
+  assert.equal(transport.conns[0].target.node, null);
+  transport.conns[0].events.close(4001, "node n2 at ws://10.0.0.2:8080");
+  assert.equal(transport.conns[1].target.node, "n2", "at once, to the owner");
+  transport.conns[1].events.close(1006, "");
+  clock.advance(clock.due() - clock.now());
+  assert.equal(transport.conns[2].target.node, null, "a later attempt lets the front choose");
+  transport.conns[2].events.close(4001, "draining");
+  clock.advance(clock.due() - clock.now());
+  assert.equal(transport.conns[3].target.node, null, "a 4001 naming nobody pins nothing");
+  room.leave();
+});
+
+test("ops in flight and a silent server: the connection is counted lost after stallTimeoutMs, and the ops go again", async () => {
+  const clock = new FakeClock();
+  const transport = fakeTransport();
+  const room = createClient({ transport, clock, persistence: null, stallTimeoutMs: 1_000 }).join("r");
+  const first = transport.conns[0];
+  welcome(first);
+  clock.advance(5_000);
+  assert.equal(transport.conns.length, 1, "idle and silent is fine: nothing is waited for");
+  const op = room.op("a");
+  clock.advance(900);
+  first.events.message(JSON.stringify({ type: "forward", seq: 1, op: "x" }));
+  clock.advance(1_000);
+  assert.equal(transport.conns.length, 1, "something was heard in the last interval");
+  clock.advance(1_000);
+  assert.equal(first.closedWith, 1000, "silent for a whole interval: dropped");
+  assert.equal(room.status.reason, "nothing heard for 1000 ms with ops in flight");
+  while (transport.conns.length < 2) clock.advance(50);
+  const second = transport.conns[1];
+  welcome(second);
+  assert.deepEqual(second.sent.filter((m) => m.type === "op").map((m) => m.id), [1], "sent again, same id");
+  second.events.message(JSON.stringify({ type: "ack", id: 1, seq: 2 }));
+  assert.equal(await op, 2);
+  room.leave();
+});
+
 test("a retried op keeps its id; one the welcome says applied waits for its ack before ops are delivered", async () => {
   const clock = new FakeClock();
   const transport = fakeTransport();
