@@ -85,6 +85,17 @@ pub struct Cluster {
     tasks: Mutex<Option<std::sync::mpsc::Receiver<lease::Task>>>,
 }
 
+/// What one group commit does to one gathering.
+#[derive(Default)]
+struct Change<'a> {
+    /// The op number it makes durable.
+    last: u64,
+    /// A snapshot that replaces its state, with its op number.
+    snapshot: Option<(u64, &'a Vec<u8>)>,
+    /// Entries logged after any snapshot of the batch.
+    entries: Vec<&'a LogEntry>,
+}
+
 struct Writer {
     client: postgres::Client,
     fence: postgres::Statement,
@@ -278,38 +289,51 @@ impl Cluster {
         Ok((epoch, Loaded { snapshot, log }))
     }
 
+    /// One group commit in one transaction of four statements or so,
+    /// whatever the number of gatherings: the fence of all of them, then
+    /// the log entries of those it let through; snapshots (one per 1,024
+    /// ops or so) go one by one.
     fn write(&self, writer: &mut Writer, writes: &[Write]) -> Result<Fenced, StoreError> {
-        // Each gathering's changes, in id order: the row locks of two
-        // commits are always taken in the same order.
-        let mut changes: BTreeMap<&GatheringId, Vec<&Write>> = BTreeMap::new();
+        // Each gathering's changes as the embedded store makes them: a
+        // snapshot covers the entries before it in the same batch.
+        let mut changes: BTreeMap<&GatheringId, Change<'_>> = BTreeMap::new();
         for w in writes {
-            changes.entry(&w.id).or_default().push(w);
+            let change = changes.entry(&w.id).or_default();
+            change.last = change.last.max(w.commit.seq);
+            match &w.commit.snapshot {
+                Some(state) => {
+                    change.snapshot = Some((w.commit.seq, state));
+                    change.entries.clear();
+                }
+                None => change.entries.extend(&w.commit.log),
+            }
         }
-        let epochs: Vec<Option<i64>> = {
+        let (mut ids, mut epochs, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        {
             let held = self.epochs();
-            changes.keys().map(|id| held.get(*id).copied()).collect()
-        };
+            for (id, change) in &changes {
+                if let Some(epoch) = held.get(*id) {
+                    ids.push(id.as_str());
+                    epochs.push(*epoch);
+                    lasts.push(sql_seq(change.last));
+                }
+            }
+        }
         let doing = "cannot commit to PostgreSQL";
-        let mut fenced = Fenced::new();
         let mut tx = writer.client.transaction().map_err(|e| err(doing, e))?;
-        for ((id, writes), epoch) in changes.iter().zip(epochs) {
-            let last = writes.iter().map(|w| w.commit.seq).max().unwrap_or(0);
-            let held = match epoch {
-                Some(epoch) => tx
-                    .execute(
-                        &writer.fence,
-                        &[
-                            &self.app,
-                            &id.as_str(),
-                            &self.options.node,
-                            &epoch,
-                            &sql_seq(last),
-                        ],
-                    )
-                    .map_err(|e| err(doing, e))?,
-                None => 0,
-            };
-            if held == 0 {
+        let passed: std::collections::BTreeSet<String> = tx
+            .query(
+                &writer.fence,
+                &[&self.app, &self.options.node, &ids, &epochs, &lasts],
+            )
+            .map_err(|e| err(doing, e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut fenced = Fenced::new();
+        let (mut log_ids, mut log_seqs, mut log_entries) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, change) in &changes {
+            if !passed.contains(id.as_str()) {
                 fenced.push((
                     (*id).clone(),
                     format!(
@@ -318,22 +342,28 @@ impl Cluster {
                 ));
                 continue;
             }
-            for w in writes {
-                let key: [&(dyn postgres::types::ToSql + Sync); 2] = [&self.app, &id.as_str()];
-                if let Some(state) = &w.commit.snapshot {
-                    let seq = sql_seq(w.commit.seq);
-                    tx.execute(&writer.put_snapshot, &[key[0], key[1], &seq, state])
-                        .map_err(|e| err(doing, e))?;
-                    tx.execute(&writer.trim, &[key[0], key[1], &seq])
-                        .map_err(|e| err(doing, e))?;
-                } else if !w.commit.log.is_empty() {
-                    let seqs: Vec<i64> = w.commit.log.iter().map(|e| sql_seq(e.seq)).collect();
-                    let entries: Vec<&[u8]> =
-                        w.commit.log.iter().map(|e| e.bytes.as_slice()).collect();
-                    tx.execute(&writer.append, &[key[0], key[1], &seqs, &entries])
-                        .map_err(|e| err(doing, e))?;
-                }
+            if let Some((seq, state)) = change.snapshot {
+                let seq = sql_seq(seq);
+                tx.execute(
+                    &writer.put_snapshot,
+                    &[&self.app, &id.as_str(), &seq, &state],
+                )
+                .map_err(|e| err(doing, e))?;
+                tx.execute(&writer.trim, &[&self.app, &id.as_str(), &seq])
+                    .map_err(|e| err(doing, e))?;
             }
+            for entry in &change.entries {
+                log_ids.push(id.as_str());
+                log_seqs.push(sql_seq(entry.seq));
+                log_entries.push(entry.bytes.as_slice());
+            }
+        }
+        if !log_ids.is_empty() {
+            tx.execute(
+                &writer.append,
+                &[&self.app, &log_ids, &log_seqs, &log_entries],
+            )
+            .map_err(|e| err(doing, e))?;
         }
         tx.commit().map_err(|e| err(doing, e))?;
         Ok(fenced)

@@ -75,18 +75,22 @@ pub const SNAPSHOT: &str = "SELECT seq, state FROM gathering_snapshots WHERE app
 pub const LOG: &str = "SELECT seq, entry FROM gathering_log
     WHERE app = $1 AND id = $2 AND seq > $3 ORDER BY seq";
 
-/// The fence: a commit of gathering (`$1`, `$2`) by node `$3` holding epoch
-/// `$4`, which moves its durable op number to `$5`. No row: fenced, because
-/// another node claimed it, or because `$3`'s lease ran out (by the
+/// The fence of a group commit by node `$2` of app `$1`: gatherings `$3`,
+/// whose epochs this node holds are `$4`, move their durable op numbers to
+/// `$5`. Returns the ids it let through; any other is fenced, because
+/// another node claimed it, or because `$2`'s lease ran out (by the
 /// database's clock), so that another may claim it any moment.
-pub const FENCE: &str = "UPDATE gathering_owners SET seq = $5
-    WHERE app = $1 AND id = $2 AND node = $3 AND epoch = $4
+pub const FENCE: &str = "UPDATE gathering_owners AS o SET seq = t.seq
+    FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS t (id, epoch, seq)
+    WHERE o.app = $1 AND o.id = t.id AND o.node = $2 AND o.epoch = t.epoch
       AND EXISTS (
-        SELECT 1 FROM gathering_nodes n WHERE n.node = $3 AND n.lease_until > now())";
+        SELECT 1 FROM gathering_nodes n WHERE n.node = $2 AND n.lease_until > now())
+    RETURNING o.id";
 
-/// Appends entries (`$3` seqs, `$4` bytes) to the log of (`$1`, `$2`).
+/// Appends log entries to app `$1`'s gatherings: `$2` ids, `$3` seqs,
+/// `$4` bytes, one element per entry.
 pub const APPEND: &str = "INSERT INTO gathering_log (app, id, seq, entry)
-    SELECT $1, $2, s, e FROM unnest($3::bigint[], $4::bytea[]) AS t (s, e)";
+    SELECT $1, i, s, e FROM unnest($2::text[], $3::bigint[], $4::bytea[]) AS t (i, s, e)";
 
 /// Replaces the snapshot of (`$1`, `$2`) with state `$4` as of op `$3`.
 pub const PUT_SNAPSHOT: &str = "INSERT INTO gathering_snapshots (app, id, seq, state)

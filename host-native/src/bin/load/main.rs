@@ -84,6 +84,12 @@ struct Args {
     /// `sustained` and `connections`: every client joins with a session.
     #[arg(long, global = true)]
     sessions: bool,
+    /// The server processes run as cluster nodes on this PostgreSQL
+    /// database (a scratch one: its gathering tables are emptied before
+    /// each server starts); `sustained` then also counts the database's
+    /// CPU (every process named postgres).
+    #[arg(long, global = true)]
+    cluster: Option<String>,
     #[command(subcommand)]
     what: What,
 }
@@ -117,6 +123,9 @@ enum What {
 fn main() {
     let args = Args::parse();
     measure::SESSIONS.store(args.sessions, std::sync::atomic::Ordering::Relaxed);
+    if let Some(url) = &args.cluster {
+        let _ = servers::CLUSTER.set(url.clone());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

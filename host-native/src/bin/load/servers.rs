@@ -96,6 +96,44 @@ impl Drop for Server {
     }
 }
 
+/// The PostgreSQL database of `--cluster`, if given: child servers run as
+/// cluster nodes on it.
+pub(crate) static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Empties the cluster's tables, so that a node starts as on a new
+/// database (a killed node's lease would hold its gatherings otherwise).
+/// On a thread of its own: the blocking client runs a runtime of its own.
+fn empty_cluster(url: &str) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut db =
+            postgres::Client::connect(&url, postgres::NoTls).expect("the --cluster database");
+        let _ = db.batch_execute(
+            "TRUNCATE gathering_owners, gathering_snapshots, gathering_log, gathering_nodes",
+        );
+    })
+    .join()
+    .expect("the cluster's tables emptied");
+}
+
+/// CPU time of every process named `postgres`, seconds: the database's
+/// share of a cluster node's work (a backend that exited takes its share
+/// with it; the nodes keep theirs open).
+pub(crate) fn database_cpu() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|e| {
+            let (user, system) = cpu_split_of(&e.file_name().to_string_lossy());
+            user + system
+        })
+        .sum()
+}
+
 /// A `gathering-server` process beside this binary, on a free loopback port
 /// with its own data directory: the shape users run.
 pub(crate) struct ChildServer {
@@ -114,7 +152,12 @@ impl ChildServer {
         let dir =
             std::env::temp_dir().join(format!("gathering-load-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        if let Some(url) = CLUSTER.get() {
+            empty_cluster(url);
+            command.args(["--cluster", url, "--node", &format!("load-{what}")]);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&dir)

@@ -73,6 +73,7 @@ pub(crate) async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, 
     let clients = tournament_clients(&server.url, "s", g, c).await;
     let buckets = secs.div_ceil(bucket) as usize;
     let cpu_before = server.cpu_split();
+    let database_before = crate::servers::database_cpu();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -140,6 +141,7 @@ pub(crate) async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, 
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = server.cpu_split();
+    let database = crate::servers::database_cpu() - database_before;
     let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     let cpu = user + system;
     let metrics = server.metrics();
@@ -166,8 +168,16 @@ pub(crate) async fn sustained_one(g: usize, c: usize, window: usize, secs: u64, 
         .collect();
     let first = per_bucket.first().copied().unwrap_or(0) as f64;
     let last = per_bucket.last().copied().unwrap_or(0) as f64;
+    let database = if crate::servers::CLUSTER.get().is_some() {
+        format!(
+            "; PostgreSQL CPU {database:.2} s = {:.2} us per delivered forward",
+            database * us_per_forward
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} user + {:.2} system; {:.2} cores); re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op, {:.0} B of it to disk (pages); tournaments filled and rolled over: {}",
+        "{g} x {c}, {window} in flight: forwards/s per {bucket} s [{}]; last/first {:.2}; {:.0} forwards/s overall; ack p50 {:.2} ms, p99 {:.2} ms; server CPU {:.2} s = {:.2} us per delivered forward ({:.2} user + {:.2} system; {:.2} cores){database}; re-sent {resent} ({:.2} % of delivered); storage over the server's life: {:.1} ops per commit, {:.0} B written per op, {:.0} B of it to disk (pages); tournaments filled and rolled over: {}",
         rates.join(", "),
         last / first.max(1.0),
         delivered as f64 / elapsed,
