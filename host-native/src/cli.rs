@@ -186,8 +186,9 @@ pub struct Args {
     pub cluster: Option<String>,
 
     /// This node's name in the cluster: unique, and the same across its
-    /// restarts.
-    #[arg(long, env = "GATHERING_NODE")]
+    /// restarts; 1-64 characters of A-Z a-z 0-9 _ - . (clients send it
+    /// back as ?node= to be pinned here).
+    #[arg(long, env = "GATHERING_NODE", value_parser = node_name)]
     pub node: Option<String>,
 
     /// The WebSocket base URL clients reach this node at (default
@@ -229,6 +230,17 @@ pub enum Command {
 
 /// Where the admin listener listens unless told otherwise.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8090";
+
+fn node_name(s: &str) -> Result<String, String> {
+    let fits = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if fits {
+        Ok(s.to_owned())
+    } else {
+        Err("a node name is 1-64 characters of A-Z a-z 0-9 _ - .".into())
+    }
+}
 
 /// The admin listener's address, or none (`off`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,11 +20,11 @@ mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-pub use policy::{Backoff, CloseAction, close_action};
+pub use policy::{Backoff, CloseAction, close_action, moved_to};
 pub use types::{Refusal, RoomAction, RoomConfig, RoomEvent, RoomStatus, Status};
 
 use crate::clock::{Duration, Instant};
-use crate::protocol::{ClientMsg, DisperseReason, ServerMsg};
+use crate::protocol::{self, ClientMsg, DisperseReason, ServerMsg};
 
 /// How long an ack of forwards waits to cover more of them.
 const ACK_DELAY: Duration = Duration::from_millis(20);
@@ -69,6 +69,8 @@ pub struct Room<O, S, P> {
     reconnect_at: Option<Instant>,
     token_fresh: bool,
     hurried: bool,
+    /// The node a 4001 named, for the next attempt.
+    node: Option<String>,
     dispersed: Option<DisperseReason>,
     // The history delivered.
     epoch: Option<u64>,
@@ -116,6 +118,7 @@ impl<O: Clone, S, P: Clone> Room<O, S, P> {
             reconnect_at: None,
             token_fresh: false,
             hurried: false,
+            node: None,
             dispersed: None,
             epoch: None,
             conn_epoch: None,
@@ -300,6 +303,9 @@ impl<O: Clone, S, P: Clone> Room<O, S, P> {
         self.disconnected(now);
         let dispersed = self.dispersed.take();
         let hurried = std::mem::take(&mut self.hurried);
+        if code == protocol::CLOSE_MOVED {
+            self.node = moved_to(reason);
+        }
         match close_action(code) {
             CloseAction::Dispersed => {
                 self.set_members(BTreeMap::new());
@@ -383,6 +389,7 @@ impl<O: Clone, S, P: Clone> Room<O, S, P> {
             since: if self.has_state { self.delivered } else { 0 },
             epoch: if self.has_state { self.epoch } else { None },
             fresh_token: !std::mem::replace(&mut self.token_fresh, true),
+            node: self.node.take(),
         });
     }
 

@@ -19,6 +19,14 @@ pub enum CloseAction {
     Never,
 }
 
+/// The node a 4001 close names as the gathering's owner, from its reason
+/// `node N at URL`; `None` for any other reason (`draining`).
+pub fn moved_to(reason: &str) -> Option<String> {
+    let rest = reason.strip_prefix("node ")?;
+    let (node, url) = rest.split_once(" at ")?;
+    (!node.is_empty() && !node.contains(' ') && !url.is_empty()).then(|| node.to_owned())
+}
+
 /// The policy per close code; a connection lost without a close frame is
 /// 1006. Codes not named are treated as 1006.
 pub fn close_action(code: u16) -> CloseAction {

@@ -42,7 +42,8 @@ fn a_dispersed_room_waits_for_the_next_op_and_a_final_close_refuses() {
         [RoomAction::Connect {
             since: 0,
             epoch: None,
-            fresh_token: true
+            fresh_token: true,
+            node: None,
         }]
     ));
     welcome(&mut room, at(1), None);
@@ -97,7 +98,8 @@ fn ops_keep_their_ids_across_a_drop_and_delivery_waits_for_the_acks_of_applied_o
         [RoomAction::Connect {
             since: 0,
             epoch: Some(5),
-            fresh_token: false
+            fresh_token: false,
+            node: None,
         }]
     ));
     welcome(&mut room, retry, Some(1));
@@ -135,4 +137,27 @@ fn ops_keep_their_ids_across_a_drop_and_delivery_waits_for_the_acks_of_applied_o
             (3, "b".into(), true)
         ]
     );
+}
+
+#[test]
+fn a_4001_naming_a_node_pins_the_next_attempt_to_it_and_only_that_one() {
+    let mut room = TestRoom::new(RoomConfig::default(), 1, None, at(0));
+    actions(&mut room);
+    welcome(&mut room, at(1), None);
+    room.closed(at(2), 4001, "node n2 at ws://10.0.0.2:8080");
+    assert!(
+        matches!(&actions(&mut room)[..], [RoomAction::Connect { node: Some(n), .. }] if n == "n2"),
+        "at once, to the owner"
+    );
+    room.closed(at(3), 1006, "");
+    room.tick(at(60_000));
+    assert!(
+        matches!(
+            &actions(&mut room)[..],
+            [RoomAction::Connect { node: None, .. }]
+        ),
+        "a later attempt lets the front choose"
+    );
+    assert_eq!(crate::client::moved_to("draining"), None);
+    assert_eq!(crate::client::moved_to("node  at x"), None);
 }

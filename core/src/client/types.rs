@@ -62,6 +62,10 @@ pub enum RoomAction<O, P> {
         epoch: Option<u64>,
         /// The token held expired (4003), or none was asked for yet.
         fresh_token: bool,
+        /// The cluster node the last close (4001) named as the
+        /// gathering's owner: join with `&node=` so that the cluster's
+        /// front pins the join to it. For this attempt only.
+        node: Option<String>,
     },
     /// Send this on the open connection.
     Send(ClientMsg<O, P>),

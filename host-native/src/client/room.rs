@@ -265,6 +265,7 @@ async fn run<A>(
                     since,
                     epoch,
                     fresh_token,
+                    node,
                 } => {
                     if let Some(old) = ws.take() {
                         close(old).await;
@@ -275,6 +276,15 @@ async fn run<A>(
                     let mut url = format!("{}&since={since}", target.url);
                     if let Some(epoch) = epoch {
                         url.push_str(&format!("&epoch={epoch}"));
+                    }
+                    // Node names are what --node allows; a name that needs
+                    // escaping is not sent (the front chooses).
+                    if let Some(node) = node.filter(|n| {
+                        n.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+                        })
+                    }) {
+                        url.push_str(&format!("&node={node}"));
                     }
                     connecting = Some(Box::pin(open(url, token.clone())));
                 }

@@ -68,7 +68,8 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
     let every = options.lease / 3;
     let mut client: Option<postgres::Client> = None;
     let mut next = Instant::now() + every;
-    let mut was_held = true;
+    // Whether `lost` was called for the current loss of the lease.
+    let mut let_go = false;
     loop {
         let task = match tasks.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Ok(task) => Some(task),
@@ -78,15 +79,18 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
         let Some(cluster) = cluster.upgrade() else {
             return;
         };
+        // Run out by this machine's count: other nodes may claim this
+        // node's gatherings any moment, and clients still here would miss
+        // what is committed there. Let every one go.
+        if !let_go && !cluster.lease.holds() {
+            let_go = true;
+            tracing::error!("cluster lease lost: letting every gathering go");
+            lost();
+        }
         if client.as_ref().is_none_or(postgres::Client::is_closed) {
             client = connect(&options.url).ok();
         }
         let Some(db) = client.as_mut() else {
-            // No database: the lease runs out, and the node says so.
-            if was_held && !cluster.lease.holds() {
-                was_held = false;
-                tracing::error!("cluster lease lost: PostgreSQL unreachable");
-            }
             next = Instant::now() + every / 4;
             continue;
         };
@@ -117,22 +121,18 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
         match cluster.lease.renew(db, &options) {
             Ok(lapsed) => {
                 next = Instant::now() + every;
-                if lapsed || !was_held {
+                if lapsed && !let_go {
                     tracing::warn!(
                         "cluster lease renewed after it ran out: letting every gathering go"
                     );
                     lost();
                 }
-                was_held = true;
+                let_go = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cluster lease not renewed; retrying");
                 client = None;
                 next = Instant::now() + every / 4;
-                if was_held && !cluster.lease.holds() {
-                    was_held = false;
-                    tracing::error!("cluster lease lost");
-                }
             }
         }
     }
