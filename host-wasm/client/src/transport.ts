@@ -69,6 +69,17 @@ export function webSocketTransport(url: string, Ctor?: WebSocketConstructor): Tr
         closed = true;
         events.close(event.code || 1006, event.reason || "");
       };
+      // A browser follows every error with a close. Node's WebSocket
+      // (undici, Node 22) fires only the error when the upgrade is answered
+      // with another status (a 503 from a proxy with no server up), and
+      // the close never comes: the error alone counts as the close.
+      ws.onerror = () => {
+        setTimeout(() => {
+          if (closed) return;
+          closed = true;
+          events.close(1006, "connection failed");
+        }, 0);
+      };
       return {
         send(text) {
           if (ws.readyState === 1) ws.send(text);

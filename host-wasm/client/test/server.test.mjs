@@ -111,3 +111,24 @@ test("presence: each room sees the others, and a leave clears them", { timeout: 
     await server.stop();
   }
 });
+
+test("an upgrade answered with another status (a proxy's 503) is a lost connection at once, not a hang", { timeout: 10_000 }, async () => {
+  const http = await import("node:http");
+  let requests = 0;
+  const front = http.createServer((req, res) => {
+    requests++;
+    res.writeHead(503, { "content-type": "text/plain" });
+    res.end("no server is available\n");
+  });
+  await new Promise((ok) => front.listen(0, "127.0.0.1", ok));
+  try {
+    const url = `ws://127.0.0.1:${front.address().port}`;
+    const room = createClient({ url, persistence: null, backoff: { baseMs: 20, capMs: 50 }, connectTimeoutMs: 60_000 }).join("g");
+    const log = record(room);
+    await until(() => requests >= 3, "three attempts, well within the 60 s connect timeout", 5_000);
+    assert.deepEqual(log.statuses[log.statuses.length - 1], { status: "reconnecting", code: 1006, reason: "connection failed" });
+    room.leave();
+  } finally {
+    front.close();
+  }
+});
