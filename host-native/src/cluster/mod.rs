@@ -71,7 +71,8 @@ fn err(doing: &str, e: impl std::fmt::Display) -> StoreError {
 pub struct Cluster {
     options: ClusterOptions,
     app: String,
-    pool: Pool,
+    /// `None` only while dropping (see `Drop`).
+    pool: Option<Pool>,
     /// The writer's own connection, with its statements prepared; `None`
     /// after a failure until the next commit reconnects.
     writer: Mutex<Option<Writer>>,
@@ -172,7 +173,7 @@ impl Cluster {
             lease: Lease::new(options.lease),
             options,
             app: app.to_owned(),
-            pool,
+            pool: Some(pool),
             writer: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -235,6 +236,8 @@ impl Cluster {
 
     fn pool(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError("the cluster's connections are closed".into()))?
             .get()
             .map_err(|e| err("no connection to PostgreSQL", e))
     }
@@ -400,6 +403,22 @@ impl Cluster {
             .name("gathering-lease".into())
             .spawn(move || lease::run(&cluster, &tasks, &lost))
             .map(drop)
+    }
+}
+
+impl Drop for Cluster {
+    /// The blocking client closes a connection by running a runtime of its
+    /// own, which panics on a thread of the server's runtime, where the last
+    /// handle to the cluster usually goes: the connections are closed on a
+    /// thread of their own.
+    fn drop(&mut self) {
+        let pool = self.pool.take();
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let _ = std::thread::spawn(move || drop((pool, writer))).join();
     }
 }
 

@@ -203,6 +203,9 @@ pub fn routes(
                 }
                 let refused = None;
                 let moved = elsewhere(&shared, &id).await;
+                if moved.is_some() {
+                    shared.metrics.joins_moved.inc();
+                }
                 Ok((
                     id,
                     encoding,

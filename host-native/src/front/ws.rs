@@ -65,10 +65,9 @@ pub fn serve(
     slot: Option<Held>,
     id: GatheringId,
     encoding: Encoding,
-    mut joining: Joining,
+    joining: Joining,
     shared: Arc<Front>,
 ) -> impl Future<Output = ()> {
-    let moved = joining.moved.take();
     // Taken apart here, not in the task: what a task captures stays in it
     // for its whole life. Open (no authenticator), the gathering names the
     // member after the connection, and only if it acts.
@@ -78,15 +77,6 @@ pub fn serve(
     async move {
         // The connection's place under the listener's caps, for its life.
         let _slot = slot;
-        if let Some(reason) = moved {
-            shared.metrics.joins_moved.inc();
-            let close = Message::Close(Some(CloseFrame {
-                code: CloseCode::from(CLOSE_MOVED),
-                reason: close_reason(&reason).into(),
-            }));
-            let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
-            return;
-        }
         if let Some(close) = ends.refusal() {
             let _ = tokio::time::timeout(CLOSE_BOUND, socket.send(close)).await;
             return;
@@ -273,6 +263,7 @@ struct Admitted {
     live: Option<Liveness>,
     clean: bool,
     refused: Option<Refusal>,
+    moved: Option<String>,
 }
 
 /// A session connection's liveness: when anything last arrived from it,
@@ -301,9 +292,9 @@ impl Ends {
             admission,
             session,
             refused,
-            moved: _,
+            moved,
         } = joining;
-        if admission.is_none() && session.is_none() && refused.is_none() {
+        if admission.is_none() && session.is_none() && refused.is_none() && moved.is_none() {
             return Ends(None);
         }
         // Only a session's connection is pinged: one without sees today's
@@ -334,12 +325,21 @@ impl Ends {
             live,
             clean: false,
             refused,
+            moved,
         })))
     }
 
-    /// The close frame of a refused join (4401 or 4403 and why).
+    /// The close frame of a refused join (4401 or 4403 and why), or of one
+    /// sent to another node (4001 and where).
     fn refusal(&mut self) -> Option<Message> {
-        let refusal = self.0.as_mut()?.refused.take()?;
+        let admitted = self.0.as_mut()?;
+        if let Some(moved) = admitted.moved.take() {
+            return Some(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(CLOSE_MOVED),
+                reason: close_reason(&moved).into(),
+            })));
+        }
+        let refusal = admitted.refused.take()?;
         let (code, reason) = match &refusal {
             Refusal::Unauthorized(why) => (CLOSE_UNAUTHORIZED, why),
             Refusal::Forbidden(why) => (CLOSE_FORBIDDEN, why),
