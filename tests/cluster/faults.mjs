@@ -74,11 +74,13 @@ async function signal(name, sig, wait = false) {
   const child = nodes.get(name);
   if (!child || child.exitCode !== null) return;
   if (sig === "SIGTERM") await fenced();
-  const gone = new Promise((ok) => child.once("exit", ok));
+  const gone = new Promise((ok) => child.once("exit", (code, by) => ok({ code, by })));
   child.kill(sig);
   if (wait) {
-    await gone;
+    const { code, by } = await gone;
     nodes.delete(name);
+    // A drain ends in a clean exit.
+    if (sig === "SIGTERM") assert.equal(code, 0, `${name} exited with ${code ?? by} after SIGTERM`);
   }
 }
 
