@@ -227,7 +227,13 @@ fuzz_target!(|data: &[u8]| {
                 if !run.persisting.is_empty() {
                     run.persisting.clear();
                     run.handed = run.durable;
-                    run.g.handle(Event::PersistFailed(run.now));
+                    // A storage failure, or a cluster's fence: the same
+                    // refusals, another reason to leave.
+                    if arg & 2 == 0 {
+                        run.g.handle(Event::PersistFailed(run.now));
+                    } else {
+                        run.g.handle(Event::Fenced(run.now));
+                    }
                     run.drain();
                     if arg & 1 == 0 {
                         run.g.handle(Event::PersistFailed(run.now));
@@ -245,7 +251,8 @@ fuzz_target!(|data: &[u8]| {
                     run.g.handle(Event::Verdict(run.now, verdict));
                 }
             }
-            11 => run.g.handle(Event::Evict(run.now)),
+            11 if arg & 1 == 0 => run.g.handle(Event::Evict(run.now)),
+            11 => run.g.handle(Event::Handoff(run.now)),
             _ => run.g.handle(Event::Shutdown(run.now)),
         }
         run.drain();

@@ -68,8 +68,10 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
     let every = options.lease / 3;
     let mut client: Option<postgres::Client> = None;
     let mut next = Instant::now() + every;
-    // Whether `lost` was called for the current loss of the lease.
+    // Whether `lost` was called for the current loss of the lease, and
+    // whether the last renewal failed.
     let mut let_go = false;
+    let mut failing = false;
     loop {
         let task = match tasks.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Ok(task) => Some(task),
@@ -79,10 +81,14 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
         let Some(cluster) = cluster.upgrade() else {
             return;
         };
-        // Run out by this machine's count: other nodes may claim this
-        // node's gatherings any moment, and clients still here would miss
-        // what is committed there. Let every one go.
-        if !let_go && !cluster.lease.holds() {
+        // Run out by this machine's count while renewals fail: other nodes
+        // may claim this node's gatherings any moment, and clients still
+        // here would miss what is committed there. Let every one go. (Run
+        // out with no failed renewal, the process was paused: the renewal
+        // below says so first, and meanwhile what its clients sent during
+        // the pause reaches its gatherings, whose commits the fence
+        // refuses if another node claimed them.)
+        if !let_go && failing && !cluster.lease.holds() {
             let_go = true;
             tracing::error!("cluster lease lost: letting every gathering go");
             lost();
@@ -91,6 +97,7 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
             client = connect(&options.url).ok();
         }
         let Some(db) = client.as_mut() else {
+            failing = true;
             next = Instant::now() + every / 4;
             continue;
         };
@@ -128,9 +135,11 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
                     lost();
                 }
                 let_go = false;
+                failing = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cluster lease not renewed; retrying");
+                failing = true;
                 client = None;
                 next = Instant::now() + every / 4;
             }
