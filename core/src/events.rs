@@ -231,6 +231,11 @@ pub enum Why {
     Empty,
     /// A presence diff is due, or a lost member's grace ends.
     Presence,
+    /// The gathering must leave (a failed or fenced commit, a handoff) and
+    /// the hall refused it: traffic was on its way. Once that traffic is
+    /// handled (a host handles waiting mail before its timer), it asks
+    /// again.
+    Leave,
 }
 
 /// When a gathering must next be ticked, and why.

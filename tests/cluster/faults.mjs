@@ -227,13 +227,26 @@ async function scenario(name, fault) {
   await until(() => clients.every((me) => me.room.seq >= last.get(me.gathering)), "clients to catch up", 30_000);
   for (const me of clients) assert.equal(history(me), last.get(me.gathering), `${me.gathering}: history`);
 
+  // One node at most holds each gathering live (a stale instance left on
+  // a node that lost it would serve a join the old state).
+  let liveTwice = 0;
+  for (const id of ids) {
+    let live = 0;
+    for (const name of nodes.keys()) {
+      const status = await (await fetch(`http://127.0.0.1:${port(name)}/gatherings/${id}/status`)).json();
+      if (status.live) live++;
+    }
+    if (live > 1) liveTwice++;
+  }
+
   // The state holds each acked op once: nothing lost, nothing twice.
   let lost = 0;
   let twice = 0;
   const reader = createClient({ url: `ws://127.0.0.1:${FRONT}`, persistence: null, connectTimeoutMs: 3000 });
+  const wrong = [];
   for (const id of ids) {
     const room = reader.join(id);
-    const state = await new Promise((ok) => room.on("state", ok));
+    const [state, seq] = await new Promise((ok) => room.on("state", (state, seq) => ok([state, seq])));
     room.leave();
     for (const me of clients.filter((m) => m.gathering === id)) {
       const a = state.players[me.a];
@@ -241,8 +254,10 @@ async function scenario(name, fault) {
       const acked = Math.max(0, me.acked.length - 2);
       if (recorded < acked) lost += acked - recorded;
       if (recorded > acked) twice += recorded - acked;
+      if (recorded !== acked) wrong.push(`${id}: ${recorded} results of ${acked} acked, read at seq ${seq} of ${last.get(id)}`);
     }
   }
+  if (wrong.length > 0) console.log(`${name}: ${wrong.slice(0, 10).join("; ")}`);
   for (const me of clients) me.room.leave();
 
   // The audit: per gathering, epochs never go back and seqs never repeat;
@@ -275,6 +290,7 @@ async function scenario(name, fault) {
     acked_lost: lost,
     applied_twice: twice,
     dual_owners: dual,
+    live_on_two_nodes: liveTwice,
     fenced: fencedAfter - fencedBefore,
     unavailable_ms: { p50: quantile(gaps, 0.5), p99: quantile(gaps, 0.99), max: quantile(gaps, 1), moves: gaps.length },
     reconnects: clients.reduce((n, me) => n + me.reconnects, 0),
@@ -285,6 +301,7 @@ async function scenario(name, fault) {
   assert.equal(lost, 0, `${name}: acked ops lost`);
   assert.equal(twice, 0, `${name}: ops applied twice`);
   assert.equal(dual, 0, `${name}: two owners committed at once`);
+  assert.equal(liveTwice, 0, `${name}: gatherings live on two nodes at the end`);
   return figures;
 }
 

@@ -1538,3 +1538,47 @@ fn fenced_during_a_shutdown_the_clients_are_sent_on_rather_than_told_it_stopped(
         })
     );
 }
+
+#[test]
+fn refused_while_it_must_leave_it_asks_again_at_its_next_tick_without_waiting_for_traffic() {
+    let mut g = gathering(Config::default());
+    join(&mut g, T0, 1);
+    send(&mut g, T0, 1, register(1, "Ada"), Encoding::Json);
+    assert_eq!(persist(&drain(&mut g)), Some(1));
+    // Fenced, and in the same batch of mail the last client leaves: the
+    // request the host carries out after the batch counts too few
+    // messages, and is refused.
+    g.handle(Event::Fenced(T0));
+    g.handle(Event::Message(
+        T0,
+        Inbound::Leave {
+            conn: ConnId(1),
+            clean: true,
+        },
+    ));
+    drain(&mut g);
+    g.handle(Event::Verdict(T0, Verdict::Refused));
+    assert!(drain(&mut g).is_empty());
+    // Nothing else will come; it does not wait for it.
+    let due = g.next_deadline().expect("a deadline");
+    assert_eq!((due.at, due.why), (T0, Why::Leave));
+    g.handle(Event::Tick(T0));
+    let asked = drain(&mut g);
+    assert!(
+        matches!(
+            &asked[..],
+            [Action::Disperse {
+                reason: DisperseReason::Moved,
+                ..
+            }]
+        ),
+        "{asked:?}"
+    );
+    g.handle(Event::Verdict(T0, Verdict::Granted));
+    assert_eq!(
+        drain(&mut g).last(),
+        Some(&Action::Dispersed {
+            reason: DisperseReason::Moved
+        })
+    );
+}

@@ -375,7 +375,7 @@ impl<A: App> Gathering<A> {
                 self.now = self.now.max(now);
                 self.on_inbound(now, inbound);
                 // A refusal means traffic was still on its way; with it
-                // handled, ask again.
+                // handled, ask again (or at the next tick: see `Why::Leave`).
                 if let Some(reason) = self.leaving
                     && self.phase == Phase::Live
                 {
@@ -475,6 +475,12 @@ impl<A: App> Gathering<A> {
             earliest(best, presence, Why::Presence)
         };
         match self.phase {
+            // Refused while it must leave: at once, after the mail waiting.
+            // (Never later than the idle duty, which is as due.)
+            Phase::Live if self.leaving.is_some() => Some(Deadline {
+                at: self.now.min(self.idle_deadline()),
+                why: Why::Leave,
+            }),
             Phase::Live => {
                 let idle = Deadline {
                     at: self.idle_deadline(),
@@ -517,7 +523,9 @@ impl<A: App> Gathering<A> {
         if self.phase != Phase::Live {
             return;
         }
-        if now >= self.idle_deadline() {
+        if let Some(reason) = self.leaving {
+            self.ask(reason, Duration::ZERO);
+        } else if now >= self.idle_deadline() {
             self.ask(
                 DisperseReason::Idle,
                 now.saturating_since(self.idle_deadline()),
