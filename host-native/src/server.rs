@@ -292,13 +292,13 @@ impl<A: NativeApp> Builder<A> {
             cluster: cluster.clone(),
         });
         if let Some(cluster) = &cluster {
-            // A lease renewed too late: other nodes may have claimed any of
-            // this node's gatherings, so it lets every one go.
+            // A lease lost, or renewed too late: other nodes may have
+            // claimed this node's gatherings, all or the ones named.
             let front = Arc::downgrade(&front);
             cluster
-                .start_lease(move || {
+                .start_lease(move |fenced| {
                     if let Some(front) = front.upgrade() {
-                        front.hand_off_all();
+                        front.hand_off(fenced);
                     }
                 })
                 .map_err(ServerError::Thread)?;

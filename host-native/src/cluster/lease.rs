@@ -61,7 +61,11 @@ impl Lease {
 
 /// The lease thread: renews on time, makes releases in between, and ends
 /// when the cluster is gone or has left.
-pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn()) {
+pub(crate) fn run(
+    cluster: &Weak<Cluster>,
+    tasks: &Receiver<Task>,
+    lost: &dyn Fn(Option<Vec<GatheringId>>),
+) {
     let Some(options) = cluster.upgrade().map(|c| c.options.clone()) else {
         return;
     };
@@ -91,7 +95,7 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
         if !let_go && failing && !cluster.lease.holds() {
             let_go = true;
             tracing::error!("cluster lease lost: letting every gathering go");
-            lost();
+            lost(None);
         }
         if client.as_ref().is_none_or(postgres::Client::is_closed) {
             client = connect(&options.url).ok();
@@ -129,10 +133,23 @@ pub(crate) fn run(cluster: &Weak<Cluster>, tasks: &Receiver<Task>, lost: &dyn Fn
             Ok(lapsed) => {
                 next = Instant::now() + every;
                 if lapsed && !let_go {
-                    tracing::warn!(
-                        "cluster lease renewed after it ran out: letting every gathering go"
-                    );
-                    lost();
+                    // Paused past the lease: others may have claimed some
+                    // gatherings meanwhile, and no one can since the
+                    // renewal. An empty commit through the fence says
+                    // which; those go, the rest stay.
+                    match cluster.fenced_since(db) {
+                        Ok(fenced) => {
+                            tracing::warn!(
+                                fenced = fenced.len(),
+                                "cluster lease renewed after it ran out: letting go of the gatherings claimed meanwhile"
+                            );
+                            lost(Some(fenced));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster lease renewed after it ran out: letting every gathering go");
+                            lost(None);
+                        }
+                    }
                 }
                 let_go = false;
                 failing = false;

@@ -382,13 +382,48 @@ impl Cluster {
         }
     }
 
+    /// An empty commit of every gathering this node holds, through the
+    /// fence: the ones another node claimed (fenced), which it forgets.
+    /// What a node that was paused past its lease asks once it renewed it.
+    fn fenced_since(&self, db: &mut postgres::Client) -> Result<Vec<GatheringId>, StoreError> {
+        let held: Vec<(GatheringId, i64)> = self
+            .epochs()
+            .iter()
+            .map(|(id, epoch)| (id.clone(), *epoch))
+            .collect();
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
+        let zeros = vec![0i64; held.len()];
+        let passed: std::collections::BTreeSet<String> = db
+            .query(
+                sql::FENCE,
+                &[&self.app, &self.options.node, &ids, &epochs, &zeros],
+            )
+            .map_err(|e| err("cannot ask the fence", e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut fenced: Vec<GatheringId> = held
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !passed.contains(id.as_str()))
+            .collect();
+        fenced.sort();
+        let mut epochs = self.epochs();
+        for id in &fenced {
+            epochs.remove(id);
+        }
+        Ok(fenced)
+    }
+
     /// Starts the thread that renews this node's lease (every third of
-    /// it) and makes releases; `lost` is called, once per loss, when a
-    /// renewal came after the lease may have run out (others may have
-    /// claimed its gatherings: the node lets them all go).
+    /// it) and makes releases. `lost` is called when the node must let
+    /// gatherings go: all of them (`None`) once its lease ran out while
+    /// renewals fail, or those another node claimed meanwhile (`Some`)
+    /// when a renewal finds that the lease had run out (a pause).
     pub fn start_lease(
         self: &std::sync::Arc<Self>,
-        lost: impl Fn() + Send + 'static,
+        lost: impl Fn(Option<Vec<GatheringId>>) + Send + 'static,
     ) -> std::io::Result<()> {
         let Some(tasks) = self
             .tasks

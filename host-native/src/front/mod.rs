@@ -59,10 +59,18 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    /// Asks every live gathering to go to another node (a lost lease).
+    /// Asks gatherings to go to another node: every live one (`None`: a
+    /// lost lease), or those the fence refused (counted as fenced).
     /// Blocking: called from the lease thread.
-    pub fn hand_off_all(&self) {
-        for id in self.registry.ids() {
+    pub fn hand_off(&self, fenced: Option<Vec<GatheringId>>) {
+        let ids = match fenced {
+            None => self.registry.ids(),
+            Some(ids) => {
+                self.metrics.storage_fenced.inc_by(ids.len() as u64);
+                ids
+            }
+        };
+        for id in ids {
             let _ = self.hall.send_blocking(HallMail::Handoff(id));
         }
     }
