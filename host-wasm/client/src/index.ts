@@ -4,16 +4,18 @@
 import { defaultPersistence, RoomStore } from "./persist.js";
 import type { Persistence } from "./persist.js";
 import type { BackoffOptions } from "./policy.js";
-import { Room, realClock } from "./room.js";
-import type { Clock } from "./room.js";
+import { Room } from "./room.js";
+import { realClock } from "./types.js";
+import type { Clock } from "./types.js";
 import { hostTransport, webSocketTransport } from "./transport.js";
 import type { InPageHost, Transport, WebSocketConstructor } from "./transport.js";
 
 export { Backoff, closeAction } from "./policy.js";
 export type { BackoffOptions, CloseAction } from "./policy.js";
 export { GatheringError } from "./messages.js";
-export { Room, realClock } from "./room.js";
-export type { Clock, OpInfo, RoomEvents, RoomStatus, Status } from "./room.js";
+export { Room } from "./room.js";
+export { realClock } from "./types.js";
+export type { Clock, OpInfo, RoomEvents, RoomStatus, Status } from "./types.js";
 export type { KeyValue, Persistence } from "./persist.js";
 export { hostTransport, webSocketTransport } from "./transport.js";
 export type { Connection, InPageConnection, InPageHost, JoinTarget, Transport, TransportEvents, WebSocketConstructor } from "./transport.js";
