@@ -63,7 +63,8 @@ fn err(doing: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// The cluster's store and this node's place in it: loads claim, commits
-/// are fenced, dispersals release; [`Lease`] keeps the node's lease.
+/// are fenced, dispersals release; a thread of its own keeps the node's
+/// lease ([`Cluster::start_lease`]).
 ///
 /// Contract: as [`Store`], and a gathering this node loaded is committed
 /// only while no other node has claimed it since; a write of one that was
@@ -77,7 +78,8 @@ pub struct Cluster {
     /// after a failure until the next commit reconnects.
     writer: Mutex<Option<Writer>>,
     /// The epoch of each gathering this node claimed and has not let go.
-    /// Looked up by id only, never iterated.
+    /// Looked up by id, and iterated only by the fence check after a pause,
+    /// whose answer is sorted.
     epochs: Mutex<HashMap<GatheringId, i64>>,
     /// Until when this node's lease surely holds, by this machine's clock.
     lease: Lease,
