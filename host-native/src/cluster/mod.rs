@@ -313,28 +313,18 @@ impl Cluster {
                 None => change.entries.extend(&w.commit.log),
             }
         }
-        let (mut ids, mut epochs, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
-        {
-            let held = self.epochs();
-            for (id, change) in &changes {
-                if let Some(epoch) = held.get(*id) {
-                    ids.push(id.as_str());
-                    epochs.push(*epoch);
-                    lasts.push(sql_seq(change.last));
-                }
-            }
-        }
+        let held: Vec<(&GatheringId, i64, u64)> = {
+            let epochs = self.epochs();
+            changes
+                .iter()
+                .filter_map(|(id, change)| Some((*id, *epochs.get(*id)?, change.last)))
+                .collect()
+        };
         let doing = "cannot commit to PostgreSQL";
         let mut tx = writer.client.transaction().map_err(|e| err(doing, e))?;
-        let passed: std::collections::BTreeSet<String> = tx
-            .query(
-                &writer.fence,
-                &[&self.app, &self.options.node, &ids, &epochs, &lasts],
-            )
-            .map_err(|e| err(doing, e))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let passed = self
+            .fence(&mut tx, &writer.fence, &held)
+            .map_err(|e| err(doing, e))?;
         let mut fenced = Fenced::new();
         let (mut log_ids, mut log_seqs, mut log_entries) = (Vec::new(), Vec::new(), Vec::new());
         for (id, change) in &changes {
@@ -374,6 +364,29 @@ impl Cluster {
         Ok(fenced)
     }
 
+    /// Runs the fence (`statement`, [`sql::FENCE`] or its prepared form)
+    /// over `held`: each gathering with the epoch this node claimed and the
+    /// op number its commit makes durable. The ids it let through; the
+    /// others are fenced.
+    fn fence<T: postgres::ToStatement + ?Sized>(
+        &self,
+        client: &mut impl postgres::GenericClient,
+        statement: &T,
+        held: &[(&GatheringId, i64, u64)],
+    ) -> Result<std::collections::BTreeSet<String>, postgres::Error> {
+        let ids: Vec<&str> = held.iter().map(|(id, _, _)| id.as_str()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, epoch, _)| *epoch).collect();
+        let seqs: Vec<i64> = held.iter().map(|(_, _, seq)| sql_seq(*seq)).collect();
+        Ok(client
+            .query(
+                statement,
+                &[&self.app, &self.options.node, &ids, &epochs, &seqs],
+            )?
+            .iter()
+            .map(|row| row.get(0))
+            .collect())
+    }
+
     /// Takes this node out of the cluster after a graceful shutdown: the
     /// releases still queued are made, then its lease row goes, so that
     /// anything it still held may be claimed at once.
@@ -393,18 +406,12 @@ impl Cluster {
             .iter()
             .map(|(id, epoch)| (id.clone(), *epoch))
             .collect();
-        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
-        let zeros = vec![0i64; held.len()];
-        let passed: std::collections::BTreeSet<String> = db
-            .query(
-                sql::FENCE,
-                &[&self.app, &self.options.node, &ids, &epochs, &zeros],
-            )
-            .map_err(|e| err("cannot ask the fence", e))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        // Op number 0: the fence moves nothing.
+        let asked: Vec<(&GatheringId, i64, u64)> =
+            held.iter().map(|(id, epoch)| (id, *epoch, 0)).collect();
+        let passed = self
+            .fence(db, sql::FENCE, &asked)
+            .map_err(|e| err("cannot ask the fence", e))?;
         let mut fenced: Vec<GatheringId> = held
             .into_iter()
             .map(|(id, _)| id)

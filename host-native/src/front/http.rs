@@ -357,19 +357,16 @@ pub fn admin_routes(
 fn health(
     shared: Arc<Front>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("healthz")
-        .and(warp::get())
-        .map(move || shared.clone())
-        .map(
-            |shared: Arc<Front>| match shared.cluster.as_ref().and_then(|c| c.unhealthy()) {
-                None => "ok\n".into_response(),
-                Some(why) => warp::reply::with_status(
-                    format!("unhealthy: {why}\n"),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                )
-                .into_response(),
-            },
-        )
+    warp::path!("healthz").and(warp::get()).map(move || {
+        match shared.cluster.as_ref().and_then(|c| c.unhealthy()) {
+            None => "ok\n".into_response(),
+            Some(why) => warp::reply::with_status(
+                format!("unhealthy: {why}\n"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        }
+    })
 }
 
 async fn parse_id(raw: String) -> Result<GatheringId, Rejection> {
